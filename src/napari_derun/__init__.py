@@ -1,0 +1,46 @@
+"""napari-derun: DeRUN (Degradation-Resistant Unfolding Network) image fusion.
+
+The public API is imported lazily so that ``import napari_derun`` (and napari's
+plugin discovery) does not import torch.
+
+Naming of the inputs follows the paper: ``a`` is the structural / texture
+modality (visible, MRI, phase contrast; the paper's V) and ``b`` is the salient /
+intensity modality (infrared, PET, SPECT, CT, GFP; the paper's U).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "fuse": "napari_derun.api",
+    "load_model": "napari_derun.api",
+    "list_models": "napari_derun.api",
+    "hifm_admm": "napari_derun.hifm",
+    "HIFMParams": "napari_derun.hifm",
+    "DeRUN": "napari_derun.model",
+    "DeRUNConfig": "napari_derun.model",
+    "finetune": "napari_derun.training",
+    "train": "napari_derun.training",
+    "evaluate": "napari_derun.evaluate",
+    "metrics": "napari_derun.metrics",
+    "degrade": "napari_derun.degrade",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'napari_derun' has no attribute {name!r}")
+    mod = importlib.import_module(module)
+    if module.endswith("." + name):
+        return mod
+    return getattr(mod, name)
+
+
+def __dir__() -> list[str]:
+    return __all__

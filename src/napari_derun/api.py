@@ -1,0 +1,255 @@
+"""Public scripting API: ``fuse``, ``load_model``, ``list_models``.
+
+The napari widgets, the CLI and the tests all go through these functions.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import preprocess
+
+__all__ = [
+    "Fuser",
+    "fuse",
+    "fuse_planes",
+    "load_model",
+    "list_models",
+    "register_model",
+    "resolve_device",
+    "WEIGHTS_DIR",
+]
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+TRAINING_FREE = "admm"
+_SESSION: dict[str, tuple[Any, dict]] = {}
+
+
+def resolve_device(device: str | None = "auto") -> str:
+    """``"auto"`` → ``"cuda"`` when available, else ``"mps"``, else ``"cpu"``; others are checked."""
+    import torch
+
+    device = (device or "auto").lower()
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return "mps"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but PyTorch sees no CUDA GPU; use device='auto' or 'cpu'")
+    if device == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError("device 'mps' was requested but is not available; use device='auto' or 'cpu'")
+    elif not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    return device
+
+
+def _shipped() -> dict[str, Path]:
+    if not WEIGHTS_DIR.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.safetensors"))}
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`load_model`: ``"admm"`` (training-free), shipped weights, session models."""
+    return [TRAINING_FREE] + sorted(_shipped()) + sorted(_SESSION)
+
+
+def register_model(name: str, model, info: dict | None = None) -> str:
+    """Make an in-memory DeRUN (e.g. just fine-tuned) available by ``name`` for this session."""
+    if name == TRAINING_FREE or name in _shipped():
+        raise ValueError(f"{name!r} is a built-in model name; choose another name")
+    _SESSION[name] = (model, dict(info or {}))
+    return name
+
+
+@dataclass
+class Fuser:
+    """A loaded fusion model: the training-free HIFM/ADMM solver or a DeRUN network."""
+
+    name: str
+    kind: str  # "admm" or "derun"
+    module: Any  # HIFMParams or DeRUN
+    device: str = "cpu"
+    source: str = "builtin"
+    sha256: str | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def n_stages(self) -> int:
+        return self.module.n_iter if self.kind == "admm" else self.module.config.n_stages
+
+    def provenance(self) -> dict[str, Any]:
+        """What produced a result: for ``layer.metadata`` and output files."""
+        from . import __version__
+
+        d: dict[str, Any] = {
+            "software": f"napari-derun {__version__}",
+            "model": self.name,
+            "kind": self.kind,
+            "weights": self.source,
+            "weights_sha256": self.sha256,
+            "device": self.device,
+            "n_stages": self.n_stages,
+        }
+        if self.kind == "admm":
+            d["hifm_params"] = self.module.to_dict()
+        else:
+            d["num_parameters"] = self.module.num_parameters()
+        return d
+
+    def run(self, a, b, return_stages: bool = False, callback: Callable[[int, int], None] | None = None):
+        """Fuse torch luminance batches ``(B, 1, H, W)`` in [0, 1] on ``self.device``.
+
+        Returns ``X`` (unclipped) or ``(X, stages)`` with per-stage lists ``Y, X, E, H``.
+        ``callback(stage, n_stages)`` is called after each stage; it may raise to cancel.
+        """
+        import torch
+
+        from . import ops
+        from .hifm import admm_iterations
+
+        with torch.no_grad():
+            if self.kind == "derun":
+                return self.module(a, b, return_stages=return_stages, callback=callback)
+            p = self.module
+            Hh, Ww = a.shape[-2:]
+            ph, pw = ops.default_pad(Hh, Ww, p.pad)
+            m = ops.reflect_pad(b - a, ph, pw)
+            stages: dict[str, list] = {"Y": [], "X": [], "E": [], "H": []}
+            y = None
+            for i, st in enumerate(admm_iterations(m, p)):
+                y = ops.crop(st["Y"], ph, pw)
+                if return_stages:
+                    stages["Y"].append(y)
+                    stages["X"].append(y + a)
+                    if i < p.n_iter - 1:  # as in DeRUN: the last E/H never reach X
+                        stages["E"].append(ops.crop(st["E"], ph, pw))
+                        stages["H"].append(ops.crop(st["H"], ph, pw))
+                if callback is not None:
+                    callback(i + 1, p.n_iter)
+            x = y + a
+            return (x, stages) if return_stages else x
+
+
+def load_model(model: Any = TRAINING_FREE, device: str = "auto") -> Fuser:
+    """Load a fusion model.
+
+    Args:
+        model: ``"admm"`` (training-free HIFM solver), a shipped weight name (see
+            :func:`list_models`), a session model name, a path to a ``.safetensors``
+            checkpoint, a :class:`~napari_derun.hifm.HIFMParams`, a
+            :class:`~napari_derun.model.DeRUN`, or a :class:`Fuser` (moved to ``device``).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+
+    Raises:
+        ValueError: unknown name; :class:`~napari_derun.checkpoint.CheckpointError` for bad files.
+    """
+    from .checkpoint import file_sha256, load_checkpoint
+    from .hifm import HIFMParams
+    from .model import DeRUN
+
+    dev = resolve_device(device)
+    if isinstance(model, Fuser):
+        if model.kind == "derun":
+            model.module.to(dev)
+        model.device = dev
+        return model
+    if isinstance(model, HIFMParams):
+        return Fuser("admm", "admm", model, dev)
+    if isinstance(model, DeRUN):
+        return Fuser("derun (in memory)", "derun", model.eval().to(dev), dev, source="in-memory")
+    if not isinstance(model, (str, os.PathLike)):
+        raise ValueError(f"model must be a name, a checkpoint path or a DeRUN; got {type(model).__name__}")
+    name = str(model)
+    if name == TRAINING_FREE:
+        return Fuser(TRAINING_FREE, "admm", HIFMParams(), dev)
+    shipped = _shipped()
+    if name in _SESSION:
+        net, info = _SESSION[name]
+        return Fuser(name, "derun", net.eval().to(dev), dev, source="session", info=info)
+    if name in shipped:
+        path = shipped[name]
+    else:
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise ValueError(
+                f"unknown model {name!r}: use one of {list_models()} or the path of a .safetensors checkpoint"
+            )
+    net, info, _ = load_checkpoint(path)
+    return Fuser(info.get("name") or path.stem, "derun", net.eval().to(dev), dev, source=str(path),
+                 sha256=file_sha256(path), info=info)
+
+
+def fuse_planes(
+    fuser: Fuser,
+    a,
+    b,
+    return_stages: bool = False,
+    callback: Callable[[int, int], None] | None = None,
+):
+    """Fuse float32 luminance planes ``(P, H, W)`` in [0, 1] in one batch on ``fuser.device``.
+
+    Returns ``X`` as ``(P, H, W)`` float32 numpy (unclipped) or ``(X, stages)`` where each stage
+    entry is a numpy array ``(N, P, H, W)`` (``E``, ``H``: ``(N, P, L, H, W)``).
+    """
+    import torch
+
+    ta = torch.as_tensor(np.ascontiguousarray(a, dtype=np.float32))[:, None].to(fuser.device)
+    tb = torch.as_tensor(np.ascontiguousarray(b, dtype=np.float32))[:, None].to(fuser.device)
+    out = fuser.run(ta, tb, return_stages=return_stages, callback=callback)
+    if not return_stages:
+        return out[:, 0].float().cpu().numpy()
+    x, st = out
+    stages = {}
+    for k, seq in st.items():
+        arr = torch.stack(seq).float().cpu().numpy()  # (N, P, C, H, W)
+        stages[k] = arr[:, :, 0] if arr.shape[2] == 1 else arr
+    return x[:, 0].float().cpu().numpy(), stages
+
+
+def fuse(
+    a,
+    b,
+    model: Any = TRAINING_FREE,
+    device: str = "auto",
+    return_stages: bool = False,
+    percentiles: tuple[float, float] = preprocess.DEFAULT_PERCENTILES,
+    color_from: str = "auto",
+    callback: Callable[[int, int], None] | None = None,
+):
+    """Fuse two registered images with DeRUN or the training-free HIFM solver.
+
+    Args:
+        a: structural image (phase contrast, MRI, visible): ``(H, W)`` or RGB ``(H, W, 3)``;
+            uint8, uint16 or float (see :mod:`napari_derun.preprocess` for the normalisation).
+        b: salient image (GFP, PET, SPECT, CT, infrared), same size.
+        model: see :func:`load_model` (default ``"admm"``, training-free).
+        device: ``"auto"`` (GPU when there is one), ``"cpu"``, ``"cuda"``, ``"mps"``.
+        return_stages: also return per-stage intermediates.
+        percentiles: robust range for non-uint8 inputs.
+        color_from: chroma source when both inputs are colour (``"auto"``: ``b``).
+        callback: ``callback(stage, n_stages)`` after each stage (raise to cancel).
+
+    Returns:
+        float32 fused image in [0, 1], ``(H, W)`` for grey inputs or ``(H, W, 3)``
+        when an input is colour. With ``return_stages``: ``(fused, stages)`` where
+        ``stages["X"]``/``["Y"]`` are ``(N, H, W)`` luminance and ``stages["E"]``/``["H"]``
+        are ``(N, L, H, W)``.
+    """
+    fuser = load_model(model, device)
+    prep = preprocess.prepare_pair(a, b, percentiles=percentiles, color_from=color_from)
+    res = fuse_planes(fuser, prep.a[None], prep.b[None], return_stages=return_stages, callback=callback)
+    if not return_stages:
+        return preprocess.recolor(res[0], prep.chroma)
+    x, stages = res
+    stages = {k: v[:, 0] for k, v in stages.items()}
+    return preprocess.recolor(x[0], prep.chroma), stages

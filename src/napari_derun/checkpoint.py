@@ -1,0 +1,144 @@
+"""Safe checkpoints: safetensors weights + JSON config, written atomically.
+
+A checkpoint is one ``.safetensors`` file (tensors only: loading never unpickles
+code) whose header metadata holds a JSON document::
+
+    {"format": "napari-derun", "format_version": 1,
+     "config": {...DeRUNConfig...}, "training": {...}, "data": {...},
+     "metrics": {...}, "name": "..."}
+
+The same JSON is also written beside it as ``<file>.json`` for people to read.
+Files are written to a temporary name in the same folder and renamed into place,
+so an interruption never leaves a half-written checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_checkpoint_info", "file_sha256"]
+
+FORMAT = "napari-derun"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A file is not a usable napari-derun checkpoint (foreign, corrupt or incompatible)."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, model, info: dict[str, Any] | None = None, extra_tensors=None) -> Path:
+    """Write ``model`` (a :class:`~napari_derun.model.DeRUN`) and ``info`` atomically.
+
+    Args:
+        path: target ``.safetensors`` file.
+        info: JSON-serialisable metadata (training settings, data provenance, metrics…).
+        extra_tensors: optional ``{name: tensor}`` stored under ``extra/`` (e.g. optimiser state).
+
+    Returns:
+        The path written.
+    """
+    from safetensors.torch import save
+
+    path = Path(path)
+    doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_dict()}
+    doc.update(info or {})
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for k, v in (extra_tensors or {}).items():
+        tensors["extra/" + k] = v.detach().cpu().contiguous()
+    data = save(tensors, metadata={"napari_derun": json.dumps(doc)})
+    _atomic_write_bytes(path, data)
+    _atomic_write_bytes(path.with_name(path.name + ".json"), json.dumps(doc, indent=2).encode())
+    return path
+
+
+def read_checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON document of a checkpoint, without loading its tensors.
+
+    Raises:
+        CheckpointError: the file is missing, not safetensors, or not a napari-derun checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises several error types for bad headers
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({type(e).__name__}: {e}); "
+            "pass a checkpoint written by napari-derun (train / fine-tune / Save)"
+        ) from None
+    raw = meta.get("napari_derun")
+    if raw is None:
+        raise CheckpointError(
+            f"{path} is a safetensors file but not a napari-derun checkpoint (no 'napari_derun' metadata)"
+        )
+    try:
+        doc = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} has corrupt napari-derun metadata: {e}") from None
+    if doc.get("format") != FORMAT:
+        raise CheckpointError(f"{path} has format {doc.get('format')!r}, expected {FORMAT!r}")
+    if int(doc.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} was written by a newer napari-derun (format {doc.get('format_version')}); upgrade napari-derun"
+        )
+    return doc
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu"):
+    """Load a checkpoint as ``(model, info, extra_tensors)``.
+
+    Raises:
+        CheckpointError: foreign, corrupt or incompatible file (the message says which).
+    """
+    from safetensors.torch import load_file
+
+    from .model import DeRUN, DeRUNConfig
+
+    doc = read_checkpoint_info(path)
+    try:
+        cfg = DeRUNConfig.from_dict(doc["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} has an invalid model config: {e}") from None
+    try:
+        tensors = load_file(str(path), device=map_location)
+    except Exception as e:
+        raise CheckpointError(f"{path} is corrupt: its tensors could not be read ({e})") from None
+    extra = {k[len("extra/") :]: v for k, v in tensors.items() if k.startswith("extra/")}
+    state = {k: v for k, v in tensors.items() if not k.startswith("extra/")}
+    model = DeRUN(cfg)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not match the DeRUN architecture in its config: {e}") from None
+    return model, doc, extra

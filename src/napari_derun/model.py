@@ -1,0 +1,294 @@
+"""DeRUN: the HIFM ADMM solver unfolded into N learnable stages.
+
+Each stage has the three modules of the paper:
+
+* **DFM** (data fusion module): the exact Fourier-space solve of the Y step.
+  Its operator uses the *linear* part of the feature extractors (a learnable
+  3×3 filter bank initialised at Sobel), so it stays exact while learning.
+* **VFM** (visual fidelity module): ``E_l = S_l(∇_l Y + F_l/ρ_l)`` with a learnable
+  piecewise-linear map ``S_l`` = soft threshold + a 101-knot piecewise-linear
+  residual on [−1, 1] (zero at start, constant tails: the map's tails are linear).
+* **SPM** (structure preservation module): a gradient step on the H objective, with
+  the joint constraint strategy (JCS): ``H̃ = η₁H + η₂∇_k(Y − M) + η₃∇_k(R − M)``
+  and an extra pull ``β(H − H̃)`` where ``R`` is the least-squares image whose
+  gradients best match the denoised ``E`` (a denoised reconstruction from VFM).
+
+The feature extractors ∇_l, ∇_k and their transposes are built as the partial
+weight sharing module (PWSM): each is ``linear filter bank + specific(shared(x))``,
+where the shared branch (one 3×3 conv + ReLU) is common to the ∇_l and ∇_k
+extractors of a stage and the specific branch (one 3×3 conv) is per extractor
+and starts at zero. The transposes have the same structure with their own
+weights (ISTA-Net style); their linear part is the exact adjoint of the forward
+filter bank. :func:`adjoint_loss` measures how far the nonlinear branches move
+the pair away from adjointness.
+
+Initialised with :meth:`DeRUN.from_hifm`, every learnable piece sits at its
+model-based value, β = 0 and the nonlinear branches output zero, so an untrained
+DeRUN computes exactly ``N`` iterations of :func:`napari_derun.hifm.hifm_admm`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import ops
+from .hifm import HIFMParams, soft_threshold
+
+__all__ = ["DeRUNConfig", "DeRUN", "PiecewiseLinearMap", "adjoint_loss"]
+
+
+@dataclass
+class DeRUNConfig:
+    """Architecture of DeRUN (stored with every checkpoint).
+
+    Attributes:
+        n_stages: number of unfolded stages N.
+        hidden: channels of the PWSM nonlinear branches.
+        n_knots: knots of each piecewise-linear map S (on [−1, 1]).
+        n_filters: L = K, filters in each extractor's bank.
+        pad: reflect padding before the periodic solve.
+        hifm: model-based values the learnable scalars start from.
+    """
+
+    n_stages: int = 9
+    hidden: int = 8
+    n_knots: int = 101
+    n_filters: int = 4
+    pad: int = 16
+    hifm: dict[str, Any] = field(default_factory=lambda: HIFMParams().to_dict())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DeRUNConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown DeRUN config keys: {sorted(unknown)}")
+        cfg = cls(**d)
+        HIFMParams.from_dict(cfg.hifm)  # validate
+        return cfg
+
+
+class PiecewiseLinearMap(nn.Module):
+    """Per-channel learnable map ``S_c(x) = soft(x, t_c) + r_c(x)``.
+
+    ``r_c`` is piecewise linear with ``n_knots`` equally spaced knots on
+    [−1, 1], zero at initialisation, and constant outside [−1, 1]; ``t_c > 0``
+    is a learnable threshold (softplus-parametrised).
+
+    Shapes: ``x`` is ``(B, C, H, W)``; output has the same shape.
+    """
+
+    def __init__(self, channels: int, n_knots: int = 101, threshold: float = 0.02):
+        super().__init__()
+        self.n_knots = n_knots
+        self.raw_threshold = nn.Parameter(torch.full((channels,), ops.inv_softplus(threshold)))
+        self.values = nn.Parameter(torch.zeros(channels, n_knots))
+
+    @property
+    def threshold(self) -> torch.Tensor:
+        return F.softplus(self.raw_threshold)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        C = x.shape[1]
+        m = self.n_knots
+        t = (x.clamp(-1.0, 1.0) + 1.0) * ((m - 1) / 2.0)
+        idx = t.detach().floor().clamp(0, m - 2)
+        frac = t - idx
+        idx = idx.long() + (torch.arange(C, device=x.device) * m).view(1, C, 1, 1)
+        v = self.values.reshape(-1)
+        r = v[idx] * (1.0 - frac) + v[idx + 1] * frac
+        thr = self.threshold.view(1, C, 1, 1).to(x.dtype)
+        return soft_threshold(x, thr) + r
+
+
+def _conv(cin: int, cout: int, zero: bool = False) -> nn.Conv2d:
+    c = nn.Conv2d(cin, cout, 3, padding=1, padding_mode="circular")
+    if zero:
+        nn.init.zeros_(c.weight)
+        nn.init.zeros_(c.bias)
+    return c
+
+
+class PWSMStage(nn.Module):
+    """The four feature extractors of one stage (∇_l, ∇_k, ∇_lᵀ, ∇_kᵀ) as a PWSM."""
+
+    def __init__(self, n_filters: int, hidden: int, with_grad_l: bool = True):
+        super().__init__()
+        bank = ops.sobel_bank()[:n_filters] if n_filters <= 4 else None
+        if bank is None:
+            raise ValueError("n_filters must be <= 4 (Sobel x, y and two diagonals)")
+        self.bank_l = nn.Parameter(bank.clone())
+        self.bank_k = nn.Parameter(bank.clone())
+        # forward extractors: shared 1 -> hidden, specific hidden -> L / K
+        self.shared_fwd = _conv(1, hidden)
+        self.spec_l = _conv(hidden, n_filters, zero=True) if with_grad_l else None
+        self.spec_k = _conv(hidden, n_filters, zero=True)
+        # transposes: shared L -> hidden, specific hidden -> 1
+        self.shared_adj = _conv(n_filters, hidden)
+        self.spec_lt = _conv(hidden, 1, zero=True)
+        self.spec_kt = _conv(hidden, 1, zero=True)
+
+    def grad_l(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.filter_bank_apply(x, self.bank_l) + self.spec_l(F.relu(self.shared_fwd(x)))
+
+    def grad_k(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.filter_bank_apply(x, self.bank_k) + self.spec_k(F.relu(self.shared_fwd(x)))
+
+    def grad_lt(self, z: torch.Tensor) -> torch.Tensor:
+        return ops.filter_bank_adjoint(z, self.bank_l) + self.spec_lt(F.relu(self.shared_adj(z)))
+
+    def grad_kt(self, z: torch.Tensor) -> torch.Tensor:
+        return ops.filter_bank_adjoint(z, self.bank_k) + self.spec_kt(F.relu(self.shared_adj(z)))
+
+
+class DeRUNStage(nn.Module):
+    """One unfolded ADMM iteration: DFM, VFM and SPM (with JCS)."""
+
+    def __init__(self, cfg: DeRUNConfig, first: bool = False, last: bool = False):
+        super().__init__()
+        p = HIFMParams.from_dict(cfg.hifm).resolved()
+        L = K = cfg.n_filters
+        sp = ops.inv_softplus
+        # the last stage's VFM and SPM outputs would never reach X: it has a DFM only
+        self.last = last
+        self.ext = PWSMStage(cfg.n_filters, cfg.hidden, with_grad_l=not last)
+        self.raw_rho = nn.Parameter(torch.full((L,), sp(p.rho)))
+        self.raw_tau = nn.Parameter(torch.full((K,), sp(p.tau)))
+        if last:
+            return
+        self.raw_zeta = nn.Parameter(torch.full((L,), sp(p.zeta)))
+        self.raw_omega = nn.Parameter(torch.full((K,), sp(p.omega)))
+        self.raw_sigma = nn.Parameter(torch.full((K,), sp(p.sigma)))
+        mu = torch.full((K,), sp(p.mu))
+        theta = torch.full((K,), sp(p.theta))
+        if first:
+            # H = 0 entering the first stage, so φ'(H) = 0: μ and θ are unused there
+            self.register_buffer("raw_mu", mu)
+            self.register_buffer("raw_theta", theta)
+        else:
+            self.raw_mu = nn.Parameter(mu)
+            self.raw_theta = nn.Parameter(theta)
+        self.S = PiecewiseLinearMap(L, cfg.n_knots, threshold=p.lam / p.rho)
+        # JCS: trade-offs of H~ and its pull β (β = 0: plain ADMM at start)
+        self.eta = nn.Parameter(torch.tensor([0.0, 0.5, 0.5]))
+        self.beta = nn.Parameter(torch.zeros(K))
+
+    @staticmethod
+    def _pos(raw: torch.Tensor) -> torch.Tensor:
+        return F.softplus(raw).view(1, -1, 1, 1)
+
+    def forward(self, state: dict[str, torch.Tensor], m: torch.Tensor) -> dict[str, torch.Tensor]:
+        ext = self.ext
+        H_, W_ = m.shape[-2:]
+        rho, tau = self._pos(self.raw_rho), self._pos(self.raw_tau)
+        E, Fm, Hk, G = state["E"], state["F"], state["H"], state["G"]
+        otf_l = ops.psf2otf(ext.bank_l, (H_, W_))
+        otf_k = ops.psf2otf(ext.bank_k, (H_, W_))
+
+        # DFM
+        mk = ext.grad_k(m)
+        rhs = m + ext.grad_lt(rho * E - Fm) + ext.grad_kt(tau * (mk + Hk) - G)
+        Y = ops.fourier_solve(rhs, otf_l, rho.flatten(), otf_k, tau.flatten())
+        if self.last:
+            return {"Y": Y}
+        zeta, omega, sigma = self._pos(self.raw_zeta), self._pos(self.raw_omega), self._pos(self.raw_sigma)
+        mu, theta = self._pos(self.raw_mu), self._pos(self.raw_theta)
+        # VFM
+        gy = ext.grad_l(Y)
+        E = self.S(gy + Fm / rho)
+        Fm = Fm + zeta * (gy - E)
+        # SPM with JCS
+        D = ext.grad_k(Y - m)
+        q = mu * 2.0 * theta * Hk / (1.0 + theta * Hk**2) - G - tau * (D - Hk)
+        # R = argmin ½‖R − Y‖² + ½Σ‖∇_l R − E_l‖²: Y denoised by VFM's E (exact Fourier solve)
+        R = ops.fourier_solve(Y + ext.grad_lt(E), otf_l, torch.ones_like(self.raw_rho), otf_k, torch.zeros_like(self.raw_tau))
+        Ht = self.eta[0] * Hk + self.eta[1] * D + self.eta[2] * ext.grad_k(R - m)
+        q = q + self.beta.view(1, -1, 1, 1) * (Hk - Ht)
+        Hk = Hk - sigma * q
+        G = G + omega * (D - Hk)
+        return {"Y": Y, "E": E, "F": Fm, "H": Hk, "G": G}
+
+
+class DeRUN(nn.Module):
+    """Degradation-Resistant Unfolding Network.
+
+    ``forward(a, b)`` takes ``a`` = V (structural) and ``b`` = U (salient), both
+    ``(B, 1, H, W)`` floats in [0, 1] (any H, W ≥ 2, odd sizes too), and returns
+    the fused ``X = Y + V`` as ``(B, 1, H, W)`` (not clipped). With
+    ``return_stages=True`` it also returns a dict of per-stage lists
+    ``{"Y", "X", "E", "H"}`` (cropped to the input size; E, H are ``(B, L, H, W)``).
+    Y and X have N entries; E and H have N − 1: the last stage is a DFM only,
+    since its VFM/SPM outputs would not reach X.
+    """
+
+    def __init__(self, config: DeRUNConfig | None = None):
+        super().__init__()
+        self.config = config or DeRUNConfig()
+        n = self.config.n_stages
+        self.stages = nn.ModuleList(DeRUNStage(self.config, first=(i == 0), last=(i == n - 1)) for i in range(n))
+
+    @classmethod
+    def from_hifm(cls, params: HIFMParams | None = None, **cfg: Any) -> "DeRUN":
+        """A DeRUN whose learnable pieces start at the HIFM/ADMM values of ``params``."""
+        params = params or HIFMParams()
+        return cls(DeRUNConfig(n_stages=params.n_iter, pad=params.pad, hifm=params.to_dict(), **cfg))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, return_stages: bool = False, callback=None):
+        if a.shape != b.shape or a.ndim != 4 or a.shape[1] != 1:
+            raise ValueError(f"a and b must both be (B, 1, H, W); got {tuple(a.shape)} and {tuple(b.shape)}")
+        Hh, Ww = a.shape[-2:]
+        ph, pw = ops.default_pad(Hh, Ww, self.config.pad)
+        m = ops.reflect_pad(b - a, ph, pw)
+        B = m.shape[0]
+        L = self.config.n_filters
+        z = torch.zeros(B, L, *m.shape[-2:], dtype=m.dtype, device=m.device)
+        state = {"E": z, "F": z, "H": z, "G": z}
+        stages: dict[str, list[torch.Tensor]] = {"Y": [], "X": [], "E": [], "H": []}
+        for i, stage in enumerate(self.stages):
+            state = stage(state, m)
+            if return_stages:
+                y = ops.crop(state["Y"], ph, pw)
+                stages["Y"].append(y)
+                stages["X"].append(y + a)
+                if "E" in state:
+                    stages["E"].append(ops.crop(state["E"], ph, pw))
+                    stages["H"].append(ops.crop(state["H"], ph, pw))
+            if callback is not None:
+                callback(i + 1, len(self.stages))
+        x = ops.crop(state["Y"], ph, pw) + a
+        if return_stages:
+            return x, stages
+        return x
+
+
+def adjoint_loss(model: DeRUN, shape: tuple[int, int] = (32, 32), generator: torch.Generator | None = None) -> torch.Tensor:
+    """Adjointness defect of the PWSM extractors on random vectors.
+
+    For every stage and both families, ``(<∇u, v> − <u, ∇ᵀv>)² / (‖∇u‖²‖v‖² + eps)`` with
+    random ``u``, ``v``; zero while the nonlinear branches are zero. Used with weight
+    0.01 in training in place of ISTA-Net's symmetry loss.
+    """
+    p0 = next(model.parameters())
+    L = model.config.n_filters
+    u = torch.randn(1, 1, *shape, generator=generator).to(p0)
+    v = torch.randn(1, L, *shape, generator=generator).to(p0)
+    total = p0.new_zeros(())
+    for st in model.stages:
+        e = st.ext
+        pairs = [(e.grad_k, e.grad_kt)] if st.last else [(e.grad_l, e.grad_lt), (e.grad_k, e.grad_kt)]
+        for fwd, adj in pairs:
+            gu = fwd(u)
+            lhs = (gu * v).sum()
+            rhs = (u * adj(v)).sum()
+            total = total + (lhs - rhs) ** 2 / ((gu**2).sum() * (v**2).sum() + 1e-8)
+    return total / (2 * len(model.stages) - 1)

@@ -1,0 +1,167 @@
+"""Functional tensor operations shared by the HIFM solver and DeRUN.
+
+All operators act on a *periodic* domain: inputs are reflect-padded once
+(:func:`reflect_pad`), every convolution then uses circular boundary
+conditions, and the result is cropped (:func:`crop`). On that domain the
+derivative filters are exact linear shift-invariant operators, their transposes
+are the exact adjoints, and the Y-update of ADMM is diagonal in Fourier space,
+so :func:`fourier_solve` solves it exactly.
+
+Conventions (kornia-style): images are ``(B, 1, H, W)`` float tensors, filter
+banks are ``(C, 1, kh, kw)`` tensors applied as cross-correlation
+(``torch.nn.functional.conv2d``) with the kernel centre at ``(kh // 2, kw // 2)``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "sobel_bank",
+    "filter_bank_apply",
+    "filter_bank_adjoint",
+    "psf2otf",
+    "fourier_solve",
+    "reflect_pad",
+    "crop",
+    "default_pad",
+]
+
+
+def sobel_bank(dtype: torch.dtype = torch.float32, device=None, scale: float = 1.0 / 8.0) -> torch.Tensor:
+    """Sobel derivative filters: x, y and the two diagonals.
+
+    Returns a ``(4, 1, 3, 3)`` tensor. ``scale = 1/8`` makes each filter a unit
+    derivative (a ramp of slope 1 gives a response of 1 for the x and y filters).
+    """
+    sx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+    sy = sx.t().contiguous()
+    d45 = torch.tensor([[-2.0, -1.0, 0.0], [-1.0, 0.0, 1.0], [0.0, 1.0, 2.0]])
+    d135 = torch.tensor([[0.0, -1.0, -2.0], [1.0, 0.0, -1.0], [2.0, 1.0, 0.0]])
+    bank = torch.stack([sx, sy, d45, d135])[:, None] * scale
+    return bank.to(dtype=dtype, device=device)
+
+
+def _circ_pad(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
+    ph, pw = kh // 2, kw // 2
+    if ph == 0 and pw == 0:
+        return x
+    return F.pad(x, (pw, kw - 1 - pw, ph, kh - 1 - ph), mode="circular")
+
+
+def filter_bank_apply(x: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Apply a filter bank with circular boundaries.
+
+    Args:
+        x: ``(B, 1, H, W)``.
+        bank: ``(C, 1, kh, kw)``.
+
+    Returns:
+        ``(B, C, H, W)``: ``out[:, c] = bank[c] ⋆ x`` (cross-correlation).
+    """
+    kh, kw = bank.shape[-2:]
+    return F.conv2d(_circ_pad(x, kh, kw), bank)
+
+
+def filter_bank_adjoint(z: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Exact adjoint of :func:`filter_bank_apply` (sum over the channels).
+
+    Args:
+        z: ``(B, C, H, W)``.
+        bank: ``(C, 1, kh, kw)``.
+
+    Returns:
+        ``(B, 1, H, W)`` with ``<filter_bank_apply(x), z> == <x, filter_bank_adjoint(z)>``.
+    """
+    kh, kw = bank.shape[-2:]
+    # adjoint of correlation with k is correlation with the flipped kernel,
+    # with the padding mirrored accordingly.
+    flipped = torch.flip(bank, dims=(-2, -1)).transpose(0, 1)  # (1, C, kh, kw)
+    ph, pw = kh // 2, kw // 2
+    zp = F.pad(z, (kw - 1 - pw, pw, kh - 1 - ph, ph), mode="circular")
+    return F.conv2d(zp, flipped)
+
+
+def psf2otf(bank: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Frequency responses (rfft2) of a filter bank on an ``H × W`` periodic grid.
+
+    The response matches :func:`filter_bank_apply`, i.e. cross-correlation with
+    the kernel centre at ``(kh // 2, kw // 2)``.
+
+    Args:
+        bank: ``(C, 1, kh, kw)``.
+        shape: ``(H, W)``, each at least the kernel size.
+
+    Returns:
+        complex ``(C, H, W // 2 + 1)``.
+    """
+    H, W = shape
+    C, _, kh, kw = bank.shape
+    if H < kh or W < kw:
+        raise ValueError(f"grid {shape} is smaller than the {kh}x{kw} filters")
+    # correlation with k == convolution with the flipped kernel
+    k = torch.flip(bank[:, 0], dims=(-2, -1))
+    psf = torch.zeros(C, H, W, dtype=bank.dtype, device=bank.device)
+    psf[:, :kh, :kw] = k
+    psf = torch.roll(psf, shifts=(-(kh - 1 - kh // 2), -(kw - 1 - kw // 2)), dims=(-2, -1))
+    return torch.fft.rfft2(psf)
+
+
+def fourier_solve(
+    rhs: torch.Tensor,
+    otf_l: torch.Tensor,
+    rho: torch.Tensor,
+    otf_k: torch.Tensor,
+    tau: torch.Tensor,
+) -> torch.Tensor:
+    """Solve ``(I + Σ_l ρ_l ∇_lᵀ∇_l + Σ_k τ_k ∇_kᵀ∇_k) Y = rhs`` exactly.
+
+    Args:
+        rhs: ``(B, 1, H, W)`` real.
+        otf_l: ``(L, H, W//2+1)`` frequency responses of the ∇_l bank.
+        rho: ``(L,)`` or ``(B, L)`` non-negative weights.
+        otf_k: ``(K, H, W//2+1)`` frequency responses of the ∇_k bank.
+        tau: ``(K,)`` or ``(B, K)`` non-negative weights.
+
+    Returns:
+        ``(B, 1, H, W)``. The denominator is ``>= 1`` so the system is always
+        well posed.
+    """
+    H, W = rhs.shape[-2:]
+    pl = otf_l.real ** 2 + otf_l.imag ** 2  # (L, H, Wf)
+    pk = otf_k.real ** 2 + otf_k.imag ** 2
+    rho = rho.reshape(-1, rho.shape[-1])  # (1|B, L)
+    tau = tau.reshape(-1, tau.shape[-1])
+    denom = 1.0 + torch.einsum("bl,lhw->bhw", rho.to(pl.dtype), pl) + torch.einsum(
+        "bk,khw->bhw", tau.to(pk.dtype), pk
+    )
+    spec = torch.fft.rfft2(rhs)
+    out = torch.fft.irfft2(spec / denom[:, None], s=(H, W))
+    return out
+
+
+def default_pad(h: int, w: int, pad: int = 16) -> tuple[int, int]:
+    """Reflect padding used before the periodic solve, limited by the image size."""
+    return min(pad, h - 1), min(pad, w - 1)
+
+
+def reflect_pad(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
+    """Reflect-pad the last two dims of a ``(B, C, H, W)`` tensor."""
+    if ph == 0 and pw == 0:
+        return x
+    return F.pad(x, (pw, pw, ph, ph), mode="reflect")
+
+
+def crop(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
+    """Undo :func:`reflect_pad`."""
+    H, W = x.shape[-2:]
+    return x[..., ph : H - ph, pw : W - pw]
+
+
+def inv_softplus(y: float) -> float:
+    """Inverse of softplus, for initialising positive parameters."""
+    if y > 20:
+        return float(y)
+    return float(math.log(math.expm1(y)))

@@ -1,0 +1,174 @@
+"""Input checks, intensity normalisation and colour handling (numpy only, no torch).
+
+* uint8 images are scaled by 1/255; uint16 and other integer images, and float
+  images outside [0, 1], are stretched between robust percentiles (0.1 % and
+  99.9 % by default) and clipped; float images already inside [0, 1] are kept.
+* Colour (RGB/RGBA) inputs are fused on luminance: the Y channel of YCbCr (BT.601,
+  full range) is fused and the Cb/Cr of the colour input are put back. An RGB
+  image whose three channels are equal is treated as grey.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "validate_pair",
+    "to_float01",
+    "normalization_range",
+    "rgb_to_ycbcr",
+    "ycbcr_to_rgb",
+    "split_luma",
+    "PreparedPair",
+    "prepare_pair",
+    "recolor",
+]
+
+DEFAULT_PERCENTILES = (0.1, 99.9)
+_SUPPORTED = "bool, uint8, uint16, other integer types, float16/32/64"
+
+
+def _is_colour(x: np.ndarray) -> bool:
+    return x.ndim == 3 and x.shape[-1] in (3, 4)
+
+
+def validate_pair(a, b, allow_colour: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Check a 2-D pair (grey ``(H, W)`` or colour ``(H, W, 3|4)``) and return numpy arrays.
+
+    Raises:
+        ValueError: with a message naming the problem and what to do.
+    """
+    out = []
+    for name, x in (("a", a), ("b", b)):
+        if x is None:
+            raise ValueError(f"image {name} is missing: pass two registered images")
+        x = np.asarray(x)
+        if x.size == 0:
+            raise ValueError(f"image {name} is empty (shape {x.shape}): pass a non-empty image")
+        if x.dtype.kind not in "biuf":
+            raise ValueError(f"image {name} has unsupported dtype {x.dtype}; supported: {_SUPPORTED}")
+        if x.ndim == 3 and _is_colour(x) and not allow_colour:
+            raise ValueError(f"image {name} is colour {x.shape}; convert it to grey first")
+        if not (x.ndim == 2 or _is_colour(x)):
+            raise ValueError(
+                f"image {name} has shape {x.shape}: expected a 2-D plane (Y, X) or a colour plane (Y, X, 3); "
+                "for stacks use napari_derun.fuse with an nD array and axes="
+            )
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            bad = int((~np.isfinite(x)).sum())
+            raise ValueError(f"image {name} contains {bad} NaN/Inf values; replace them (e.g. np.nan_to_num) first")
+        if min(x.shape[:2]) < 3:
+            raise ValueError(f"image {name} is too small ({x.shape[:2]}); DeRUN needs at least 3 x 3 pixels")
+        out.append(x)
+    a, b = out
+    if a.shape[:2] != b.shape[:2]:
+        raise ValueError(
+            f"the images differ in size: a is {a.shape[:2]} and b is {b.shape[:2]}; "
+            "fusion needs two registered images of the same size (resample or crop one of them first)"
+        )
+    return a, b
+
+
+def normalization_range(x: np.ndarray, percentiles=DEFAULT_PERCENTILES) -> tuple[float, float]:
+    """Intensity range ``(lo, hi)`` that maps ``x`` to [0, 1] (see module docstring)."""
+    x = np.asarray(x)
+    if x.dtype == np.uint8:
+        return 0.0, 255.0
+    if x.dtype == bool:
+        return 0.0, 1.0
+    if x.dtype.kind == "f":
+        mn, mx = float(np.min(x)), float(np.max(x))
+        if mn >= 0.0 and mx <= 1.0:
+            return 0.0, 1.0
+    lo, hi = np.percentile(x, percentiles)
+    return float(lo), float(hi)
+
+
+def to_float01(x: np.ndarray, rng: tuple[float, float] | None = None, percentiles=DEFAULT_PERCENTILES) -> np.ndarray:
+    """Scale ``x`` to float32 in [0, 1] with :func:`normalization_range` (or a given range)."""
+    lo, hi = rng if rng is not None else normalization_range(x, percentiles)
+    xf = np.asarray(x, dtype=np.float32)
+    if hi - lo <= 1e-12 * max(1.0, abs(hi)):
+        # constant image (outside [0, 1]): no contrast to stretch, map it to 0
+        return np.zeros_like(xf, dtype=np.float32)
+    return np.clip((xf - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
+    """BT.601 full-range YCbCr of an ``(…, 3)`` float image in [0, 1] (Cb, Cr centred at 0.5)."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    cb = 0.5 + (b - y) * 0.564
+    cr = 0.5 + (r - y) * 0.713
+    return np.stack([y, cb, cr], axis=-1)
+
+
+def ycbcr_to_rgb(ycc: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`rgb_to_ycbcr`, clipped to [0, 1]."""
+    y, cb, cr = ycc[..., 0], ycc[..., 1] - 0.5, ycc[..., 2] - 0.5
+    r = y + cr / 0.713
+    b = y + cb / 0.564
+    g = (y - 0.299 * r - 0.114 * b) / 0.587
+    return np.clip(np.stack([r, g, b], axis=-1), 0.0, 1.0).astype(np.float32)
+
+
+def split_luma(x01: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Luminance and chroma of a [0, 1] image; chroma is ``None`` for grey (or R = G = B) input."""
+    if x01.ndim == 2:
+        return x01.astype(np.float32), None
+    rgb = x01[..., :3]
+    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+        return rgb[..., 0].astype(np.float32), None
+    ycc = rgb_to_ycbcr(rgb)
+    return ycc[..., 0].astype(np.float32), ycc[..., 1:].astype(np.float32)
+
+
+@dataclass
+class PreparedPair:
+    """A validated pair as float32 luminance planes in [0, 1] plus the chroma to put back."""
+
+    a: np.ndarray
+    b: np.ndarray
+    chroma: np.ndarray | None
+    chroma_from: str | None
+    range_a: tuple[float, float]
+    range_b: tuple[float, float]
+
+
+def prepare_pair(a, b, percentiles=DEFAULT_PERCENTILES, color_from: str = "auto", ranges=None) -> PreparedPair:
+    """Validate and normalise a 2-D pair for fusion.
+
+    Args:
+        a: structural image, ``(H, W)`` or ``(H, W, 3|4)``.
+        b: salient image, same size.
+        color_from: which colour input's chroma the result takes when both are
+            colour: ``"auto"`` (``b`` if colour, else ``a``), ``"a"`` or ``"b"``.
+        ranges: optional fixed ``((lo_a, hi_a), (lo_b, hi_b))`` intensity ranges
+            (e.g. computed once for a whole stack).
+    """
+    a, b = validate_pair(a, b)
+    ra = ranges[0] if ranges else normalization_range(a, percentiles)
+    rb = ranges[1] if ranges else normalization_range(b, percentiles)
+    ya, ca = split_luma(to_float01(a, ra))
+    yb, cb = split_luma(to_float01(b, rb))
+    if color_from not in ("auto", "a", "b"):
+        raise ValueError(f"color_from must be 'auto', 'a' or 'b'; got {color_from!r}")
+    if color_from == "a":
+        order = (("a", ca), ("b", cb))
+    else:
+        order = (("b", cb), ("a", ca))
+    chroma, src = None, None
+    for name, c in order:
+        if c is not None:
+            chroma, src = c, name
+            break
+    return PreparedPair(ya, yb, chroma, src, ra, rb)
+
+
+def recolor(fused_luma: np.ndarray, chroma: np.ndarray | None) -> np.ndarray:
+    """Put chroma back on a fused luminance plane (grey output when ``chroma`` is None)."""
+    y = np.clip(fused_luma, 0.0, 1.0).astype(np.float32)
+    if chroma is None:
+        return y
+    return ycbcr_to_rgb(np.concatenate([y[..., None], chroma], axis=-1))
