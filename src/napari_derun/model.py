@@ -135,17 +135,35 @@ class PWSMStage(nn.Module):
         self.spec_lt = _conv(hidden, 1, zero=True)
         self.spec_kt = _conv(hidden, 1, zero=True)
 
+    @staticmethod
+    def _linear_and_hidden(x: torch.Tensor, lin: torch.Tensor, shared: nn.Conv2d):
+        """One circular 3×3 conv computing the linear bank and the shared branch together."""
+        n = lin.shape[0]
+        w = torch.cat([lin, shared.weight], 0)
+        bias = torch.cat([shared.bias.new_zeros(n), shared.bias])
+        out = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="circular"), w, bias)
+        return out[:, :n], F.relu(out[:, n:])
+
+    @staticmethod
+    def _adjoint_kernel(bank: torch.Tensor) -> torch.Tensor:
+        # adjoint of circular correlation with a centred 3×3 kernel: correlation with the flipped kernel
+        return torch.flip(bank, dims=(-2, -1)).transpose(0, 1)
+
     def grad_l(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.filter_bank_apply(x, self.bank_l) + self.spec_l(F.relu(self.shared_fwd(x)))
+        lin, h = self._linear_and_hidden(x, self.bank_l, self.shared_fwd)
+        return lin + self.spec_l(h)
 
     def grad_k(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.filter_bank_apply(x, self.bank_k) + self.spec_k(F.relu(self.shared_fwd(x)))
+        lin, h = self._linear_and_hidden(x, self.bank_k, self.shared_fwd)
+        return lin + self.spec_k(h)
 
     def grad_lt(self, z: torch.Tensor) -> torch.Tensor:
-        return ops.filter_bank_adjoint(z, self.bank_l) + self.spec_lt(F.relu(self.shared_adj(z)))
+        lin, h = self._linear_and_hidden(z, self._adjoint_kernel(self.bank_l), self.shared_adj)
+        return lin + self.spec_lt(h)
 
     def grad_kt(self, z: torch.Tensor) -> torch.Tensor:
-        return ops.filter_bank_adjoint(z, self.bank_k) + self.spec_kt(F.relu(self.shared_adj(z)))
+        lin, h = self._linear_and_hidden(z, self._adjoint_kernel(self.bank_k), self.shared_adj)
+        return lin + self.spec_kt(h)
 
 
 class DeRUNStage(nn.Module):
