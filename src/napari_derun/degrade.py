@@ -1,0 +1,298 @@
+"""Simulated degradations of the source images (haze, rain, low light, noise, blur).
+
+Every degradation has the signature ``fn(img, level, seed=None)``:
+
+* ``img`` - float image in ``[0, 1]``, grey ``(H, W)`` or colour ``(H, W, 3)``
+  (integer images are accepted and divided by their dtype maximum);
+* ``level`` - integer severity 0..5, 0 = identity (the image is returned as a
+  float32 copy, clipped to ``[0, 1]``);
+* ``seed`` - ``None`` (fresh randomness), an int or a ``numpy.random.Generator``;
+  the same int seed gives the same result.
+
+The result is float32 with the input's shape, clipped to ``[0, 1]``.  For colour
+images the random fields (depth map, rain layer, noise pattern of low light) are
+shared by the three channels where that is physical (haze, rain), independent per
+channel for sensor noise.  The per-level parameters are module constants
+(``HAZE_BETA``, ...) listed in ``docs/metrics.md``.
+
+numpy / scipy only (no torch, Qt or napari).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from scipy import ndimage as ndi
+
+__all__ = [
+    "DEGRADATIONS",
+    "LEVELS",
+    "apply",
+    "haze",
+    "rain",
+    "low_light",
+    "gaussian_noise",
+    "blur",
+]
+
+#: Valid severity levels.
+LEVELS = range(0, 6)
+
+# per-level parameters, index = level (0 is never used: identity)
+HAZE_BETA = (0.0, 0.5, 1.0, 1.5, 2.0, 2.6)  # extinction coefficient on a [0, 1] depth map
+HAZE_AIRLIGHT = 0.9  # atmospheric light A (grey)
+RAIN_DENSITY = (0.0, 0.002, 0.004, 0.007, 0.011, 0.016)  # fraction of pixels that seed a drop
+RAIN_LENGTH = (0, 9, 13, 17, 21, 25)  # streak length in pixels
+RAIN_STRENGTH = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9)  # opacity of the streak layer
+RAIN_ANGLE = 75.0  # streak direction in degrees from the horizontal
+LOW_LIGHT_GAIN = (1.0, 0.6, 0.45, 0.3, 0.2, 0.12)  # exposure factor
+LOW_LIGHT_GAMMA = (1.0, 1.2, 1.4, 1.6, 1.8, 2.0)
+LOW_LIGHT_PHOTONS = (np.inf, 400.0, 200.0, 100.0, 50.0, 25.0)  # photons at full scale
+LOW_LIGHT_READ = (0.0, 0.002, 0.004, 0.006, 0.008, 0.012)  # Gaussian read-noise std
+NOISE_SIGMA = tuple(s / 255.0 for s in (0, 5, 10, 15, 25, 40))
+BLUR_SIGMA = (0.0, 0.8, 1.5, 2.5, 3.5, 5.0)
+
+
+def _check(img, level) -> np.ndarray:
+    arr = np.asarray(img)
+    valid = (
+        isinstance(level, (int, np.integer))
+        and not isinstance(level, (bool, np.bool_))
+        and 0 <= level <= 5
+    )
+    if not valid:
+        raise ValueError(f"level must be an integer in 0..5, got {level!r}")
+    if arr.dtype == bool:
+        x = arr.astype(np.float64)
+    elif np.issubdtype(arr.dtype, np.integer):
+        x = arr.astype(np.float64) / float(np.iinfo(arr.dtype).max)
+    elif np.issubdtype(arr.dtype, np.floating):
+        x = arr.astype(np.float64)
+    else:
+        raise ValueError(f"unsupported image dtype {arr.dtype}")
+    if not (x.ndim == 2 or (x.ndim == 3 and x.shape[-1] == 3)):
+        raise ValueError(f"expected a (H, W) or (H, W, 3) image, got shape {arr.shape}")
+    if x.size == 0:
+        raise ValueError("empty image")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("image contains NaN or Inf values")
+    return np.clip(x, 0.0, 1.0)
+
+
+def _rng(seed) -> np.random.Generator:
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+def _out(x: np.ndarray) -> np.ndarray:
+    return np.clip(x, 0.0, 1.0).astype(np.float32)
+
+
+def _per_channel(x: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    if x.ndim == 2:
+        return fn(x)
+    return np.stack([fn(x[..., c]) for c in range(x.shape[-1])], axis=-1)
+
+
+def _depth_proxy(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """Depth proxy in [0, 1]: far at the top, near at the bottom, plus smooth variation."""
+    rows = np.linspace(1.0, 0.0, h)[:, None] * np.ones((1, w))
+    field = ndi.gaussian_filter(rng.standard_normal((h, w)), max(h, w) / 8.0, mode="reflect")
+    span = field.max() - field.min()
+    field = (field - field.min()) / span if span > 0 else np.zeros_like(field)
+    return 0.7 * rows + 0.3 * field
+
+
+def haze(img, level: int, seed=None) -> np.ndarray:
+    """Haze / fog with the atmospheric scattering model I = J t + A (1 - t).
+
+    Transmission t = exp(-beta d) with d a depth proxy in [0, 1] (0.7 x a vertical
+    ramp, far at the top, + 0.3 x a smooth random field drawn from ``seed``),
+    beta = ``HAZE_BETA[level]`` (0.5 .. 2.6) and grey airlight A = 0.9.  For a fixed
+    seed t decreases with the level at every pixel, so |I - A| = t |J - A| (the
+    contrast against the airlight) decreases monotonically.
+
+    Parameters
+    ----------
+    img : (H, W) or (H, W, 3) float array in [0, 1]
+    level : int, 0..5
+    seed : None, int or numpy.random.Generator
+
+    Returns
+    -------
+    float32 array of ``img``'s shape, in [0, 1]
+    """
+    x = _check(img, level)
+    if level == 0:
+        return _out(x)
+    h, w = x.shape[:2]
+    t = np.exp(-HAZE_BETA[level] * _depth_proxy(h, w, _rng(seed)))
+    if x.ndim == 3:
+        t = t[..., None]
+    return _out(x * t + HAZE_AIRLIGHT * (1.0 - t))
+
+
+def _line_kernel(length: int, angle_deg: float) -> np.ndarray:
+    """Normalised anti-aliased line of ``length`` pixels at ``angle_deg`` from the horizontal."""
+    size = length if length % 2 else length + 1
+    c = size // 2
+    k = np.zeros((size, size))
+    th = np.deg2rad(angle_deg)
+    for s in np.linspace(-(length - 1) / 2, (length - 1) / 2, 4 * length):
+        xf = c + s * np.cos(th)
+        yf = c - s * np.sin(th)
+        x0, y0 = int(np.floor(xf)), int(np.floor(yf))
+        fx, fy = xf - x0, yf - y0
+        for dy, wy in ((0, 1 - fy), (1, fy)):
+            for dx, wx in ((0, 1 - fx), (1, fx)):
+                yy, xx = y0 + dy, x0 + dx
+                if 0 <= yy < size and 0 <= xx < size:
+                    k[yy, xx] += wy * wx
+    return k / k.sum()
+
+
+def rain(img, level: int, seed=None, angle: float = RAIN_ANGLE) -> np.ndarray:
+    """Rain streaks: sparse random drops motion-blurred along a slanted line.
+
+    Drops are the pixels where a uniform field u < ``RAIN_DENSITY[level]`` (the
+    drops of a lower level are a subset of those of a higher level for the same
+    seed) with random brightness in [0.5, 1]; they are smeared with a line kernel
+    of ``RAIN_LENGTH[level]`` pixels at ``angle`` degrees, normalised to peak 1 and
+    composited by a screen blend I = 1 - (1 - J)(1 - s R), s =
+    ``RAIN_STRENGTH[level]``, which only brightens and stays in [0, 1].  The same
+    streak layer is used for the three channels of a colour image.
+
+    Parameters
+    ----------
+    img : (H, W) or (H, W, 3) float array in [0, 1]
+    level : int, 0..5
+    seed : None, int or numpy.random.Generator
+    angle : float
+        Streak direction in degrees from the horizontal (75 = nearly vertical).
+
+    Returns
+    -------
+    float32 array of ``img``'s shape, in [0, 1]
+    """
+    x = _check(img, level)
+    if level == 0:
+        return _out(x)
+    h, w = x.shape[:2]
+    rng = _rng(seed)
+    u = rng.random((h, w))
+    bright = rng.uniform(0.5, 1.0, size=(h, w))
+    drops = np.where(u < RAIN_DENSITY[level], bright, 0.0)
+    k = _line_kernel(RAIN_LENGTH[level], angle)
+    streaks = ndi.convolve(drops, k, mode="wrap")
+    streaks = np.clip(streaks / k.max(), 0.0, 1.0)
+    layer = RAIN_STRENGTH[level] * streaks
+    if x.ndim == 3:
+        layer = layer[..., None]
+    return _out(1.0 - (1.0 - x) * (1.0 - layer))
+
+
+def low_light(img, level: int, seed=None) -> np.ndarray:
+    """Low light: under-exposure, gamma darkening and sensor noise.
+
+    I = clip(Poisson(N J'(x)) / N + n_read), J' = g J^gamma with exposure gain
+    g = ``LOW_LIGHT_GAIN[level]`` (0.6 .. 0.12), gamma = ``LOW_LIGHT_GAMMA[level]``
+    (1.2 .. 2.0), N = ``LOW_LIGHT_PHOTONS[level]`` photons at full scale (shot noise
+    grows as the level rises) and Gaussian read noise of std
+    ``LOW_LIGHT_READ[level]``.  Noise is independent per channel.
+
+    Parameters
+    ----------
+    img : (H, W) or (H, W, 3) float array in [0, 1]
+    level : int, 0..5
+    seed : None, int or numpy.random.Generator
+
+    Returns
+    -------
+    float32 array of ``img``'s shape, in [0, 1]
+    """
+    x = _check(img, level)
+    if level == 0:
+        return _out(x)
+    rng = _rng(seed)
+    dark = LOW_LIGHT_GAIN[level] * np.power(x, LOW_LIGHT_GAMMA[level])
+    n = LOW_LIGHT_PHOTONS[level]
+    shot = rng.poisson(dark * n) / n
+    read = rng.normal(0.0, LOW_LIGHT_READ[level], size=x.shape)
+    return _out(shot + read)
+
+
+def gaussian_noise(img, level: int, seed=None) -> np.ndarray:
+    """Additive white Gaussian noise of std ``NOISE_SIGMA[level]`` = (5, 10, 15, 25, 40) / 255.
+
+    Independent per pixel and channel; the result is clipped to [0, 1].
+
+    Parameters
+    ----------
+    img : (H, W) or (H, W, 3) float array in [0, 1]
+    level : int, 0..5
+    seed : None, int or numpy.random.Generator
+
+    Returns
+    -------
+    float32 array of ``img``'s shape, in [0, 1]
+    """
+    x = _check(img, level)
+    if level == 0:
+        return _out(x)
+    rng = _rng(seed)
+    return _out(x + rng.normal(0.0, NOISE_SIGMA[level], size=x.shape))
+
+
+def blur(img, level: int, seed=None) -> np.ndarray:
+    """Gaussian blur of std ``BLUR_SIGMA[level]`` = (0.8, 1.5, 2.5, 3.5, 5) pixels.
+
+    Each channel separately, reflected borders.  Deterministic (``seed`` is
+    accepted for a uniform signature and ignored).
+
+    Parameters
+    ----------
+    img : (H, W) or (H, W, 3) float array in [0, 1]
+    level : int, 0..5
+    seed : ignored
+
+    Returns
+    -------
+    float32 array of ``img``'s shape, in [0, 1]
+    """
+    x = _check(img, level)
+    if level == 0:
+        return _out(x)
+    s = BLUR_SIGMA[level]
+    return _out(_per_channel(x, lambda c: ndi.gaussian_filter(c, s, mode="reflect")))
+
+
+#: name -> degradation function ``fn(img, level, seed=None)``.
+DEGRADATIONS: dict[str, Callable[..., np.ndarray]] = {
+    "haze": haze,
+    "rain": rain,
+    "low_light": low_light,
+    "gaussian_noise": gaussian_noise,
+    "blur": blur,
+}
+
+
+def apply(img, name: str, level: int, seed=None) -> np.ndarray:
+    """Apply the degradation ``name`` (a key of :data:`DEGRADATIONS`) at ``level``.
+
+    Parameters
+    ----------
+    img : (H, W) or (H, W, 3) float array in [0, 1]
+    name : str
+    level : int, 0..5
+    seed : None, int or numpy.random.Generator
+
+    Returns
+    -------
+    float32 array of ``img``'s shape, in [0, 1]
+    """
+    try:
+        fn = DEGRADATIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown degradation {name!r}; choose one of {sorted(DEGRADATIONS)}"
+        ) from None
+    return fn(img, level, seed=seed)

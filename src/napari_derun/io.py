@@ -1,0 +1,265 @@
+"""Reading source images and finding (A, B) pairs on disk.
+
+* :func:`read_image` reads PNG / JPEG / TIFF into a numpy array that keeps the
+  stored dtype (uint8, uint16, float, ...) and layout (grey ``(H, W)`` or colour
+  ``(H, W, 3)``); alpha is dropped.
+* :func:`find_pairs` lists the pairs of a data folder laid out as ``<dir>/a`` and
+  ``<dir>/b`` (same file stem = a pair) and reports every file it cannot pair.
+* :func:`to_gray01` turns any such array into the float32 ``[0, 1]`` grey image
+  used by the metrics and the model.
+
+Only numpy, tifffile and Pillow are used (no torch, Qt or napari).
+"""
+from __future__ import annotations
+
+import os
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["IMAGE_EXTENSIONS", "read_image", "find_pairs", "to_gray01"]
+
+#: File extensions recognised as images (compared case-insensitively).
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+_TIFF_EXTENSIONS = (".tif", ".tiff")
+
+
+def _png_is_16bit_colour(path: Path) -> bool:
+    """True if ``path`` is a PNG with 16-bit samples and colour (types 2 or 6)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(26)
+    except OSError:
+        return False
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return False
+    bit_depth, colour_type = struct.unpack("BB", head[24:26])
+    return bit_depth == 16 and colour_type in (2, 6)
+
+
+def _normalise_layout(arr: np.ndarray, path: Path) -> np.ndarray:
+    """Bring an array to (H, W) or (H, W, 3): drop alpha, squeeze single channels."""
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (1, 2, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # channel-first TIFF
+    if arr.ndim == 3:
+        c = arr.shape[-1]
+        if c == 1:
+            arr = arr[..., 0]
+        elif c == 2:  # grey + alpha
+            arr = arr[..., 0]
+        elif c == 4:  # RGBA
+            arr = arr[..., :3]
+        elif c != 3:
+            raise ValueError(
+                f"{path}: expected a single 2-D grey or RGB image, got an array of shape "
+                f"{arr.shape} ({c} channels or a stack of images)"
+            )
+    if arr.ndim not in (2, 3):
+        raise ValueError(
+            f"{path}: expected a single 2-D grey or RGB image, got an array of shape {arr.shape}"
+        )
+    return np.ascontiguousarray(arr)
+
+
+def read_image(path) -> np.ndarray:
+    """Read one image file, keeping its dtype.
+
+    TIFF (``.tif``, ``.tiff``) is read with tifffile (first series, any dtype,
+    channel-first colour is moved last); other formats with Pillow.  Palette
+    images are expanded to RGB, CMYK / YCbCr JPEGs converted to RGB, 1-bit images
+    to uint8 0/255.  An alpha channel is dropped.  An RGB image whose three
+    channels are identical stays ``(H, W, 3)``: the caller decides.  Pillow reads
+    16-bit *colour* PNGs as 8 bits; a warning says so (store 16-bit colour as TIFF).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    (H, W) or (H, W, 3) ndarray
+        dtype as stored (uint8, uint16, float32, ...).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If the file cannot be decoded or is not a single 2-D grey/RGB image.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no such image file: {p}")
+    suffix = p.suffix.lower()
+    if suffix in _TIFF_EXTENSIONS:
+        import tifffile
+
+        try:
+            arr = tifffile.imread(str(p))
+        except Exception as exc:  # tifffile raises several types
+            raise ValueError(f"{p}: cannot read TIFF ({exc})") from exc
+        arr = np.asarray(arr)
+        while arr.ndim > 3 and arr.shape[0] == 1:
+            arr = arr[0]
+        return _normalise_layout(arr, p)
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(p) as im:
+            im.load()
+            mode = im.mode
+            if mode == "P" or mode == "PA":
+                im = im.convert("RGBA" if ("transparency" in im.info or mode == "PA") else "RGB")
+            elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                im = im.convert("RGB")
+            elif mode == "1":
+                im = im.convert("L")
+            elif mode == "LA":
+                im = im.convert("L")
+            arr = np.asarray(im)
+    except UnidentifiedImageError as exc:
+        raise ValueError(f"{p}: not a readable image ({exc})") from exc
+    except OSError as exc:
+        raise ValueError(f"{p}: cannot read image ({exc})") from exc
+    if suffix == ".png" and arr.dtype == np.uint8 and arr.ndim == 3 and _png_is_16bit_colour(p):
+        warnings.warn(
+            f"{p}: 16-bit colour PNG read as 8 bits per channel (Pillow limitation); "
+            "store 16-bit colour images as TIFF",
+            stacklevel=2,
+        )
+    if arr.dtype == np.int32 and arr.size and arr.min() >= 0 and arr.max() <= 65535:
+        arr = arr.astype(np.uint16)  # Pillow mode "I" for 16-bit grey
+    return _normalise_layout(np.array(arr), p)
+
+
+def _list_images(folder: Path, label: str, problems: list[str]) -> dict[str, Path]:
+    """Map stem -> path for the image files of ``folder``; record problems."""
+    found: dict[str, list[Path]] = {}
+    if not folder.exists():
+        problems.append(f"missing folder {label}/ ({folder})")
+        return {}
+    if not folder.is_dir():
+        problems.append(f"{label}/ is not a folder ({folder})")
+        return {}
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        problems.append(f"cannot read folder {label}/ ({folder}): {exc}")
+        return {}
+    for entry in entries:
+        name = entry.name
+        if name.startswith("."):
+            continue  # hidden files (.DS_Store, ...)
+        path = Path(entry.path)
+        if entry.is_dir():
+            problems.append(f"{label}/{name}: sub-folder ignored")
+            continue
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            problems.append(
+                f"{label}/{name}: ignored, not an image extension ({', '.join(IMAGE_EXTENSIONS)})"
+            )
+            continue
+        found.setdefault(path.stem, []).append(path)
+    out: dict[str, Path] = {}
+    for stem, paths in found.items():
+        if len(paths) > 1:
+            names = ", ".join(p.name for p in paths)
+            problems.append(f"{label}/: several files share the name {stem!r} ({names}); skipped")
+            continue
+        out[stem] = paths[0]
+    return out
+
+
+def find_pairs(directory) -> tuple[list[tuple[str, Path, Path]], list[str]]:
+    """Find the (A, B) image pairs of a data folder.
+
+    ``directory`` holds ``a/`` (structural images) and ``b/`` (salient images);
+    files with the same stem form a pair (``a/x.png`` + ``b/x.jpg`` is a pair).
+    Extensions png, jpg, jpeg, tif, tiff are recognised case-insensitively; stems
+    are compared exactly.  Hidden files (starting with ``.``) are skipped; every
+    other file that cannot be paired is reported.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+
+    Returns
+    -------
+    pairs : list of (name, path_a, path_b)
+        Sorted by name; ``name`` is the common stem.
+    problems : list of str
+        Human-readable reports: missing/unreadable folders, files without a
+        partner, non-image files, ambiguous names.  Empty if everything paired.
+    """
+    root = Path(directory)
+    problems: list[str] = []
+    if not root.is_dir():
+        problems.append(f"not a folder: {root}")
+        return [], problems
+    fa = _list_images(root / "a", "a", problems)
+    fb = _list_images(root / "b", "b", problems)
+    pairs = [(stem, fa[stem], fb[stem]) for stem in sorted(set(fa) & set(fb))]
+    lower_b = {s.lower(): s for s in fb}
+    lower_a = {s.lower(): s for s in fa}
+    for stem in sorted(set(fa) - set(fb)):
+        hint = ""
+        if stem.lower() in lower_b and lower_b[stem.lower()] not in fa:
+            hint = f" (b/ has {fb[lower_b[stem.lower()]].name}, which differs in letter case)"
+        problems.append(f"a/{fa[stem].name}: no partner in b/{hint}")
+    for stem in sorted(set(fb) - set(fa)):
+        hint = ""
+        if stem.lower() in lower_a and lower_a[stem.lower()] not in fb:
+            hint = f" (a/ has {fa[lower_a[stem.lower()]].name}, which differs in letter case)"
+        problems.append(f"b/{fb[stem].name}: no partner in a/{hint}")
+    return pairs, problems
+
+
+def to_gray01(img) -> np.ndarray:
+    """Convert an image array to a float32 grey image in [0, 1].
+
+    * unsigned / signed integers are divided by the dtype maximum (uint8 / 255,
+      uint16 / 65535, ...), negative values clipped to 0; bool -> 0 / 1;
+    * floats are assumed to be in [0, 1] already and clipped to it;
+    * colour ``(H, W, 3)`` (or ``(H, W, 4)``, alpha dropped) -> luminance
+      Y = 0.299 R + 0.587 G + 0.114 B (ITU-R BT.601); ``(H, W, 1)`` is squeezed.
+
+    Parameters
+    ----------
+    img : (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array_like
+
+    Returns
+    -------
+    (H, W) float32 in [0, 1]
+
+    Raises
+    ------
+    ValueError
+        For other shapes, non-numeric dtypes or NaN / Inf values.
+    """
+    arr = np.asarray(img)
+    if arr.dtype == bool:
+        x = arr.astype(np.float32)
+    elif np.issubdtype(arr.dtype, np.integer):
+        x = arr.astype(np.float64) / float(np.iinfo(arr.dtype).max)
+    elif np.issubdtype(arr.dtype, np.floating):
+        x = arr.astype(np.float64)
+        if not np.all(np.isfinite(x)):
+            raise ValueError("to_gray01: image contains NaN or Inf values")
+    else:
+        raise ValueError(f"to_gray01: unsupported dtype {arr.dtype}")
+    if x.ndim == 3 and x.shape[-1] in (1, 3, 4):
+        if x.shape[-1] == 1:
+            x = x[..., 0]
+        else:
+            x = x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
+    elif x.ndim != 2:
+        raise ValueError(
+            f"to_gray01: expected (H, W) or (H, W, 3) image, got shape {arr.shape}"
+        )
+    return np.clip(x, 0.0, 1.0).astype(np.float32)
