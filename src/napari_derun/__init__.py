@@ -24,22 +24,22 @@ _LAZY = {
     "DeRUNConfig": "napari_derun.model",
     "finetune": "napari_derun.training",
     "train": "napari_derun.training",
-    "evaluate": "napari_derun.evaluate",
-    "metrics": "napari_derun.metrics",
-    "degrade": "napari_derun.degrade",
+    "evaluate": "napari_derun.evaluation",
+    "robustness": "napari_derun.evaluation",
 }
+# submodules exposed as attributes (imported on first use)
+_SUBMODULES = {"metrics", "degrade", "baselines", "sample_data"}
 
-__all__ = sorted(_LAZY) + ["__version__"]
+__all__ = sorted(_LAZY) + sorted(_SUBMODULES) + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"napari_derun.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'napari_derun' has no attribute {name!r}")
-    mod = importlib.import_module(module)
-    if module.endswith("." + name):
-        return mod
-    return getattr(mod, name)
+    return getattr(importlib.import_module(module), name)
 
 
 def __dir__() -> list[str]:

@@ -1,0 +1,33 @@
+"""``napari-derun evaluate``: score fusion methods on a folder of image pairs."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="fuse every a/ + b/ pair of a folder with several methods and tabulate the 8 fusion metrics",
+        description="Fuse each pair of DIR/a and DIR/b (same file name = pair) with each method, score it "
+        "with SSIM PSNR AG FMI VIF EN UIQI Qp, write per_image.csv and summary.md (mean ± std).",
+    )
+    p.add_argument("dir", help="data folder with a/ (structural) and b/ (salient) sub-folders")
+    p.add_argument("--methods", default="derun,admm,average,max,laplacian",
+                   help="comma-separated: derun, admm, average, max, laplacian, model names or checkpoint paths")
+    p.add_argument("--model", default=None, help="model behind 'derun' (default: shipped model of the folder's task)")
+    p.add_argument("--out", "-o", default=None, help="output folder for per_image.csv and summary.md")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--limit", type=int, default=None, help="only the first N pairs (sorted by name)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluation import evaluate
+
+    rows, summary = evaluate(args.dir, methods=args.methods, out_dir=args.out, device=args.device,
+                             progress=not args.no_progress, model=args.model, limit=args.limit)
+    print(summary["markdown"])
+    if args.out:
+        print(f"wrote {args.out}/per_image.csv and {args.out}/summary.md")
+    return 0 if rows else 1
