@@ -225,31 +225,65 @@ def fuse(
     percentiles: tuple[float, float] = preprocess.DEFAULT_PERCENTILES,
     color_from: str = "auto",
     callback: Callable[[int, int], None] | None = None,
+    *,
+    axes: str | tuple[str, str] | None = None,
+    tile: int | None = 1024,
+    overlap: int | None = None,
+    batch_size: int | None = None,
+    cancel=None,
+    ranges: tuple[tuple[float, float], tuple[float, float]] | None = None,
+    client: Any = None,
 ):
-    """Fuse two registered images with DeRUN or the training-free HIFM solver.
+    """Fuse two registered images or stacks with DeRUN or the training-free HIFM solver.
 
     Args:
-        a: structural image (phase contrast, MRI, visible): ``(H, W)`` or RGB ``(H, W, 3)``;
+        a: structural image (phase contrast, MRI, visible): numpy or dask array of layout
+            ``YX``, ``YXC`` (RGB/RGBA), ``ZYX``, ``TYX``, ``TZYX`` (``…C``) or as given by ``axes``;
             uint8, uint16 or float (see :mod:`napari_derun.preprocess` for the normalisation).
-        b: salient image (GFP, PET, SPECT, CT, infrared), same size.
+        b: salient image (GFP, PET, SPECT, CT, infrared), same size (may be colour when ``a`` is not).
         model: see :func:`load_model` (default ``"admm"``, training-free).
         device: ``"auto"`` (GPU when there is one), ``"cpu"``, ``"cuda"``, ``"mps"``.
-        return_stages: also return per-stage intermediates.
-        percentiles: robust range for non-uint8 inputs.
+        return_stages: also return per-stage intermediates (2-D inputs only; not tiled).
+        percentiles: robust range for non-uint8 inputs, computed once for the whole stack.
         color_from: chroma source when both inputs are colour (``"auto"``: ``b``).
-        callback: ``callback(stage, n_stages)`` after each stage (raise to cancel).
+        callback: ``callback(done, total)`` progress in tile-stages (for one untiled plane:
+            ``(stage, n_stages)``); it may raise to cancel.
+        axes: axis letters when the default guess is wrong (e.g. ``"ZYX"`` for a 3-plane
+            stack of shape ``(Z, Y, 3)``); a pair ``(axes_a, axes_b)`` for different layouts.
+        tile: planes larger than ``tile`` pixels (either side) are fused in overlapping tiles
+            (``None``/``0``: never tile).
+        overlap: tile overlap in pixels (default :data:`napari_derun.nd.DEFAULT_OVERLAP`).
+        batch_size: planes/tiles per device batch (default 8 on CUDA, 1 otherwise); halved
+            (then the tile) on GPU out-of-memory.
+        cancel: a :class:`threading.Event`; when set, fusion stops with
+            :class:`napari_derun.nd.FuseCancelled` between stages/tiles.
+        ranges: fixed ``((lo_a, hi_a), (lo_b, hi_b))`` intensity ranges instead of percentiles.
+        client: a ``dask.distributed.Client``: planes are fused on its workers.
 
     Returns:
-        float32 fused image in [0, 1], ``(H, W)`` for grey inputs or ``(H, W, 3)``
-        when an input is colour. With ``return_stages``: ``(fused, stages)`` where
-        ``stages["X"]``/``["Y"]`` are ``(N, H, W)`` luminance and ``stages["E"]``/``["H"]``
-        are ``(N, L, H, W)``.
+        float32 fused image in [0, 1] with the layout of the inputs (``C`` = 3 when an
+        input is colour); a lazy dask array when an input is a dask array. With
+        ``return_stages``: ``(fused, stages)`` where ``stages["X"]``/``["Y"]`` are
+        ``(N, H, W)`` luminance and ``stages["E"]``/``["H"]`` are ``(N, L, H, W)``.
     """
+    from . import nd
+
     fuser = load_model(model, device)
-    prep = preprocess.prepare_pair(a, b, percentiles=percentiles, color_from=color_from)
-    res = fuse_planes(fuser, prep.a[None], prep.b[None], return_stages=return_stages, callback=callback)
-    if not return_stages:
-        return preprocess.recolor(res[0], prep.chroma)
-    x, stages = res
-    stages = {k: v[:, 0] for k, v in stages.items()}
-    return preprocess.recolor(x[0], prep.chroma), stages
+    if return_stages:
+        if nd._is_dask(a) or nd._is_dask(b) or np.ndim(a) > 3 or (np.ndim(a) == 3 and axes not in (None, "YXC")):
+            raise ValueError("return_stages=True is only supported for 2-D (YX or YXC) numpy inputs")
+        prep = preprocess.prepare_pair(a, b, percentiles=percentiles, color_from=color_from, ranges=ranges)
+        x, stages = fuse_planes(fuser, prep.a[None], prep.b[None], return_stages=True, callback=callback)
+        stages = {k: v[:, 0] for k, v in stages.items()}
+        return preprocess.recolor(x[0], prep.chroma), stages
+    if a is None or b is None:
+        preprocess.validate_pair(a, b)  # raises with the standard message
+    if not nd._is_dask(a):
+        a = np.asarray(a)
+    if not nd._is_dask(b):
+        b = np.asarray(b)
+    return nd.fuse_stack(
+        a, b, fuser, axes=axes, tile=tile or 0, overlap=nd.DEFAULT_OVERLAP if overlap is None else overlap,
+        batch_size=batch_size, percentiles=percentiles, color_from=color_from, ranges=ranges,
+        callback=callback, cancel=cancel, client=client,
+    )

@@ -1,0 +1,482 @@
+"""nD stacks, tiling of large planes, dask arrays: the engine behind :func:`napari_derun.fuse`.
+
+* **Axes.** Inputs may be ``YX``, ``YXC`` (RGB/RGBA, C = 3 or 4), ``ZYX``, ``TYX``,
+  ``TZYX`` (and ``…C``) or any string of axis letters passed as ``axes=``. Every
+  axis other than Y, X and C is a *plane axis*: the planes are fused one by one
+  (batched on the device) and the result keeps the input layout (colour when an
+  input is colour).
+* **Normalisation** is computed once per whole stack
+  (:func:`stack_ranges`), never per plane, so that all planes of a stack share
+  one intensity scale.
+* **Tiling.** Planes larger than ``tile`` are cut into ``tile × tile`` tiles that
+  overlap by ``overlap`` pixels. Each tile is fused on its own (the model's
+  Fourier solve is global, so a tile differs from the whole-plane result near its
+  borders); tiles are blended with separable raised-cosine ramps that give zero
+  weight to the outer quarter of the overlap on each side (the least accurate
+  pixels) and cross-fade over its middle half. Peak memory is then bounded by
+  the tile size, not by the plane size.
+* **Out of memory.** ``torch.cuda.OutOfMemoryError`` (or an MPS "out of memory")
+  halves the batch, then the tile, and retries, down to ``MIN_TILE``.
+* **Progress / cancel.** ``callback(done, total)`` counts tile-stages (one unit
+  per tile per model stage; for a single untiled plane it is ``(stage, n_stages)``,
+  as in the 2-D API). ``cancel`` (a :class:`threading.Event`) is checked between
+  stages and tiles and raises :class:`FuseCancelled`.
+* **dask.** A dask input returns a lazy dask array built with ``map_blocks``
+  over blocks of whole planes.
+
+numpy only at import time; torch is imported lazily.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from . import preprocess
+
+__all__ = [
+    "DEFAULT_TILE",
+    "DEFAULT_OVERLAP",
+    "MIN_TILE",
+    "FuseCancelled",
+    "infer_axes",
+    "stack_ranges",
+    "tile_starts",
+    "blend_weights",
+    "fuse_luma_planes",
+    "fuse_stack",
+]
+
+DEFAULT_TILE = 1024
+#: chosen by measurement, see docs/scripting.md ("Tiling")
+DEFAULT_OVERLAP = 128
+MIN_TILE = 64
+#: dask inputs with at most this many elements get exact percentiles, larger ones a sampled estimate
+EXACT_PERCENTILE_MAX = 1 << 24
+SAMPLE_SIZE = 1 << 22
+
+
+class FuseCancelled(RuntimeError):
+    """Raised when a fusion is cancelled through ``cancel`` (or a callback raising it)."""
+
+
+# ----------------------------------------------------------------------------- axes
+def infer_axes(shape: tuple[int, ...], axes: str | None = None) -> str:
+    """Axis letters of an array: given ``axes`` (checked) or the default for its shape.
+
+    Defaults: 2-D ``YX``; 3-D ``YXC`` when the last size is 3 or 4, else ``ZYX``.
+    Arrays with more dimensions are ambiguous (``TZYX``, ``ZYXC``, ``CZYX``…) and
+    need ``axes=``; so does a ``(Z, Y, 3)`` stack (``axes="ZYX"``). All axes other
+    than Y, X and C are treated alike (planes), so ``ZYX`` and ``TYX`` fuse the same.
+    """
+    nd = len(shape)
+    if axes is None:
+        if nd == 2:
+            return "YX"
+        if nd == 3:
+            return "YXC" if shape[-1] in (3, 4) else "ZYX"
+        raise ValueError(
+            f"cannot guess the axes of an array of shape {shape}: "
+            + ("expected a 2-D plane (Y, X), a colour plane (Y, X, 3) or a 3-D stack (Z, Y, X)"
+               if nd < 2 else "pass axes= for arrays with more than 3 dimensions (e.g. axes='TZYX' or 'ZYXC')")
+        )
+    axes = axes.upper()
+    if len(axes) != nd:
+        raise ValueError(f"axes={axes!r} has {len(axes)} letters but the array has {nd} dimensions (shape {shape})")
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"axes={axes!r} repeats a letter")
+    if "Y" not in axes or "X" not in axes:
+        raise ValueError(f"axes={axes!r} must contain Y and X")
+    if "C" in axes and shape[axes.index("C")] not in (3, 4):
+        raise ValueError(
+            f"axis C has size {shape[axes.index('C')]}: only RGB/RGBA (3 or 4) colour axes are fused on luminance; "
+            "for other channel axes fuse each channel separately or give that axis another letter (e.g. 'S')"
+        )
+    return axes
+
+
+def _pair_axes(sa, sb, axes) -> tuple[str, str]:
+    if isinstance(axes, (tuple, list)):
+        return infer_axes(sa, axes[0]), infer_axes(sb, axes[1])
+    if axes is not None:
+        axes = axes.upper()
+        ax_a = axes if len(axes) == len(sa) else (axes + "C" if len(sa) == len(axes) + 1 else axes)
+        ax_b = axes if len(axes) == len(sb) else (axes + "C" if len(sb) == len(axes) + 1 else axes)
+        return infer_axes(sa, ax_a), infer_axes(sb, ax_b)
+    # a grey stack and a colour stack of one more dimension (e.g. ZYX + ZYXC): share the axes
+    if len(sb) == len(sa) + 1 and sb[-1] in (3, 4) and len(sa) >= 2:
+        ax_a = infer_axes(sa)
+        return ax_a, infer_axes(sb, ax_a + "C")
+    if len(sa) == len(sb) + 1 and sa[-1] in (3, 4) and len(sb) >= 2:
+        ax_b = infer_axes(sb)
+        return infer_axes(sa, ax_b + "C"), ax_b
+    ax_a, ax_b = infer_axes(sa), infer_axes(sb)
+    return ax_a, ax_b
+
+
+def _canonical_perm(ax: str) -> tuple[list[int], str]:
+    lead = [i for i, c in enumerate(ax) if c not in "YXC"]
+    perm = lead + [ax.index("Y"), ax.index("X")] + ([ax.index("C")] if "C" in ax else [])
+    return perm, "".join(ax[i] for i in perm)
+
+
+# ----------------------------------------------------------------------------- ranges
+def _is_dask(x) -> bool:
+    return type(x).__module__.startswith("dask.")
+
+
+def stack_ranges(x, percentiles=preprocess.DEFAULT_PERCENTILES, seed: int = 0) -> tuple[float, float]:
+    """Intensity range of a whole stack, as :func:`preprocess.normalization_range` of the whole array.
+
+    numpy arrays: exact. dask arrays: uint8/bool fixed ranges; float data inside
+    [0, 1] (exact ``min``/``max``) keeps [0, 1]; otherwise exact percentiles when
+    the array has at most ``EXACT_PERCENTILE_MAX`` (16 M) elements, else percentiles
+    of a sample: up to 64 evenly spaced planes, strided in Y and X to about
+    ``SAMPLE_SIZE`` (4 M) values (deterministic).
+    """
+    if not _is_dask(x):
+        return preprocess.normalization_range(np.asarray(x), percentiles)
+    if x.dtype == np.uint8:
+        return 0.0, 255.0
+    if x.dtype == bool:
+        return 0.0, 1.0
+    import dask
+
+    if x.dtype.kind == "f":
+        mn, mx = dask.compute(x.min(), x.max())
+        if float(mn) >= 0.0 and float(mx) <= 1.0:
+            return 0.0, 1.0
+    if x.size <= EXACT_PERCENTILE_MAX:
+        lo, hi = np.percentile(np.asarray(x.compute()), percentiles)
+        return float(lo), float(hi)
+    sample = x
+    if x.ndim > 2:  # evenly spaced planes along the first axis
+        idx = np.unique(np.linspace(0, x.shape[0] - 1, min(x.shape[0], 64)).round().astype(int))
+        sample = x[idx]
+    stride = max(1, int(np.ceil(np.sqrt(sample.size / SAMPLE_SIZE))))
+    sub = [slice(None)] * sample.ndim
+    for i in sorted(range(sample.ndim), key=lambda i: -sample.shape[i])[:2]:  # the two largest axes
+        sub[i] = slice(None, None, stride)
+    sample = sample[tuple(sub)]
+    lo, hi = np.percentile(np.asarray(sample.compute()), percentiles)
+    return float(lo), float(hi)
+
+
+# ----------------------------------------------------------------------------- tiling
+def tile_starts(n: int, tile: int, overlap: int) -> tuple[list[int], int]:
+    """Start offsets of tiles covering ``n`` pixels, and the tile length (``min(tile, n)``)."""
+    if n <= tile:
+        return [0], n
+    step = tile - overlap
+    if step <= 0:
+        raise ValueError(f"overlap ({overlap}) must be smaller than the tile ({tile})")
+    starts = list(range(0, n - tile + 1, step))
+    if starts[-1] != n - tile:
+        starts.append(n - tile)
+    return starts, tile
+
+
+def _ramp(r: int) -> np.ndarray:
+    i = np.arange(r, dtype=np.float64)
+    return 0.5 - 0.5 * np.cos(np.pi * (i + 0.5) / r)
+
+
+def blend_weights(n: int, starts: list[int], t: int, overlap: int, margin: int | None = None) -> list[np.ndarray]:
+    """1-D blending windows of the tiles ``starts`` (length ``t``) along an axis of ``n`` pixels.
+
+    At a seam, ``margin`` pixels (default ``overlap // 4``) at the tile edge get
+    weight 0 and the next ``overlap − 2·margin`` pixels a raised-cosine ramp, so
+    neighbouring ramps sum to one; image borders keep weight 1.
+    """
+    if margin is None:
+        margin = overlap // 4
+    r = max(1, overlap - 2 * margin)
+    up = _ramp(r)
+    out = []
+    for s in starts:
+        w = np.ones(t)
+        if s > 0:
+            left = np.ones(t)
+            left[:margin] = 0.0
+            left[margin : margin + r] = up[: max(0, min(r, t - margin))]
+            w *= left
+        if s + t < n:
+            right = np.ones(t)
+            right[t - margin :] = 0.0
+            right[t - margin - r : t - margin] = up[::-1][-min(r, t - margin) :]
+            w *= right
+        out.append(w.astype(np.float32))
+    return out
+
+
+def _is_oom(e: BaseException) -> bool:
+    try:
+        import torch
+
+        if isinstance(e, torch.cuda.OutOfMemoryError):
+            return True
+    except Exception:  # pragma: no cover
+        pass
+    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+
+
+class _Progress:
+    def __init__(self, callback, cancel, total: int):
+        self.callback, self.cancel = callback, cancel
+        self.done, self.total = 0, total
+        self.tile: int | None = None
+        self.batch: int | None = None
+
+    def check(self):
+        if self.cancel is not None and self.cancel.is_set():
+            raise FuseCancelled("fusion cancelled")
+
+    def step(self, k: int):
+        self.done += k
+        if self.callback is not None:
+            self.callback(self.done, max(self.total, self.done))
+        self.check()
+
+
+def _fuse_tiles_once(fuser, a, b, tile, overlap, batch_size, prog: _Progress, margin=None):
+    """One attempt at fusing luminance planes ``(P, H, W)`` with the given tile/batch (may raise OOM)."""
+    from . import api
+
+    P, H, W = a.shape
+    ys, th = tile_starts(H, tile, overlap)
+    xs, tw = tile_starts(W, tile, overlap)
+    wy = blend_weights(H, ys, th, overlap, margin)
+    wx = blend_weights(W, xs, tw, overlap, margin)
+    single = len(ys) == 1 and len(xs) == 1
+    out = np.zeros((P, H, W), np.float32)
+    if not single:
+        sy = np.zeros(H, np.float64)
+        sx = np.zeros(W, np.float64)
+        for s, w in zip(ys, wy):
+            sy[s : s + th] += w
+        for s, w in zip(xs, wx):
+            sx[s : s + tw] += w
+    units = [(p, i, j) for p in range(P) for i in range(len(ys)) for j in range(len(xs))]
+    for k0 in range(0, len(units), batch_size):
+        prog.check()
+        chunk = units[k0 : k0 + batch_size]
+        ta = np.stack([a[p, ys[i] : ys[i] + th, xs[j] : xs[j] + tw] for p, i, j in chunk])
+        tb = np.stack([b[p, ys[i] : ys[i] + th, xs[j] : xs[j] + tw] for p, i, j in chunk])
+        k = len(chunk)
+
+        def cb(stage, n, k=k):
+            prog.step(k)
+
+        res = api.fuse_planes(fuser, ta, tb, callback=cb)
+        del ta, tb
+        for (p, i, j), r in zip(chunk, res):
+            if single:
+                out[p] = r
+            else:
+                out[p, ys[i] : ys[i] + th, xs[j] : xs[j] + tw] += r * wy[i][:, None] * wx[j][None, :]
+    if not single:
+        out /= (sy[:, None] * sx[None, :]).astype(np.float32)
+    return out
+
+
+def fuse_luma_planes(
+    fuser,
+    a: np.ndarray,
+    b: np.ndarray,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    batch_size: int = 1,
+    callback: Callable[[int, int], None] | None = None,
+    cancel=None,
+    _progress: _Progress | None = None,
+    _margin: int | None = None,
+) -> np.ndarray:
+    """Fuse float32 luminance planes ``(P, H, W)`` in [0, 1] with tiling, blending and OOM retries.
+
+    Returns ``(P, H, W)`` float32, not clipped. Raises :class:`FuseCancelled`.
+    """
+    a = np.asarray(a, np.float32)
+    b = np.asarray(b, np.float32)
+    P, H, W = a.shape
+    tile = int(tile) if tile else max(H, W)
+    overlap = int(overlap)
+    batch = max(1, int(batch_size))
+
+    def work(t):
+        ny = len(tile_starts(H, t, min(overlap, t // 2))[0])
+        nx = len(tile_starts(W, t, min(overlap, t // 2))[0])
+        return P * ny * nx * fuser.n_stages
+
+    prog = _progress or _Progress(callback, cancel, work(tile))
+    while True:
+        ov = min(overlap, tile // 2)
+        done0 = prog.done
+        work_before = work(tile)
+        try:
+            out = _fuse_tiles_once(fuser, a, b, tile, ov, batch, prog, _margin)
+            prog.tile, prog.batch = tile, batch  # later planes start from what worked
+            return out
+        except Exception as e:  # noqa: BLE001 - filtered below
+            if not _is_oom(e):
+                raise
+            if batch > 1:
+                batch = max(1, batch // 2)
+            elif tile // 2 >= MIN_TILE and max(H, W) > MIN_TILE:
+                tile = min(tile, max(H, W)) // 2
+            else:
+                raise
+        # outside the except block, so that the failed attempt's tensors are released first
+        _empty_cache(fuser)
+        # work already reported stays counted; the redo is added to the total
+        prog.total = prog.done + work(tile) + max(0, prog.total - done0 - work_before)
+
+
+def _empty_cache(fuser) -> None:
+    try:
+        import torch
+
+        if str(fuser.device).startswith("cuda"):
+            torch.cuda.empty_cache()
+    except Exception:  # pragma: no cover
+        pass
+
+
+# ----------------------------------------------------------------------------- stacks
+def fuse_stack(
+    a,
+    b,
+    fuser,
+    axes: str | tuple[str, str] | None = None,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    batch_size: int | None = None,
+    percentiles=preprocess.DEFAULT_PERCENTILES,
+    color_from: str = "auto",
+    ranges=None,
+    callback: Callable[[int, int], None] | None = None,
+    cancel=None,
+    client: Any = None,
+):
+    """Fuse numpy or dask arrays of any supported layout with a loaded ``fuser``.
+
+    See :func:`napari_derun.fuse` for the arguments. Returns float32 in [0, 1]
+    with the layout of the inputs (``C`` = 3 when an input is colour): numpy for
+    numpy inputs, a lazy dask array when an input is a dask array.
+    """
+    if batch_size is None:
+        batch_size = 8 if str(fuser.device).startswith("cuda") else 1
+    for name, x in (("a", a), ("b", b)):
+        if x.dtype.kind not in "biuf":
+            raise ValueError(f"image {name} has unsupported dtype {x.dtype}; supported: bool, integer and float types")
+        if x.size == 0:
+            raise ValueError(f"image {name} is empty (shape {x.shape}): pass a non-empty image")
+    sa, sb = tuple(a.shape), tuple(b.shape)
+    if axes is None and len(sa) <= 3 and len(sb) <= 3 and not (_is_dask(a) or _is_dask(b)):
+        if (len(sa) == 2 or sa[-1] in (3, 4)) and (len(sb) == 2 or sb[-1] in (3, 4)):
+            preprocess.validate_pair(a, b)  # a 2-D pair: the detailed 2-D checks and messages
+    ax_a, ax_b = _pair_axes(sa, sb, axes)
+    if ax_a.replace("C", "") != ax_b.replace("C", ""):
+        raise ValueError(f"a has axes {ax_a} and b has axes {ax_b}: both must have the same non-colour axes")
+    pa, ca = _canonical_perm(ax_a)
+    pb, cb = _canonical_perm(ax_b)
+    shp_a = [sa[i] for i in pa][: len(ca.replace("C", ""))]
+    shp_b = [sb[i] for i in pb][: len(cb.replace("C", ""))]
+    if shp_a != shp_b:
+        raise ValueError(
+            f"the images differ in size: a is {dict(zip(ca, shp_a))} and b is {dict(zip(cb, shp_b))}; "
+            "fusion needs two registered stacks of the same size"
+        )
+    colour = "C" in ax_a or "C" in ax_b
+    out_ax = ax_a if "C" in ax_a or "C" not in ax_b else ax_b  # layout of the (first) colour input
+    if ranges is None:
+        ranges = (stack_ranges(a, percentiles), stack_ranges(b, percentiles))
+    lazy = _is_dask(a) or _is_dask(b) or client is not None
+    if not lazy:
+        A = np.transpose(np.asarray(a), pa)
+        B = np.transpose(np.asarray(b), pb)
+        res = _fuse_core(fuser, A, B, "C" in ax_a, "C" in ax_b, colour, ranges, color_from, tile, overlap,
+                         batch_size, callback, cancel)
+        if colour and res.ndim == len(out_ax) - 1:  # colour inputs with grey content (R = G = B): grey result
+            out_ax = out_ax.replace("C", "")
+        _, c_out = _canonical_perm(out_ax)
+        return np.transpose(res, [c_out.index(c) for c in out_ax])
+    return _fuse_dask(a, b, fuser, ax_a, ax_b, pa, pb, colour, out_ax, ranges, color_from, tile, overlap,
+                      batch_size, client)
+
+
+def _fuse_core(fuser, A, B, a_col, b_col, colour, ranges, color_from, tile, overlap, batch_size,
+               callback=None, cancel=None, keep_c=False):
+    """Canonical numpy ``(lead…, Y, X[, C])`` arrays → ``(lead…, Y, X[, 3])`` float32.
+
+    Colour inputs whose planes are all grey (R = G = B) give a grey result unless ``keep_c``.
+    """
+    any_chroma = False
+    ka = A.ndim - (3 if a_col else 2)
+    lead = A.shape[:ka]
+    n = int(np.prod(lead)) if lead else 1
+    H, W = A.shape[ka], A.shape[ka + 1]
+    A2 = A.reshape((n,) + A.shape[ka:])
+    B2 = B.reshape((n,) + B.shape[ka:])
+    out = np.empty((n, H, W, 3) if colour else (n, H, W), np.float32)
+    t = int(tile) if tile else max(H, W)
+    ov = min(int(overlap), t // 2)
+    per_plane = len(tile_starts(H, t, ov)[0]) * len(tile_starts(W, t, ov)[0])
+    group = max(1, batch_size // per_plane)
+    prog = _Progress(callback, cancel, n * per_plane * fuser.n_stages)
+    for g0 in range(0, n, group):
+        prog.check()
+        idx = range(g0, min(n, g0 + group))
+        preps = [preprocess.prepare_pair(A2[i], B2[i], color_from=color_from, ranges=ranges) for i in idx]
+        # one plane: a view, no copy (keeps the peak memory of large planes down)
+        la = preps[0].a[None] if len(preps) == 1 else np.stack([p.a for p in preps])
+        lb = preps[0].b[None] if len(preps) == 1 else np.stack([p.b for p in preps])
+        fused = fuse_luma_planes(fuser, la, lb, prog.tile or t, overlap, prog.batch or batch_size, _progress=prog)
+        for i, p, f in zip(idx, preps, fused):
+            r = preprocess.recolor(f, p.chroma)
+            any_chroma = any_chroma or p.chroma is not None
+            out[i] = r[..., None] if (colour and r.ndim == 2) else r
+        del preps, la, lb, fused
+    if colour and not any_chroma and not keep_c:
+        out = np.ascontiguousarray(out[..., 0])
+    return out.reshape(tuple(lead) + out.shape[1:])
+
+
+def _block_fuse(a_blk, b_blk, model, a_col, b_col, colour, ranges, color_from, tile, overlap, batch_size):
+    from .distributed import resolve_fuser
+
+    fuser = resolve_fuser(model)
+    return _fuse_core(fuser, a_blk, b_blk, a_col, b_col, colour, ranges, color_from, tile, overlap, batch_size,
+                      keep_c=True)
+
+
+def _fuse_dask(a, b, fuser, ax_a, ax_b, pa, pb, colour, out_ax, ranges, color_from, tile, overlap,
+               batch_size, client):
+    import dask.array as da
+
+    A = da.asarray(a).transpose(pa)
+    B = da.asarray(b).transpose(pb)
+    a_col, b_col = "C" in ax_a, "C" in ax_b
+    if colour:  # give both inputs the same trailing 3-channel axis so that their blocks align
+        A = A[..., :3] if a_col else da.repeat(A[..., None], 3, axis=-1)
+        B = B[..., :3] if b_col else da.repeat(B[..., None], 3, axis=-1)
+        a_col = b_col = True
+    nlead = A.ndim - (3 if colour else 2)
+    chunks = tuple([1] * max(0, nlead - 1) + ([min(batch_size, A.shape[nlead - 1])] if nlead else []))
+    chunks = chunks + (-1,) * (A.ndim - nlead)
+    A = A.rechunk(chunks)
+    B = B.rechunk(chunks)
+    if client is not None:
+        from .distributed import model_spec
+
+        model = model_spec(fuser)
+    else:
+        model = fuser
+    out = da.map_blocks(
+        _block_fuse, A, B, model, a_col, b_col, colour, ranges, color_from, tile, overlap, batch_size,
+        dtype=np.float32, chunks=A.chunks, meta=np.empty((0,) * A.ndim, np.float32),
+    )
+    _, c_out = _canonical_perm(out_ax)
+    out = out.transpose([c_out.index(c) for c in out_ax])
+    if client is not None and not (_is_dask(a) or _is_dask(b)):
+        return client.compute(out).result()
+    return out

@@ -1,0 +1,142 @@
+"""``napari-derun fuse`` as a subprocess on generated TIFF/PNG files."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+import napari_derun as nd
+from conftest import smooth_pair
+from napari_derun.commands.fuse import read_provenance
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def cli(*args, cwd=None):
+    """The real command line, in a separate process."""
+    return subprocess.run([sys.executable, "-m", "napari_derun.cli", "fuse", *map(str, args)],
+                          capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300)
+
+
+def cli_inproc(capsys, *args):
+    """The same entry point in this process (faster); returns (exit code, stdout, stderr)."""
+    from napari_derun.cli import main
+
+    rc = main(["fuse", *map(str, args)])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _stack_u16(n=3, h=36, w=32):
+    planes = [smooth_pair(h, w, seed=s) for s in range(n)]
+    a = np.stack([p[0] * (0.7 + 0.1 * i) for i, p in enumerate(planes)])
+    b = np.stack([p[1] for p in planes])
+    return (200 + a * 30000).astype(np.uint16), (100 + b * 8000).astype(np.uint16)
+
+
+def test_imagej_stack_keeps_axes_resolution_and_metadata(tmp_path, capsys):
+    a, b = _stack_u16()
+    tifffile.imwrite(tmp_path / "A.tif", a, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"axes": "ZYX", "unit": "um", "spacing": 1.5})
+    tifffile.imwrite(tmp_path / "B.tif", b, imagej=True, resolution=(2.0, 2.0), metadata={"axes": "ZYX"})
+    out = tmp_path / "out.tif"
+    r = cli(tmp_path / "A.tif", tmp_path / "B.tif", "-o", out, "--device", "cpu", "-q")
+    assert r.returncode == 0, r.stderr
+    with tifffile.TiffFile(out) as t:
+        assert t.is_imagej and t.series[0].axes == "ZYX"
+        f = t.series[0].asarray()
+        assert t.imagej_metadata["unit"] == "um" and t.imagej_metadata["spacing"] == 1.5
+        xres = t.pages[0].tags["XResolution"].value
+        assert xres[0] / xres[1] == pytest.approx(2.0)
+    assert f.dtype == np.float32 and f.shape == a.shape
+    np.testing.assert_allclose(f, nd.fuse(a, b, device="cpu"), atol=1e-6)
+    prov = read_provenance(out)
+    assert prov["model"] == "admm" and prov["parameters"]["axes"] == "ZYX"
+    assert prov["inputs"]["a"].endswith("A.tif") and len(prov["parameters"]["ranges"]) == 2
+    # --dtype input: uint16 scaled to the full range
+    out16 = tmp_path / "out16.tif"
+    rc, _, err = cli_inproc(capsys, tmp_path / "A.tif", tmp_path / "B.tif", "-o", out16, "--dtype", "input", "-q")
+    assert rc == 0, err
+    g = tifffile.imread(out16)
+    assert g.dtype == np.uint16
+    np.testing.assert_allclose(g / 65535.0, f, atol=1.0 / 65535 + 1e-6)
+
+
+def test_overwrite_protection(tmp_path, capsys):
+    a, b = smooth_pair(30, 30)
+    tifffile.imwrite(tmp_path / "A.tif", a)
+    tifffile.imwrite(tmp_path / "B.tif", b)
+    out = tmp_path / "o.tif"
+    out.write_bytes(b"precious")
+    rc, _, err = cli_inproc(capsys, tmp_path / "A.tif", tmp_path / "B.tif", "-o", out, "-q")
+    assert rc != 0 and "--overwrite" in err
+    assert out.read_bytes() == b"precious"
+    rc, _, err = cli_inproc(capsys, tmp_path / "A.tif", tmp_path / "B.tif", "-o", out, "-q", "--overwrite")
+    assert rc == 0, err
+    np.testing.assert_allclose(tifffile.imread(out), nd.fuse(a, b), atol=1e-6)
+
+
+def test_plain_tiff_axes_option_and_png_rgb(tmp_path, capsys):
+    from PIL import Image
+
+    a, b = _stack_u16(2, 30, 28)
+    tifffile.imwrite(tmp_path / "A.tif", a)  # plain TIFF: --axes names the stack axis
+    tifffile.imwrite(tmp_path / "B.tif", b)
+    r = cli(tmp_path / "A.tif", tmp_path / "B.tif", "-o", tmp_path / "o.tif", "--axes", "TYX", "-q")
+    assert r.returncode == 0, r.stderr
+    with tifffile.TiffFile(tmp_path / "o.tif") as t:
+        assert t.series[0].axes in ("TYX", "QYX", "IYX") and t.series[0].shape == a.shape
+        assert read_provenance(tmp_path / "o.tif")["parameters"]["axes"] == "TYX"
+    # PNG inputs: grey structural + RGB salient -> RGB output
+    ga, gb = smooth_pair(40, 36)
+    rgb = (np.stack([gb, gb * 0.4, 0.2 + 0 * gb], -1) * 255).astype(np.uint8)
+    Image.fromarray((ga * 255).astype(np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(rgb).save(tmp_path / "b.png")
+    rc, _, err = cli_inproc(capsys, tmp_path / "a.png", tmp_path / "b.png", "-o", tmp_path / "rgb.tif",
+                            "--dtype", "input", "-q")
+    assert rc == 0, err
+    f = tifffile.imread(tmp_path / "rgb.tif")
+    assert f.shape == (40, 36, 3) and f.dtype == np.uint8
+    ref = nd.fuse((ga * 255).astype(np.uint8), rgb)
+    assert np.abs(f / 255.0 - ref).max() <= 0.5 / 255 + 1e-6
+
+
+def test_folder_batch_with_corrupt_file(tmp_path, capsys):
+    src = tmp_path / "pairs"
+    (src / "a").mkdir(parents=True)
+    (src / "b").mkdir()
+    pairs = {}
+    for i, name in enumerate(["one", "two", "three"]):
+        a, b = smooth_pair(28, 26, seed=i)
+        a8, b8 = (a * 255).astype(np.uint8), (b * 255).astype(np.uint8)
+        tifffile.imwrite(src / "a" / f"{name}.tif", a8)
+        tifffile.imwrite(src / "b" / f"{name}.tif", b8)
+        pairs[name] = (a8, b8)
+    (src / "b" / "two.tif").write_bytes(b"II*\x00garbage that is not a tiff")
+    out = tmp_path / "out"
+    r = cli(src, "-o", out, "-q")
+    assert r.returncode != 0
+    assert "two" in r.stderr and "fused 2 of 3" in r.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["one.tif", "three.tif"]
+    for name in ("one", "three"):
+        np.testing.assert_allclose(tifffile.imread(out / f"{name}.tif"), nd.fuse(*pairs[name]), atol=1e-6)
+    # a re-run does not overwrite the finished outputs without --overwrite
+    before = (out / "one.tif").read_bytes()
+    rc, _, err = cli_inproc(capsys, src, "-o", out, "-q")
+    assert rc != 0 and "--overwrite" in err
+    assert (out / "one.tif").read_bytes() == before
+
+
+def test_tiled_cli_matches_api(tmp_path, capsys):
+    a, b = smooth_pair(150, 130, seed=4)
+    tifffile.imwrite(tmp_path / "A.tif", a)
+    tifffile.imwrite(tmp_path / "B.tif", b)
+    rc, _, err = cli_inproc(capsys, tmp_path / "A.tif", tmp_path / "B.tif", "-o", tmp_path / "o.tif",
+                            "--tile", "96", "--overlap", "32", "-q")
+    assert rc == 0, err
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "o.tif"), nd.fuse(a, b, tile=96, overlap=32), atol=1e-6)
+    assert read_provenance(tmp_path / "o.tif")["parameters"]["tile"] == 96
