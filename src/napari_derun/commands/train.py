@@ -1,0 +1,94 @@
+"""``napari-derun train``: train or fine-tune DeRUN on a folder of registered pairs."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train / fine-tune DeRUN on a folder of pairs (DIR/a, DIR/b) and write a .safetensors model",
+        description="Train DeRUN on registered pairs: DIR/a (structural) and DIR/b (salient), same file names. "
+        "Defaults follow the paper (Adam, lr 1e-4, batch 4, 150 epochs, x0.9 every 10 epochs after 50).",
+    )
+    p.add_argument("dir", help="training folder with a/ and b/ sub-folders")
+    p.add_argument("--out", "-o", required=True, help="output .safetensors file (best model by validation loss)")
+    p.add_argument("--init", default="admm", help="admm (model-based start), a shipped model name or a checkpoint path")
+    p.add_argument("--epochs", type=int, default=150)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--patch", type=int, default=128)
+    p.add_argument("--steps-per-epoch", type=int, default=None, help="default: number of pairs / batch")
+    p.add_argument("--decay-start", type=int, default=None, help="epochs before the lr decay (default: epochs/3, 50 for 150)")
+    p.add_argument("--decay-every", type=int, default=None, help="epochs between lr decays (default: epochs/15, 10 for 150)")
+    p.add_argument("--decay", type=float, default=0.9, help="lr factor per decay step")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--val", default=None, help="validation folder (a/, b/)")
+    g.add_argument("--val-fraction", type=float, default=None,
+                   help="hold back this fraction of DIR's pairs (evenly over the sorted names) for validation")
+    p.add_argument("--no-val-metrics", action="store_true", help="validation loss only (skip the 8 fusion metrics)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--checkpoint", default=None, help="write a resumable checkpoint here after every epoch")
+    p.add_argument("--resume", default=None, help="continue from a checkpoint written with --checkpoint")
+    p.add_argument("--name", default=None, help="model name stored in the file (default: the output file's stem)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..training import PairDataset, TrainConfig, peak_rss_mb, train
+
+    data = PairDataset(args.dir)
+    for msg in data.problems:
+        print(f"warning: {msg}")
+    val = None
+    if args.val:
+        val = PairDataset(args.val)
+    elif args.val_fraction:
+        data, val = data.split_fraction(args.val_fraction)
+    e = args.epochs
+    cfg = TrainConfig(
+        lr=args.lr, batch=args.batch, epochs=e, patch=args.patch, steps_per_epoch=args.steps_per_epoch,
+        decay_start=args.decay_start if args.decay_start is not None else max(1, round(e / 3)),
+        decay_every=args.decay_every if args.decay_every is not None else max(1, round(e / 15)),
+        decay=args.decay, device=args.device, seed=args.seed, num_threads=args.threads,
+        val_metrics=not args.no_val_metrics,
+    )
+    print(f"training on {len(data)} pairs" + (f", validating on {len(val)}" if val is not None else "")
+          + f"; init={args.init if not args.resume else 'resume ' + args.resume}")
+    bar = None
+
+    def cb(ev):
+        nonlocal bar
+        if ev["kind"] == "step":
+            if bar is None:
+                bar = tqdm(total=ev["total_steps"], initial=ev["step"] - 1, disable=args.quiet, unit="step")
+            bar.update(1)
+            bar.set_postfix(epoch=ev["epoch"], loss=f"{ev['loss']:.4f}", lr=f"{ev['lr']:.2e}")
+        else:
+            msg = f"epoch {ev['epoch']}/{ev['epochs']}: train loss {ev['train_loss']:.5f}"
+            if ev["val_loss"] is not None:
+                msg += f", val loss {ev['val_loss']:.5f}"
+            if ev["metrics"]:
+                msg += ", " + ", ".join(f"{k} {v:.3f}" for k, v in ev["metrics"].items())
+            msg += " (best)" if ev["best"] else ""
+            (bar.write if bar is not None else print)(msg)
+
+    try:
+        res = train(data, val, init=args.init, config=cfg, callback=cb,
+                    checkpoint_path=args.checkpoint, resume=args.resume)
+    finally:
+        if bar is not None:
+            bar.close()
+    out = Path(args.out)
+    name = args.name or out.name.split(".")[0]
+    res.save(out, best=True, name=name)
+    print(f"wrote {out} (name {name!r}, {res.info['training']['epochs_done']} epochs, "
+          f"{res.info['training']['seconds']:.0f} s on {res.info['training']['device']}, "
+          f"peak RSS {peak_rss_mb():.0f} MiB)")
+    return 0

@@ -1,0 +1,359 @@
+"""Tests of the training engine (napari_derun.training) and `napari-derun train`."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from conftest import smooth_pair
+
+torch = pytest.importorskip("torch")
+
+from napari_derun.checkpoint import load_checkpoint  # noqa: E402
+from napari_derun.hifm import HIFMParams  # noqa: E402
+from napari_derun.model import DeRUN  # noqa: E402
+from napari_derun.training import PairDataset, TrainConfig, evaluate_pairs, finetune, train  # noqa: E402
+
+STEP_KEYS = {"kind", "step", "total_steps", "epoch", "loss", "pixel", "lgde", "lr"}
+EPOCH_KEYS = {"kind", "epoch", "epochs", "train_loss", "val_loss", "metrics", "lr", "best"}
+
+
+def tiny(seed=0):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return DeRUN.from_hifm(HIFMParams(n_iter=2))
+
+
+def cfg(**kw):
+    base = dict(epochs=1, steps_per_epoch=2, batch=2, patch=32, lr=1e-3, device="cpu", val_metrics=False,
+                val_initial=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def pairs(n=3, h=48, w=40):
+    return [smooth_pair(h, w, seed=s) for s in range(n)]
+
+
+def write_folder(root: Path, n=3) -> list[tuple[np.ndarray, np.ndarray]]:
+    """PNG 8-bit grey, PNG 8-bit RGB, TIFF 16-bit grey / RGB pairs."""
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir(parents=True)
+    out = []
+    for i in range(n):
+        a, b = smooth_pair(40, 36, seed=i)
+        kind = i % 4
+        if kind == 0:
+            Image.fromarray((a * 255).astype(np.uint8)).save(root / "a" / f"p{i}.png")
+            Image.fromarray((b * 255).astype(np.uint8)).save(root / "b" / f"p{i}.png")
+        elif kind == 1:
+            rgb = np.stack([b, b * 0.5, b * 0.2], -1)
+            Image.fromarray((a * 255).astype(np.uint8)).save(root / "a" / f"p{i}.png")
+            Image.fromarray((rgb * 255).astype(np.uint8)).save(root / "b" / f"p{i}.png")
+        elif kind == 2:
+            tifffile.imwrite(root / "a" / f"p{i}.tif", (a * 65535).astype(np.uint16))
+            tifffile.imwrite(root / "b" / f"p{i}.tif", (b * 65535).astype(np.uint16))
+        else:
+            rgb = np.stack([b, b * 0.7, b * 0.1], -1)
+            tifffile.imwrite(root / "a" / f"p{i}.tif", (a * 65535).astype(np.uint16))
+            tifffile.imwrite(root / "b" / f"p{i}.tif", (rgb * 65535).astype(np.uint16), photometric="rgb")
+        out.append((a, b))
+    return out
+
+
+def test_dataset_from_folder_mixed_formats(tmp_path):
+    src = write_folder(tmp_path, n=4)
+    (tmp_path / "a" / "lonely.png").write_bytes((tmp_path / "a" / "p0.png").read_bytes())
+    ds = PairDataset(tmp_path)
+    assert ds.names == ["p0", "p1", "p2", "p3"]
+    assert any("lonely" in p for p in ds.problems)
+    for x in ds.a + ds.b:
+        assert x.dtype == np.float32 and x.shape == (40, 36)
+        assert 0.0 <= x.min() and x.max() <= 1.0
+    # 8-bit grey: exactly /255
+    np.testing.assert_allclose(ds.a[0], (src[0][0] * 255).astype(np.uint8) / 255.0, atol=1e-6)
+    # 8-bit RGB b: BT.601 luminance of the stored colour
+    rgb = np.asarray(Image.open(tmp_path / "b" / "p1.png")).astype(np.float64) / 255.0
+    np.testing.assert_allclose(ds.b[1], rgb @ [0.299, 0.587, 0.114], atol=1e-5)
+    # 16-bit: robust percentile stretch, strongly correlated with the source
+    assert np.corrcoef(ds.a[2].ravel(), src[2][0].ravel())[0, 1] > 0.99
+    prov = ds.provenance()
+    assert prov["count"] == 4 and prov["names"] == ds.names
+
+
+def test_dataset_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        PairDataset(tmp_path / "nope")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with pytest.raises(ValueError, match="no usable image pairs"):
+        PairDataset(tmp_path)
+    with pytest.raises(ValueError):
+        PairDataset([])
+
+
+def test_dataset_from_arrays_and_split():
+    prs = pairs(10)
+    ds = PairDataset(prs)
+    assert len(ds) == 10 and ds.source == "arrays"
+    np.testing.assert_array_equal(ds.a[3], prs[3][0])  # float already in [0, 1]: kept
+    tr, va = ds.split(every=5)
+    assert va.names == ["pair_004", "pair_009"] and len(tr) == 8
+    assert not set(tr.names) & set(va.names)
+    tr2, va2 = ds.split_fraction(0.2)
+    assert va2.names == va.names
+    both = PairDataset.concat([tr, va], ["x", "y"])
+    assert len(both) == 10 and both.names[0] == "x/pair_000"
+
+
+def test_patches_augmentation_and_padding():
+    a = np.arange(20 * 30, dtype=np.float32).reshape(20, 30) / 600
+    b = 1 - a
+    ds = PairDataset([(a, b)])
+    rng = np.random.default_rng(0)
+    na, nb = ds.batch(rng, batch=5, patch=16)
+    assert na.shape == nb.shape == (5, 1, 16, 16) and na.dtype == np.float32
+    np.testing.assert_allclose(na + nb, 1.0, atol=1e-6)  # a and b cut and transformed identically
+    # every patch is one of the 8 dihedral transforms of a crop of a
+    for p in na[:, 0]:
+        found = False
+        for k in range(4):
+            for fl in (False, True):
+                q = np.rot90(p, -k) if not fl else np.rot90(p[:, ::-1], -k)
+                y, x = np.argwhere(np.isclose(a, q[0, 0]))[0]
+                if a[y:y + 16, x:x + 16].shape == (16, 16) and np.allclose(a[y:y + 16, x:x + 16], q):
+                    found = True
+        assert found
+    # patch larger than the image: reflection padding, still the right size
+    pa, pb = ds.sample(np.random.default_rng(1), patch=40, augment=False)
+    assert pa.shape == (40, 40)
+    np.testing.assert_array_equal(pa[:20, :30], a)
+    np.testing.assert_array_equal(pa[20:40, :30], a[::-1])
+    # seeded: same patches again
+    na2, _ = ds.batch(np.random.default_rng(0), batch=5, patch=16)
+    np.testing.assert_array_equal(na, na2)
+
+
+def test_lr_schedule():
+    c = TrainConfig()
+    assert c.lr_at(0) == c.lr_at(49) == 1e-4
+    assert c.lr_at(50) == pytest.approx(0.9e-4)
+    assert c.lr_at(59) == pytest.approx(0.9e-4)
+    assert c.lr_at(60) == pytest.approx(0.81e-4)
+    assert c.lr_at(149) == pytest.approx(1e-4 * 0.9**10)
+    assert TrainConfig().steps_per_epoch is None and TrainConfig().epochs == 150
+
+
+def test_loss_decreases_and_callbacks():
+    prs = pairs(2, 48, 48)
+    events = []
+    res = train(prs, val_pairs=prs[:1], init=tiny(), config=cfg(epochs=3, steps_per_epoch=4, val_metrics=True,
+                                                                val_initial=True, augment=False),
+                callback=events.append)
+    steps = [e for e in events if e["kind"] == "step"]
+    epochs = [e for e in events if e["kind"] == "epoch"]
+    assert len(steps) == 12 and len(epochs) == 3
+    assert all(set(e) == STEP_KEYS for e in steps)
+    assert all(set(e) == EPOCH_KEYS for e in epochs)
+    assert [e["step"] for e in steps] == list(range(1, 13)) and steps[0]["total_steps"] == 12
+    for e in steps:
+        assert e["loss"] >= e["pixel"] + 10 * e["lgde"] - 1e-6
+    assert set(epochs[-1]["metrics"]) == {"SSIM", "PSNR", "AG", "FMI", "VIF", "EN", "UIQI", "Qp"}
+    # validation loss (full images, deterministic) went down from the model-based start
+    init_loss = res.info["metrics"]["initial"]["val_loss"]
+    assert min(h["val_loss"] for h in res.history) < init_loss
+    # the best model really is the one with the lowest recorded validation loss
+    best = min(res.history, key=lambda h: h["val_loss"])
+    ev = evaluate_pairs(res.best_model, PairDataset(prs[:1]), metrics=False)
+    assert ev["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
+    assert res.info["metrics"]["best"]["epoch"] == best["epoch"]
+    assert res.info["data"]["train"]["count"] == 2 and res.info["training"]["torch"] == torch.__version__
+
+
+def test_checkpointed_forward_same_gradients():
+    from napari_derun.losses import derun_loss
+    from napari_derun.training import _forward_checkpointed
+
+    m = tiny()
+    with torch.no_grad():  # move the nonlinear branches off zero so every piece matters
+        for p in m.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    a, b = torch.rand(2, 1, 20, 24), torch.rand(2, 1, 20, 24)
+    grads = []
+    for fn in (m.forward, lambda x, y: _forward_checkpointed(m, x, y)):
+        m.zero_grad()
+        x = fn(a, b)
+        derun_loss(x, a, b)[0].backward()
+        grads.append((x.detach(), [p.grad.clone() for p in m.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    assert len(grads[0][1]) == len(grads[1][1]) > 10
+    for g0, g1 in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(g0, g1, rtol=1e-5, atol=1e-7)
+
+
+def test_stop_flag_returns_best():
+    prs = pairs(2)
+    ev = threading.Event()
+    seen = []
+
+    def cb(e):
+        seen.append(e)
+        if e["kind"] == "epoch" and e["epoch"] == 2:
+            ev.set()
+
+    res = train(prs, val_pairs=prs[:1], init=tiny(), config=cfg(epochs=50, steps_per_epoch=2), callback=cb, stop=ev)
+    assert res.stopped and len(res.history) == 2
+    assert sum(e["kind"] == "step" for e in seen) == 4
+    best = min(res.history, key=lambda h: h["val_loss"])
+    ev2 = evaluate_pairs(res.best_model, PairDataset(prs[:1]), metrics=False)
+    assert ev2["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
+    # a callable works as well, and stopping before any step still returns a usable model
+    res2 = train(prs, init=tiny(), config=cfg(epochs=5), stop=lambda: True)
+    assert res2.stopped and res2.history == []
+    x = res2.best_model(torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16))
+    assert torch.isfinite(x).all()
+
+
+@pytest.fixture
+def one_thread():
+    """Bitwise reproducibility needs one thread: parallel conv/FFT reductions vary at ~1e-5."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_reproducible_with_seed(one_thread):
+    prs = pairs(2)
+    r1 = train(prs, init=tiny(), config=cfg(steps_per_epoch=3, seed=5))
+    r2 = train(prs, init=tiny(), config=cfg(steps_per_epoch=3, seed=5))
+    r3 = train(prs, init=tiny(), config=cfg(steps_per_epoch=3, seed=6))
+    s1, s2, s3 = r1.model.state_dict(), r2.model.state_dict(), r3.model.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert any(not torch.equal(s1[k], s3[k]) for k in s1)
+    assert any(not torch.equal(s1[k], tiny().state_dict()[k]) for k in s1)  # it did train
+    # init="admm" (random shared convs) is seeded too
+    c = cfg(steps_per_epoch=1, patch=24, batch=1)
+    m1, m2 = train(prs, init="admm", config=c).model, train(prs, init="admm", config=c).model
+    assert all(torch.equal(v, m2.state_dict()[k]) for k, v in m1.state_dict().items())
+
+
+def test_checkpoint_and_resume(tmp_path, one_thread):
+    prs = pairs(2)
+    ck = tmp_path / "ck.safetensors"
+    full = train(prs, val_pairs=prs[:1], init=tiny(), config=cfg(epochs=3))
+    part = train(prs, val_pairs=prs[:1], init=tiny(), config=cfg(epochs=3), checkpoint_path=ck,
+                 stop=lambda: len(list(tmp_path.glob("ck.safetensors"))) and
+                 json.loads((tmp_path / "ck.safetensors.json").read_text())["training_state"]["epoch"] >= 2)
+    assert len(part.history) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.safetensors", "ck.safetensors.json"]  # no temp files
+    model, info, extra = load_checkpoint(ck)
+    assert info["training_state"]["epoch"] == 2
+    assert any(k.startswith("adam/") for k in extra)
+    assert all(torch.equal(v, part.model.state_dict()[k]) for k, v in model.state_dict().items())
+    events = []
+    res = train(prs, val_pairs=prs[:1], resume=ck, callback=events.append)
+    assert [e["epoch"] for e in events if e["kind"] == "epoch"] == [3]
+    assert [h["epoch"] for h in res.history] == [1, 2, 3]
+    # resuming gives exactly the uninterrupted run (same optimizer state, schedule and sampling)
+    sf, sr = full.model.state_dict(), res.model.state_dict()
+    for k in sf:
+        torch.testing.assert_close(sr[k], sf[k], rtol=1e-5, atol=1e-6)
+    assert res.history[-1]["val_loss"] == pytest.approx(full.history[-1]["val_loss"], rel=1e-4)
+
+
+def test_finetune_from_checkpoint_path(tmp_path):
+    prs = pairs(2)
+    base = train(prs, init=tiny(), config=cfg())
+    p = base.save(tmp_path / "m.safetensors", name="mine")
+    assert json.loads((tmp_path / "m.safetensors.json").read_text())["name"] == "mine"
+    res = finetune(prs, model=str(p), epochs=2, lr=1e-4, patch=32, steps_per_epoch=1, batch=2, device="cpu",
+                   val_metrics=False)
+    assert len(res.history) == 2 and res.history[0]["lr"] == res.history[1]["lr"] == 1e-4
+    assert res.info["training"]["init"] == str(p)
+    assert res.model.config.n_stages == 2
+
+
+def test_cli_train(tmp_path):
+    write_folder(tmp_path / "data", n=4)
+    init = tmp_path / "init.safetensors"
+    from napari_derun.checkpoint import save_checkpoint
+
+    save_checkpoint(init, tiny(), {"name": "tiny"})
+    out = tmp_path / "model.safetensors"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "napari_derun.cli", "train", str(tmp_path / "data"), "--out", str(out), "--init", str(init),
+           "--epochs", "1", "--patch", "32", "--batch", "2", "--steps-per-epoch", "2", "--val-fraction", "0.25",
+           "--no-val-metrics", "--device", "cpu", "--name", "tiny_cli", "--threads", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "wrote" in r.stdout
+    info = json.loads((tmp_path / "model.safetensors.json").read_text())
+    assert info["name"] == "tiny_cli"
+    assert info["data"]["train"]["count"] == 3 and info["data"]["val"]["names"] == ["p3"]
+    import napari_derun as nd
+
+    fz = nd.load_model(str(out), device="cpu")
+    assert fz.name == "tiny_cli"
+    r = subprocess.run([sys.executable, "-m", "napari_derun.cli", "train", str(tmp_path / "missing"), "--out",
+                        str(out)], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1 and "does not exist" in r.stderr
+
+
+SHIPPED = ["gfp_pc", "medical", "ivf"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_weights_load_and_fuse(name):
+    import napari_derun as nd
+    from napari_derun import sample_data
+    from napari_derun.api import WEIGHTS_DIR
+
+    path = WEIGHTS_DIR / f"{name}.safetensors"
+    if not path.exists():
+        pytest.skip(f"{name} weights not shipped")
+    assert path.stat().st_size < 200_000
+    assert name in nd.list_models()
+    fz = nd.load_model(name, device="cpu")
+    assert fz.kind == "derun" and fz.name == name and fz.n_stages == 9
+    assert fz.info["data"]["val"]["count"] > 0 and fz.info["data"]["tasks"]
+    a, b = sample_data.gfp_pc() if name != "medical" else sample_data.pet_mri()
+    f = nd.fuse(a, b, model=name, device="cpu")
+    assert f.shape[:2] == a.shape[:2] and np.isfinite(f).all()
+    assert 0.0 <= f.min() and f.max() <= 1.0 and f.std() > 0.01
+
+
+@pytest.mark.slow
+def test_finetune_gfp_improves(shared_data):
+    """From the shipped gfp_pc weights, fine-tuning on 5 pairs lowers the validation loss on other pairs.
+
+    The 8 fusion metrics are recorded but not asserted: in the measured run (docs/training.md) they went
+    *down* while the DeRUN loss went down: the loss (MSE to b + LGDE to a) is not aligned with them.
+    """
+    from napari_derun.api import WEIGHTS_DIR
+
+    if not (WEIGHTS_DIR / "gfp_pc.safetensors").exists():
+        pytest.skip("gfp_pc weights not shipped")
+    torch.set_num_threads(1)
+    ds = PairDataset(shared_data / "gfp_pc")
+    tr = PairDataset._from_planes(ds.names[:5], ds.a[:5], ds.b[:5], ds.source)
+    va = PairDataset._from_planes(ds.names[50:56], ds.a[50:56], ds.b[50:56], ds.source)
+    res = finetune(tr, model="gfp_pc", epochs=3, lr=1e-4, patch=64, val_pairs=va, steps_per_epoch=10,
+                   device="cpu", val_metrics=True, seed=0)
+    init, best = res.info["metrics"]["initial"], res.info["metrics"]["best"]
+    assert best["val_loss"] < init["val_loss"]
+    # independent check: re-score the returned best model and the untouched shipped model
+    import napari_derun as nd
+
+    ev_best = evaluate_pairs(res.best_model, va, metrics=False)["loss"]
+    ev_init = evaluate_pairs(nd.load_model("gfp_pc", device="cpu").module, va, metrics=False)["loss"]
+    assert ev_best == pytest.approx(best["val_loss"], rel=1e-5) and ev_init == pytest.approx(init["val_loss"], rel=1e-5)
+    assert set(best["metrics"]) == set(init["metrics"]) and all(np.isfinite(v) for v in best["metrics"].values())

@@ -1,0 +1,76 @@
+"""Train one shipped DeRUN weight file on /work/shared/data (see docs/training.md).
+
+Validation split: per task, every 5th pair sorted by name (i % 5 == 4) is held back.
+
+    OMP_NUM_THREADS=1 python tools/train_shipped.py gfp_pc --tasks gfp_pc --seconds 420
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "napari_derun" / "weights"
+
+
+def load_split(tasks, data=DATA, every=5):
+    from napari_derun.training import PairDataset
+
+    trs, vas = [], []
+    for t in tasks:
+        tr, va = PairDataset(data / t).split(every=every)
+        trs.append(tr)
+        vas.append(va)
+    return PairDataset.concat(trs, tasks), PairDataset.concat(vas, tasks)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("name")
+    p.add_argument("--tasks", nargs="+", required=True)
+    p.add_argument("--data", default=str(DATA))
+    p.add_argument("--seconds", type=float, default=420)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--patch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--val-every", type=int, default=4)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None)
+    a = p.parse_args(argv)
+    import torch
+
+    from napari_derun.training import TrainConfig, peak_rss_mb, train
+
+    torch.set_num_threads(a.threads)
+    tr, va = load_split(a.tasks, Path(a.data))
+    print(f"{a.name}: {len(tr)} train / {len(va)} val pairs", flush=True)
+    cfg = TrainConfig(lr=a.lr, batch=a.batch, patch=a.patch, epochs=a.epochs, steps_per_epoch=a.steps,
+                      decay_start=a.epochs // 4, decay_every=max(1, a.epochs // 8), decay=0.8,
+                      val_every=a.val_every, val_metrics=False, val_initial=True, max_seconds=a.seconds,
+                      num_threads=a.threads, device="cpu", seed=0)
+
+    def cb(e):
+        if e["kind"] == "epoch":
+            print(json.dumps({k: e[k] for k in ("epoch", "train_loss", "val_loss", "lr", "best")}), flush=True)
+
+    t0 = time.perf_counter()
+    res = train(tr, va, init="admm", config=cfg, callback=cb)
+    out = Path(a.out) if a.out else WEIGHTS / f"{a.name}.safetensors"
+    res.info["data"]["tasks"] = a.tasks
+    res.info["data"]["split"] = "per task, pairs sorted by name, every 5th (index % 5 == 4) held back for validation"
+    res.info["data"]["licence"] = ("derived from research-use images listed in shared/data/SOURCES.md "
+                                   "(MMIF-CDDFuse test_img, SuperFusion MSRS test set, GFP/PC pairs); see docs/training.md")
+    res.info["command"] = "python tools/train_shipped.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    res.save(out, best=True, name=a.name)
+    print(f"saved {out} ({out.stat().st_size} bytes) in {time.perf_counter() - t0:.0f} s; "
+          f"initial val {res.info['metrics']['initial']}; best {res.info['metrics']['best']}; "
+          f"peak RSS {peak_rss_mb():.0f} MiB", flush=True)
+
+
+if __name__ == "__main__":
+    main()
