@@ -1,0 +1,332 @@
+"""Fine-tune widget: train DeRUN briefly on open layer pairs and/or a folder, with a live loss plot."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import QFileDialog, QListWidget, QProgressBar, QVBoxLayout, QWidget
+
+from ._common import ProgressRelay, image_layers
+from ._fuse_widget import A_LABEL, B_LABEL
+from ._state import MODEL_BUS, JobStatus
+
+
+def layer_planes(layer) -> list[np.ndarray]:
+    """The (Y, X[, C]) planes of an image layer (leading axes flattened; dask computed)."""
+    data = layer.data
+    lead = data.shape[: data.ndim - 2 - int(layer.rgb)]
+    return [np.asarray(data[idx] if idx else data) for idx in (np.ndindex(*lead) if lead else [()])]
+
+
+def _warm_up_torch_imports() -> None:
+    """Run torch's lazy imports (torch._dynamo, triton) in the GUI thread, once, safely.
+
+    Creating the first optimizer imports torch._dynamo, which imports triton when it is installed.
+    Loading triton's bundled LLVM after napari has created an OpenGL context on Mesa (software GL,
+    e.g. Xvfb or remote desktops) crashes the process. Without a CUDA GPU triton is useless to
+    torch, so it is hidden from the import system in that case.
+    """
+    import sys
+
+    import torch
+
+    if "triton" not in sys.modules and "torch._dynamo" not in sys.modules and not torch.cuda.is_available():
+        sys.modules["triton"] = None  # import triton -> ImportError: torch treats triton as absent
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-3)
+
+
+class LossPlot(QWidget):
+    """Training loss per step and validation loss per epoch (matplotlib, embedded)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(3.6, 2.4), dpi=90, tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.ax = self.figure.add_subplot(111)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.canvas)
+        self.setMinimumHeight(180)
+        self.clear()
+
+    def clear(self):
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+        self.val_steps: list[int] = []
+        self.val_losses: list[float] = []
+        self.redraw()
+
+    def redraw(self):
+        ax = self.ax
+        ax.clear()
+        ax.plot(self.steps, self.losses, "-", color="tab:blue", lw=1, label="train loss (step)")
+        if self.val_losses:
+            ax.plot(self.val_steps, self.val_losses, "o-", color="tab:orange", ms=3, label="validation loss")
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel("loss", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if self.losses:
+            ax.legend(fontsize=7, loc="upper right")
+        self.canvas.draw_idle()
+
+
+class FinetuneWidget(QWidget):
+    """Fine-tune DeRUN on registered (structural, salient) pairs and register the result."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.status = JobStatus()
+        self.worker = None
+        self.result = None
+        self.registered_name: str | None = None
+        self.events: list[dict] = []
+        self.extra_config: dict[str, Any] = {}  # further TrainConfig fields (e.g. num_threads)
+        self.pairs: list[tuple[Any, Any]] = []  # (structural layer, salient layer)
+        self._stop = threading.Event()
+        self._relay = ProgressRelay(self)
+        self._relay.payload.connect(self._on_event)
+
+        choices = lambda _w=None: [(ly.name, ly) for ly in image_layers(self.viewer)]  # noqa: E731
+        self.a_combo = ComboBox(label=A_LABEL, choices=choices, nullable=True)
+        self.b_combo = ComboBox(label=B_LABEL, choices=choices, nullable=True)
+        self.add_button = PushButton(text="Add pair")
+        self.remove_button = PushButton(text="Remove selected")
+        self.pair_list = QListWidget()
+        self.pair_list.setMaximumHeight(90)
+        self.folder = FileEdit(label="and/or folder (a/, b/)", mode="d", value="")
+        self.val_a = ComboBox(label="Validation structural", choices=choices, nullable=True, value=None)
+        self.val_b = ComboBox(label="Validation salient", choices=choices, nullable=True, value=None)
+        self.start_model = ComboBox(label="Start from", choices=self._start_choices)
+        self.epochs = SpinBox(label="Epochs", value=10, min=1, max=10000)
+        self.steps = SpinBox(label="Steps per epoch (0 = auto)", value=0, min=0, max=100000)
+        self.batch = SpinBox(label="Batch", value=4, min=1, max=64)
+        self.lr = FloatSpinBox(label="Learning rate", value=1e-4, min=1e-7, max=1.0, step=1e-5)
+        self.lr.native.setDecimals(6)
+        self.patch = SpinBox(label="Patch size", value=128, min=16, max=1024, step=16)
+        self.name = LineEdit(label="Name of the tuned model", value="finetuned-1")
+        self.start_button = PushButton(text="Start")
+        self.stop_button = PushButton(text="Stop (keep best)", enabled=False)
+        self.save_button = PushButton(text="Save…", enabled=False)
+        self.status_label = Label(value="Add training pairs, then press Start.")
+        self.status_label.native.setWordWrap(True)
+        self.form1 = Container(widgets=[self.a_combo, self.b_combo])
+        self.pair_buttons = Container(widgets=[self.add_button, self.remove_button], layout="horizontal", labels=False)
+        self.form2 = Container(widgets=[self.folder, self.val_a, self.val_b, self.start_model, self.epochs,
+                                        self.steps, self.batch, self.lr, self.patch, self.name])
+        self.buttons = Container(widgets=[self.start_button, self.stop_button, self.save_button],
+                                 layout="horizontal", labels=False)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.plot = LossPlot()
+        lay = QVBoxLayout(self)
+        for w in (self.form1.native, self.pair_buttons.native, self.pair_list, self.form2.native,
+                  self.buttons.native, self.progress, self.status_label.native, self.plot):
+            lay.addWidget(w)
+
+        self.add_button.clicked.connect(self.add_pair)
+        self.remove_button.clicked.connect(self._remove_selected)
+        self.start_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.stop)
+        self.save_button.clicked.connect(lambda: self.save())
+        self.viewer.layers.events.inserted.connect(self._refresh)
+        self.viewer.layers.events.removed.connect(self._refresh)
+        self._refresh()
+
+    def _start_choices(self, _w=None):
+        from .. import api
+
+        return api.list_models()
+
+    def _refresh(self, *_):
+        for c in (self.a_combo, self.b_combo, self.val_a, self.val_b):
+            c.reset_choices()
+        layers = image_layers(self.viewer)
+        if self.a_combo.value is None:
+            grey = [ly for ly in layers if not ly.rgb]
+            self.a_combo.value = (grey or layers or [None])[0]
+        if self.b_combo.value is None:
+            rest = [ly for ly in layers if ly is not self.a_combo.value]
+            self.b_combo.value = (rest or [None])[0]
+        self.pairs = [(a, b) for a, b in self.pairs if a in layers and b in layers]
+        self._update_list()
+
+    def _update_list(self):
+        self.pair_list.clear()
+        for a, b in self.pairs:
+            self.pair_list.addItem(f"{a.name}  ↔  {b.name}")
+
+    def add_pair(self, a=None, b=None) -> None:
+        """Add a (structural, salient) layer pair (default: the two pickers)."""
+        a = a if a is not None else self.a_combo.value
+        b = b if b is not None else self.b_combo.value
+        if a is None or b is None or a is b:
+            show_error("Pick two different image layers (structural and salient) before adding a pair.")
+            return
+        from ._fuse_job import check_pair
+
+        try:
+            check_pair(a.data, b.data, a.rgb, b.rgb, a.name, b.name)
+        except ValueError as e:
+            show_error(f"Cannot use this pair: {e}")
+            return
+        self.pairs.append((a, b))
+        self._update_list()
+
+    def _remove_selected(self):
+        rows = sorted({i.row() for i in self.pair_list.selectedIndexes()}, reverse=True)
+        for r in rows:
+            del self.pairs[r]
+        self._update_list()
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def _set_status(self, state, message):
+        self.status.state = state
+        self.status.message = message
+        self.status_label.value = message
+
+    def _collect(self):
+        pairs: list[tuple[np.ndarray, np.ndarray]] = []
+        for a, b in self.pairs:
+            pairs.extend(zip(layer_planes(a), layer_planes(b)))
+        train: Any = pairs
+        folder = self.folder.value
+        if folder is not None and str(folder).strip() not in ("", "."):
+            from ..training import PairDataset
+
+            ds = PairDataset(str(folder))
+            train = PairDataset.concat([PairDataset(pairs), ds], ["layers", "folder"]) if pairs else ds
+        elif not pairs:
+            raise ValueError("add at least one (structural, salient) layer pair, or choose a folder with a/ and b/")
+        val = None
+        va, vb = self.val_a.value, self.val_b.value
+        if va is not None and vb is not None:
+            val = list(zip(layer_planes(va), layer_planes(vb)))
+        return train, val
+
+    def start(self) -> None:
+        """Start fine-tuning in a background thread."""
+        if self.running:
+            return
+        try:
+            from .. import training
+        except ImportError as e:  # pragma: no cover
+            show_error(f"Training is not available: {e}")
+            return
+        try:
+            train, val = self._collect()
+        except (ValueError, FileNotFoundError) as e:
+            self._set_status("error", f"Cannot start: {e}")
+            show_error(f"Cannot start: {e}")
+            return
+        self._stop.clear()
+        self.events = []
+        self.plot.clear()
+        self.result = None
+        kwargs = dict(model=self.start_model.value, epochs=int(self.epochs.value), lr=float(self.lr.value),
+                      patch=int(self.patch.value), val_pairs=val, batch=int(self.batch.value))
+        if self.steps.value:
+            kwargs["steps_per_epoch"] = int(self.steps.value)
+        kwargs.update(self.extra_config)
+        relay, stop = self._relay, self._stop
+        _warm_up_torch_imports()
+
+        def work():
+            return training.finetune(train, callback=relay.payload.emit, stop=stop, **kwargs)
+
+        self.start_button.enabled = False
+        self.stop_button.enabled = True
+        self.save_button.enabled = False
+        self.progress.setRange(0, 0)
+        self._set_status("running", "Preparing…")
+        self.worker = create_worker(work, _start_thread=False)
+        self.worker.returned.connect(self._on_returned)
+        self.worker.errored.connect(self._on_errored)
+        self.worker.finished.connect(self._on_finished)
+        self.worker.start()
+
+    def stop(self) -> None:
+        """Stop at the next step; the best model so far is kept."""
+        if self.running:
+            self._stop.set()
+            self._set_status("running", "Stopping after this step…")
+
+    def _on_event(self, ev: dict) -> None:
+        self.events.append(ev)
+        if ev.get("kind") == "step":
+            self.plot.steps.append(int(ev["step"]))
+            self.plot.losses.append(float(ev["loss"]))
+            self.progress.setRange(0, int(ev["total_steps"]))
+            self.progress.setValue(int(ev["step"]))
+            if not self._stop.is_set():
+                self.status_label.value = (f"Epoch {ev['epoch'] + 1}, step {ev['step']}/{ev['total_steps']}: "
+                                           f"loss {ev['loss']:.4g}")
+        elif ev.get("kind") == "epoch" and ev.get("val_loss") is not None:
+            self.plot.val_steps.append(self.plot.steps[-1] if self.plot.steps else 0)
+            self.plot.val_losses.append(float(ev["val_loss"]))
+        self.plot.redraw()
+
+    def _on_errored(self, exc):
+        self._set_status("error", f"Training failed: {exc}")
+        show_error(f"Training failed: {exc}. Check the pairs (same size, registered) and the settings.")
+
+    def _on_finished(self):
+        self.worker = None
+        self.start_button.enabled = True
+        self.stop_button.enabled = False
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1 if self.result is not None else 0)
+
+    def _on_returned(self, result) -> None:
+        from .. import api
+
+        self.result = result
+        name = (self.name.value or "finetuned").strip()
+        if name in api.list_models() and name not in (self.registered_name,):
+            base, i = name, 2
+            while f"{base}-{i}" in api.list_models():
+                i += 1
+            name = f"{base}-{i}"
+        info = dict(result.info)
+        info["name"] = name
+        try:
+            api.register_model(name, result.best_model, info)
+        except ValueError as e:
+            show_error(str(e))
+            return
+        self.registered_name = name
+        MODEL_BUS.changed.emit(name)
+        self.save_button.enabled = True
+        stopped = " (stopped early: best so far)" if getattr(result, "stopped", False) else ""
+        self._set_status("done", f"Done{stopped}: model '{name}' is now in the Fuse widget's model list.")
+        show_info(f"Fine-tuned model '{name}' is ready in 'Fuse images (DeRUN)'.")
+
+    def save(self, path: str | None = None) -> Path | None:
+        """Write the best model as a checkpoint (asks for a file when ``path`` is None)."""
+        if self.result is None:
+            show_error("Nothing to save yet: fine-tune first.")
+            return None
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Save fine-tuned DeRUN", f"{self.registered_name}.safetensors",
+                                                  "DeRUN checkpoint (*.safetensors)")
+            if not path:
+                return None
+        from ..checkpoint import save_checkpoint
+
+        info = dict(self.result.info)
+        info["name"] = self.registered_name
+        out = save_checkpoint(path, self.result.best_model, info)
+        self._set_status("done", f"Saved to {out}")
+        return Path(out)

@@ -1,0 +1,321 @@
+"""The compute behind the Fuse widget, as plain functions (numpy in, numpy out; no Qt).
+
+The widget calls :func:`run_fusion` in a napari thread worker; tests call it directly.
+Stacks (z, t, any leading axes) are fused slice by slice with the same model: every axis
+before ``(Y, X)`` (or ``(Y, X, RGB)``) is a leading axis. Dask-backed arrays are computed
+one plane at a time. Intensity ranges are fixed once per stack (for a single 2-D plane
+this is exactly what :func:`napari_derun.fuse` does, so the results are identical).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import preprocess
+
+__all__ = [
+    "Cancelled",
+    "FAST_METRICS",
+    "check_pair",
+    "estimate_shift",
+    "shift_plane",
+    "looks_misaligned",
+    "run_fusion",
+    "fast_metrics",
+    "full_metrics",
+]
+
+#: metrics shown live after each run (cheap ones); the "All eight metrics" button adds the rest
+FAST_METRICS = ("EN", "AG", "SSIM", "PSNR")
+#: a pair whose estimated shift exceeds this many pixels is reported as misaligned
+MISALIGN_PX = 3.0
+
+
+class Cancelled(Exception):
+    """Raised from the progress callback to stop a run at the next stage / plane."""
+
+
+def spatial_shape(data, rgb: bool) -> tuple[int, ...]:
+    """Shape without the colour axis."""
+    shp = tuple(int(s) for s in data.shape)
+    return shp[:-1] if rgb else shp
+
+
+def check_pair(a_data, b_data, a_rgb: bool = False, b_rgb: bool = False,
+               a_name: str = "structural", b_name: str = "salient") -> tuple[int, ...]:
+    """Check that two layers' data can be fused plane by plane; return the common spatial shape.
+
+    Raises:
+        ValueError: with a message saying what is wrong and what to do.
+    """
+    sa, sb = spatial_shape(a_data, a_rgb), spatial_shape(b_data, b_rgb)
+    for name, s in ((a_name, sa), (b_name, sb)):
+        if len(s) < 2:
+            raise ValueError(f"layer '{name}' has shape {s}: an image with at least 2 axes (Y, X) is needed")
+        if min(s[-2:]) < 3:
+            raise ValueError(f"layer '{name}' is too small ({s[-2:]}); DeRUN needs at least 3 x 3 pixels")
+    if sa != sb:
+        raise ValueError(
+            f"the layers differ in shape: '{a_name}' is {sa} and '{b_name}' is {sb}. "
+            "Fusion needs two registered images with the same size and the same number of planes: "
+            "resample or crop one of them first (e.g. with Layers > Transform or scikit-image)."
+        )
+    for name, d in ((a_name, a_data), (b_name, b_data)):
+        kind = np.dtype(d.dtype).kind
+        if kind not in "biuf":
+            raise ValueError(f"layer '{name}' has unsupported data type {d.dtype}; convert it to numbers first")
+    return sa
+
+
+def _plane(data, idx: tuple[int, ...]) -> np.ndarray:
+    """One (Y, X[, C]) plane as numpy (computes dask/zarr lazily, plane by plane)."""
+    return np.asarray(data[idx] if idx else data)
+
+
+def _stack_range(data, lead: tuple[int, ...], percentiles) -> tuple[float, float]:
+    """Normalisation range for a whole stack (one range, so planes stay comparable)."""
+    dt = np.dtype(data.dtype)
+    if dt == np.uint8:
+        return 0.0, 255.0
+    if dt == bool:
+        return 0.0, 1.0
+    if isinstance(data, np.ndarray):
+        return preprocess.normalization_range(data, percentiles)
+    # lazy array: sample up to 8 planes spread over the stack
+    idxs = list(np.ndindex(*lead)) if lead else [()]
+    pick = [idxs[i] for i in np.unique(np.linspace(0, len(idxs) - 1, min(8, len(idxs))).astype(int))]
+    sample = np.stack([_plane(data, i) for i in pick])
+    return preprocess.normalization_range(sample, percentiles)
+
+
+def _luma(x: np.ndarray, rng) -> np.ndarray:
+    return preprocess.split_luma(preprocess.to_float01(x, rng))[0]
+
+
+def _middle_index(lead: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(s // 2 for s in lead)
+
+
+def estimate_shift(a_data, b_data, a_rgb: bool = False, b_rgb: bool = False, max_size: int = 256) -> tuple[float, float]:
+    """Estimated (dy, dx) shift (full-resolution pixels) to apply to ``b`` to align it with ``a``.
+
+    Cross-correlation (``skimage.registration.phase_cross_correlation``, zero-padded) of the
+    locally normalised gradient magnitudes of the middle plane, downsampled to ``max_size``.
+    A heuristic: between very different modalities (PET, SPECT, GFP) it can report a few pixels
+    on a registered pair; see :func:`looks_misaligned`.
+    """
+    from scipy import ndimage as ndi
+    from skimage.registration import phase_cross_correlation
+
+    sa = spatial_shape(a_data, a_rgb)
+    mid = _middle_index(sa[:-2])
+    pa, pb = _plane(a_data, mid), _plane(b_data, mid)
+    la = _luma(pa, preprocess.normalization_range(pa))
+    lb = _luma(pb, preprocess.normalization_range(pb))
+    f = max(1, int(np.ceil(max(la.shape) / max_size)))
+    if f > 1:
+        la = ndi.uniform_filter(la, f)[::f, ::f]
+        lb = ndi.uniform_filter(lb, f)[::f, ::f]
+
+    def features(x):
+        # locally normalised gradient magnitude: edges of both modalities at comparable strength
+        x = ndi.gaussian_filter(x.astype(np.float64), 1.0)
+        g = np.hypot(ndi.sobel(x, 0), ndi.sobel(x, 1))
+        g = g / (ndi.gaussian_filter(g, 8.0) + 1e-3 * g.max() + 1e-12)
+        return g - g.mean()
+
+    ga, gb = features(la), features(lb)
+    if ga.std() < 1e-9 or gb.std() < 1e-9:
+        return 0.0, 0.0
+    pad = max(la.shape) // 4  # zero padding: no wrap-around matches
+    shift, _, _ = phase_cross_correlation(np.pad(ga, pad), np.pad(gb, pad), upsample_factor=4, normalization=None)
+    return float(shift[0]) * f, float(shift[1]) * f
+
+
+def looks_misaligned(shift: tuple[float, float], shape: tuple[int, ...], px: float = MISALIGN_PX) -> bool:
+    """True when ``shift`` exceeds ``px`` pixels but stays plausible (under 10 % of the image side).
+
+    Larger estimates between different modalities are usually spurious matches, not real shifts.
+    """
+    mag = float(np.hypot(*shift))
+    return px < mag <= 0.1 * min(shape[-2:])
+
+
+def shift_plane(x: np.ndarray, shift: tuple[float, float], rgb: bool) -> np.ndarray:
+    """Shift a (Y, X[, C]) plane by (dy, dx) with linear interpolation; keeps the dtype."""
+    from scipy import ndimage as ndi
+
+    sh = tuple(shift) + ((0.0,) if rgb else ())
+    out = ndi.shift(x.astype(np.float32), sh, order=1, mode="nearest")
+    if x.dtype.kind in "iub":
+        info = np.iinfo(x.dtype) if x.dtype.kind in "iu" else None
+        out = np.rint(out)
+        if info is not None:
+            out = np.clip(out, info.min, info.max)
+        return out.astype(x.dtype)
+    return out.astype(x.dtype)
+
+
+def fast_metrics(a_l: np.ndarray, b_l: np.ndarray, f_l: np.ndarray) -> dict[str, float]:
+    """EN, AG, SSIM, PSNR of luminance planes in [0, 1] (see :mod:`napari_derun.metrics`)."""
+    from .. import metrics as m
+
+    fns = {"EN": m.en, "AG": m.ag, "SSIM": m.ssim, "PSNR": m.psnr}
+    return {k: float(fns[k](a_l, b_l, f_l, data_range=1.0)) for k in FAST_METRICS}
+
+
+def full_metrics(a_l: np.ndarray, b_l: np.ndarray, f_l: np.ndarray) -> dict[str, float]:
+    """All eight metrics (:func:`napari_derun.metrics.all_metrics`) of luminance planes in [0, 1]."""
+    from .. import metrics as m
+
+    return {k: float(v) for k, v in m.all_metrics(a_l, b_l, f_l, data_range=1.0).items()}
+
+
+def run_fusion(
+    a_data,
+    b_data,
+    model: Any = "admm",
+    device: str = "auto",
+    *,
+    a_rgb: bool = False,
+    b_rgb: bool = False,
+    with_stages: bool = False,
+    with_eh: bool = False,
+    align_shift: tuple[float, float] | None = None,
+    percentiles=preprocess.DEFAULT_PERCENTILES,
+    callback: Callable[[int, int, str], None] | None = None,
+    cancel: threading.Event | None = None,
+    names: tuple[str, str] = ("a", "b"),
+    tile: int | None = None,
+) -> dict[str, Any]:
+    """Fuse two layers' data plane by plane.
+
+    Args:
+        a_data, b_data: structural / salient arrays ``(..., Y, X)`` or ``(..., Y, X, 3|4)``
+            (numpy, dask or any array-like with the same spatial shape).
+        model: a name for :func:`napari_derun.api.load_model`, a checkpoint path or a Fuser.
+        with_stages: return every stage's X as ``stages["X"]`` ``(N, ..., Y, X)``.
+        with_eh: also return ``stages["E"]``/``["H"]`` ``(N, L, ..., Y, X)``.
+        align_shift: ``(dy, dx)`` to shift ``b`` by before fusing (see :func:`estimate_shift`).
+        callback: ``callback(done, total, message)`` after each stage; it may raise
+            :class:`Cancelled`.
+        cancel: an Event; when set, the run stops at the next stage with :class:`Cancelled`.
+        tile: planes larger than this (default :data:`napari_derun.nd.DEFAULT_TILE`) are fused in
+            overlapping blended tiles with :func:`napari_derun.nd.fuse_luma_planes` (not when stage
+            layers are asked for: those need the whole plane).
+
+    Returns:
+        dict with ``fused`` (float32 in [0, 1], ``(..., Y, X)`` or ``(..., Y, X, 3)``), ``rgb``,
+        ``stages`` (dict, empty unless asked), ``provenance``, ``metrics`` (EN, AG, SSIM, PSNR of
+        the middle plane), ``middle`` (its ``(a, b, fused)`` luminance), ``seconds``.
+    """
+    from .. import api
+
+    t0 = time.perf_counter()
+    shape = check_pair(a_data, b_data, a_rgb, b_rgb, *names)
+    lead, (H, W) = shape[:-2], shape[-2:]
+    rgb_out = bool(a_rgb or b_rgb)
+    fuser = model if isinstance(model, api.Fuser) else api.load_model(model, device)
+    n = fuser.n_stages
+    idxs = list(np.ndindex(*lead)) if lead else [()]
+    P = len(idxs)
+    total = P * n
+    ra = _stack_range(a_data, lead, percentiles)
+    rb = _stack_range(b_data, lead, percentiles)
+    fused = np.zeros(tuple(lead) + (H, W) + ((3,) if rgb_out else ()), np.float32)
+    stages: dict[str, np.ndarray] = {}
+    mid = _middle_index(lead)
+    middle = None
+    want = with_stages or with_eh
+    tiled = None
+    if not want:
+        try:
+            from .. import nd as tiled  # tiling with blending and out-of-memory retries
+        except ImportError:  # pragma: no cover - older core without nd
+            tiled = None
+    tile = tile or (tiled.DEFAULT_TILE if tiled is not None else None)
+    if tiled is not None and max(H, W) <= tile:
+        tiled = None
+
+    def check_cancel():
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("fusion cancelled")
+
+    for p, idx in enumerate(idxs):
+        check_cancel()
+        pa, pb = _plane(a_data, idx), _plane(b_data, idx)
+        if align_shift is not None and any(abs(s) > 0 for s in align_shift):
+            pb = shift_plane(pb, align_shift, b_rgb)
+        prep = preprocess.prepare_pair(pa, pb, percentiles=percentiles, ranges=(ra, rb))
+
+        def stage_cb(stage, n_st, _p=p):
+            check_cancel()
+            if callback is not None:
+                callback(_p * n + stage, total, f"plane {_p + 1}/{P}, stage {stage}/{n_st}")
+
+        if tiled is not None:
+            def tile_cb(d, t, _p=p):
+                if callback is not None:
+                    callback(_p * n + min(n, round(n * d / max(t, 1))), total, f"plane {_p + 1}/{P}, tile work {d}/{t}")
+
+            try:
+                x = tiled.fuse_luma_planes(fuser, prep.a[None], prep.b[None], tile=tile,
+                                           overlap=min(tiled.DEFAULT_OVERLAP, tile // 4), callback=tile_cb,
+                                           cancel=cancel)
+            except tiled.FuseCancelled as e:
+                raise Cancelled(str(e)) from e
+            st = None
+        else:
+            res = api.fuse_planes(fuser, prep.a[None], prep.b[None], return_stages=want, callback=stage_cb)
+            x, st = (res if want else (res, None))
+        out = preprocess.recolor(x[0], prep.chroma)
+        if rgb_out and out.ndim == 2:
+            out = np.repeat(out[..., None], 3, axis=-1)
+        fused[idx] = out
+        if st is not None:
+            keys = (["X"] if with_stages else []) + (["E", "H"] if with_eh else [])
+            for k in keys:
+                v = st[k][:, 0]  # (N, H, W) or (N, L, H, W)
+                if k not in stages:
+                    stages[k] = np.zeros(v.shape[:-2] + tuple(lead) + (H, W), np.float32)
+                if v.ndim == 3:
+                    stages[k][(slice(None),) + idx] = v
+                else:
+                    stages[k][(slice(None), slice(None)) + idx] = v
+        if idx == mid:
+            middle = (prep.a, prep.b, np.clip(x[0], 0, 1).astype(np.float32))
+        check_cancel()
+
+    prov = dict(fuser.provenance())
+    prov.update(
+        {
+            "inputs": {"structural": names[0], "salient": names[1]},
+            "parameters": {
+                "percentiles": list(percentiles),
+                "range_structural": list(ra),
+                "range_salient": list(rb),
+                "align_shift": list(align_shift) if align_shift is not None else None,
+                "planes": P,
+                "leading_shape": list(lead),
+                "tile": int(tile) if tiled is not None else None,
+            },
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+    )
+    mets = fast_metrics(*middle) if min(H, W) >= 11 else {}
+    secs = time.perf_counter() - t0
+    prov["seconds"] = round(secs, 3)
+    return {
+        "fused": fused,
+        "rgb": rgb_out,
+        "stages": stages,
+        "provenance": prov,
+        "metrics": mets,
+        "middle": middle,
+        "seconds": secs,
+        "n_stages": n,
+    }

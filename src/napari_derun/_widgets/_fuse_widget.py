@@ -1,0 +1,365 @@
+"""Fuse widget: pick two image layers, a model and a device; fuse in a thread worker."""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtWidgets import QProgressBar, QVBoxLayout, QWidget
+
+from . import _fuse_job as job
+from ._common import ProgressRelay, copy_units, image_layers
+from ._state import MODEL_BUS, JobStatus
+
+CHECKPOINT = "Checkpoint file…"
+DEVICES = ["auto", "cuda", "mps", "cpu"]
+A_LABEL = "Structural (phase contrast / MRI / visible)"
+B_LABEL = "Salient (GFP / PET / SPECT / infrared)"
+
+
+def output_name(a_name: str, b_name: str) -> str:
+    return f"{b_name}_{a_name}_derun"
+
+
+def stage_layer_name(out: str, key: str, n: int, n_filters: int | None = None) -> str:
+    if n_filters:
+        return f"{out} stages ({key}, stage 1–{n} × filter 1–{n_filters})"
+    return f"{out} stages ({key}, stage 1–{n})"
+
+
+def _disconnect(signal, slot) -> None:
+    try:
+        signal.disconnect(slot)
+    except Exception:
+        pass
+
+
+class FuseWidget(QWidget):
+    """Fuse a structural and a salient image layer with DeRUN (or the training-free solver)."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.status = JobStatus()
+        self.worker = None
+        self.metrics_worker = None
+        self.last_result: dict[str, Any] | None = None
+        self.last_metrics: dict[str, float] = {}
+        self._cancel = threading.Event()
+        self._relay = ProgressRelay(self)
+        self._relay.progress.connect(self._on_progress)
+
+        self.a_combo = ComboBox(label=A_LABEL, choices=self._layer_choices, nullable=True)
+        self.b_combo = ComboBox(label=B_LABEL, choices=self._layer_choices, nullable=True)
+        self.model_combo = ComboBox(label="Model", choices=self._model_choices)
+        self.ckpt_file = FileEdit(label="Checkpoint", mode="r", filter="*.safetensors", visible=False)
+        self.device_combo = ComboBox(label="Device", choices=DEVICES, value="auto")
+        self.device_label = Label(label="In use", value="")
+        self.stages_check = CheckBox(text="Add per-stage layers", value=False)
+        self.eh_check = CheckBox(text="E/H maps (per stage and filter)", value=False)
+        self.align_check = CheckBox(text="Align b to a first (shift salient onto structural)", value=False)
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status_label = Label(value="Pick two image layers and press Run.")
+        self.metrics_label = Label(value="")
+        self.all_metrics_button = PushButton(text="All eight metrics", enabled=False)
+        self.form = Container(
+            widgets=[
+                self.a_combo, self.b_combo, self.model_combo, self.ckpt_file, self.device_combo,
+                self.device_label, self.stages_check, self.eh_check, self.align_check,
+            ]
+        )
+        self.buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        lay = QVBoxLayout(self)
+        lay.addWidget(self.form.native)
+        lay.addWidget(self.buttons.native)
+        lay.addWidget(self.progress)
+        lay.addWidget(self.status_label.native)
+        lay.addWidget(self.metrics_label.native)
+        lay.addWidget(self.all_metrics_button.native)
+        lay.addStretch(1)
+        self.status_label.native.setWordWrap(True)
+        self.metrics_label.native.setWordWrap(True)
+
+        self.model_combo.changed.connect(self._on_model_changed)
+        self.device_combo.changed.connect(self._update_device_label)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.all_metrics_button.clicked.connect(self.compute_all_metrics)
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        MODEL_BUS.changed.connect(self._on_model_registered)
+        self.destroyed.connect(lambda *_: _disconnect(MODEL_BUS.changed, self._on_model_registered))
+        self._refresh_layers()
+        self._update_device_label()
+
+    # ---------------------------------------------------------------- choices
+    def _layer_choices(self, _w=None):
+        return [(ly.name, ly) for ly in image_layers(self.viewer)]
+
+    def _model_choices(self, _w=None):
+        from .. import api
+
+        return api.list_models() + [CHECKPOINT]
+
+    def _refresh_layers(self, *_):
+        a, b = self.a_combo.value, self.b_combo.value
+        self.a_combo.reset_choices()
+        self.b_combo.reset_choices()
+        layers = image_layers(self.viewer)
+        # sensible defaults: first grey layer as structural, an RGB/other layer as salient
+        if a is None or a not in layers:
+            grey = [ly for ly in layers if not ly.rgb]
+            self.a_combo.value = (grey or layers or [None])[0]
+        if b is None or b not in layers:
+            rest = [ly for ly in layers if ly is not self.a_combo.value]
+            self.b_combo.value = (rest or [None])[0]
+
+    def refresh_models(self, select: str | None = None) -> None:
+        cur = select or self.model_combo.value
+        self.model_combo.reset_choices()
+        if cur in self.model_combo.choices:
+            self.model_combo.value = cur
+
+    def _on_model_registered(self, name: str) -> None:
+        try:
+            self.refresh_models()
+        except RuntimeError:  # this widget's Qt side is gone (viewer closed)
+            _disconnect(MODEL_BUS.changed, self._on_model_registered)
+
+    def showEvent(self, event):  # noqa: N802 (Qt name)
+        self.refresh_models()
+        super().showEvent(event)
+
+    def _on_model_changed(self, value):
+        self.ckpt_file.visible = value == CHECKPOINT
+
+    def _update_device_label(self, *_):
+        from .. import api
+
+        try:
+            self.device_label.value = api.resolve_device(self.device_combo.value)
+        except ValueError:
+            self.device_label.value = f"{self.device_combo.value} not available here: use auto or cpu"
+
+    # ---------------------------------------------------------------- run
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def _set_status(self, state: str, message: str) -> None:
+        self.status.state = state
+        self.status.message = message
+        self.status_label.value = message
+
+    def _fail(self, message: str, warn: bool = False) -> None:
+        self._set_status("error", message)
+        (show_warning if warn else show_error)(message)
+
+    def _model_arg(self):
+        m = self.model_combo.value
+        if m == CHECKPOINT:
+            path = self.ckpt_file.value
+            if not path or not str(path).strip() or not path.is_file():
+                raise ValueError("choose a checkpoint file (.safetensors) with the file picker, or another model")
+            return str(path)
+        return m
+
+    def run(self) -> None:
+        """Check the inputs and start fusing in a background thread."""
+        if self.running:
+            return
+        a, b = self.a_combo.value, self.b_combo.value
+        if a is None or b is None:
+            self._fail("Pick a structural and a salient image layer first (File > Open, or File > Open Sample).")
+            return
+        if a is b:
+            self._fail("Structural and salient are the same layer: pick two different image layers.")
+            return
+        try:
+            job.check_pair(a.data, b.data, a.rgb, b.rgb, a.name, b.name)
+            model = self._model_arg()
+            from .. import api
+
+            device = api.resolve_device(self.device_combo.value)
+        except ValueError as e:
+            self._fail(f"Cannot fuse: {e}")
+            return
+        shift = None
+        try:
+            est = job.estimate_shift(a.data, b.data, a.rgb, b.rgb)
+        except Exception:  # the check is advisory only
+            est = (0.0, 0.0)
+        self.estimated_shift = est
+        if self.align_check.value:
+            shift = est
+        elif job.looks_misaligned(est, job.spatial_shape(a.data, a.rgb)):
+            show_warning(
+                f"'{b.name}' looks shifted by about ({est[0]:.1f}, {est[1]:.1f}) px relative to '{a.name}'. "
+                "Tick 'Align b to a first' and run again to shift it before fusing, or register the images first."
+            )
+        self._cancel.clear()
+        self._layers = (a, b)
+        self._opts = {"with_stages": self.stages_check.value, "with_eh": self.eh_check.value}
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.all_metrics_button.enabled = False
+        self.progress.setRange(0, 0)
+        self._set_status("running", "Loading the model…")
+
+        relay = self._relay
+        cancel = self._cancel
+
+        def work():
+            try:
+                return job.run_fusion(
+                    a.data, b.data, model, device, a_rgb=a.rgb, b_rgb=b.rgb,
+                    with_stages=self._opts["with_stages"], with_eh=self._opts["with_eh"], align_shift=shift,
+                    callback=lambda d, t, m: relay.progress.emit(d, t, m), cancel=cancel, names=(a.name, b.name),
+                )
+            except job.Cancelled:
+                return None
+
+        self.worker = create_worker(work, _start_thread=False)
+        self.worker.returned.connect(self._on_returned)
+        self.worker.errored.connect(self._on_errored)
+        self.worker.finished.connect(self._on_finished)
+        self.worker.start()
+
+    def cancel(self) -> None:
+        """Stop the running fusion at the next stage or plane; nothing in the viewer changes."""
+        if self.running:
+            self._cancel.set()
+            self._set_status("running", "Cancelling…")
+
+    def _on_progress(self, done: int, total: int, msg: str) -> None:
+        if self.worker is None:
+            return
+        self.progress.setRange(0, total)
+        self.progress.setValue(done)
+        self.status.done, self.status.total = done, total
+        self.status_label.value = f"Fusing: {msg}"
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1 if self.status.state == "done" else 0)
+
+    def _on_errored(self, exc: Exception) -> None:
+        self._fail(f"Fusion failed: {exc}. Check the inputs and the model, or try device 'cpu'.")
+
+    def _on_returned(self, result) -> None:
+        if result is None:
+            self._set_status("cancelled", "Cancelled: nothing was changed.")
+            return
+        a, b = self._layers
+        try:
+            self._write_layers(a, b, result)
+        except Exception as e:  # pragma: no cover (defensive)
+            self._fail(f"Could not add the result layer: {e}")
+            return
+        self.last_result = result
+        self.last_metrics = dict(result["metrics"])
+        self._show_metrics(self.last_metrics, "middle plane")
+        self.all_metrics_button.enabled = result["middle"] is not None
+        prov = result["provenance"]
+        self._set_status(
+            "done", f"Done in {result['seconds']:.1f} s with {prov['model']} on {prov['device']}: "
+                    f"layer '{output_name(a.name, b.name)}'."
+        )
+
+    # ---------------------------------------------------------------- layers
+    def _upsert(self, name: str, data: np.ndarray, **kwargs):
+        """Replace ``data``/metadata of layer ``name`` in place, or add a new image layer."""
+        if name in self.viewer.layers:
+            ly = self.viewer.layers[name]
+            compatible = (
+                ly.__class__.__name__ == "Image"
+                and ly.rgb == kwargs.get("rgb", False)
+                and ly.data.ndim == data.ndim
+            )
+            if compatible:
+                ly.data = data
+                for key in ("scale", "translate", "units", "contrast_limits"):
+                    if key in kwargs:
+                        try:
+                            setattr(ly, key, kwargs[key])
+                        except Exception:
+                            pass
+                md = dict(ly.metadata)
+                md.update(kwargs.get("metadata", {}))
+                ly.metadata = md
+                return ly
+            idx = self.viewer.layers.index(ly)
+            self.viewer.layers.remove(ly)
+            new = self.viewer.add_image(data, name=name, **kwargs)
+            self.viewer.layers.move(self.viewer.layers.index(new), idx)
+            return new
+        return self.viewer.add_image(data, name=name, **kwargs)
+
+    def _write_layers(self, a, b, result) -> None:
+        out = output_name(a.name, b.name)
+        scale, translate = tuple(a.scale), tuple(a.translate)
+        prov = result["provenance"]
+        kw: dict[str, Any] = {"scale": scale, "translate": translate, "rgb": result["rgb"], "metadata": {"derun": prov}}
+        if not result["rgb"]:
+            kw["contrast_limits"] = (0.0, 1.0)
+        copy_units(a, kw)
+        self._upsert(out, result["fused"], **kw)
+        stages = result["stages"]
+        n = result["n_stages"]
+        if "X" in stages:
+            x = stages["X"]
+            kw = {"scale": (1.0,) + scale, "translate": (0.0,) + translate, "contrast_limits": (0.0, 1.0),
+                  "visible": False, "metadata": {"derun": {**prov, "stage_axis": 0, "what": "X per stage"}}}
+            copy_units(a, kw, 1)
+            self._upsert(stage_layer_name(out, "X", x.shape[0]), x, **kw)
+        for key in ("E", "H"):
+            if key in stages:
+                v = stages[key]
+                lim = float(np.percentile(np.abs(v), 99.5)) or 1.0
+                kw = {"scale": (1.0, 1.0) + scale, "translate": (0.0, 0.0) + translate,
+                      "contrast_limits": (-lim, lim), "colormap": "PiYG", "visible": False,
+                      "metadata": {"derun": {**prov, "stage_axis": 0, "filter_axis": 1, "what": f"{key} per stage"}}}
+                copy_units(a, kw, 2)
+                self._upsert(stage_layer_name(out, key, v.shape[0], v.shape[1]), v, **kw)
+        self.viewer.layers.selection.active = self.viewer.layers[out]
+
+    # ---------------------------------------------------------------- metrics
+    def _show_metrics(self, mets: dict[str, float], where: str) -> None:
+        txt = "  ".join(f"{k} {v:.3g}" for k, v in mets.items())
+        self.metrics_label.value = f"Metrics ({where}): {txt}" if txt else ""
+
+    def compute_all_metrics(self) -> None:
+        """All eight fusion metrics of the middle plane, in a worker."""
+        if self.last_result is None or self.last_result["middle"] is None or self.metrics_worker is not None:
+            return
+        a_l, b_l, f_l = self.last_result["middle"]
+        if min(f_l.shape) < 41:
+            show_warning("All eight metrics need planes of at least 41 x 41 pixels (VIF uses four scales).")
+            return
+        self.all_metrics_button.enabled = False
+        self.metrics_label.value = "Computing all eight metrics…"
+        w = create_worker(job.full_metrics, a_l, b_l, f_l, _start_thread=False)
+
+        def done(m):
+            self.last_metrics = m
+            self._show_metrics(m, "middle plane, all eight")
+
+        def finished():
+            self.metrics_worker = None
+            self.all_metrics_button.enabled = True
+
+        w.returned.connect(done)
+        w.errored.connect(lambda e: show_error(f"Metrics failed: {e}"))
+        w.finished.connect(finished)
+        self.metrics_worker = w
+        w.start()

@@ -1,0 +1,282 @@
+"""Drive the Fuse and Fine-tune widgets through a real napari viewer (headless under Xvfb)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+import napari_derun as nd  # noqa: E402
+from napari_derun import sample_data  # noqa: E402
+
+from conftest import smooth_pair  # noqa: E402
+
+pytestmark = pytest.mark.qt
+
+WAIT = 60_000
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _pair_u8(h=64, w=56, seed=0):
+    a, b = smooth_pair(h, w, seed)
+    return (a * 255).astype(np.uint8), (b * 255).astype(np.uint8)
+
+
+def _gfp_small():
+    a, b = sample_data.gfp_pc(size=64, n_cells=4, seed=1)
+    return a, b
+
+
+def _fuse_widget(viewer, a_layer, b_layer):
+    from napari_derun._widgets import FuseWidget
+
+    w = FuseWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Fuse images (DeRUN)")
+    w.a_combo.value = a_layer
+    w.b_combo.value = b_layer
+    w.model_combo.value = "admm"
+    w.device_combo.value = "cpu"
+    return w
+
+
+def _run(qtbot, w):
+    w.run()
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT)
+
+
+def _notifications():
+    from napari.utils.notifications import notification_manager
+
+    return [str(n.message) for n in notification_manager.records]
+
+
+def test_fuse_widget_rgb_matches_api_and_reruns_in_place(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    a, b = _gfp_small()
+    la = viewer.add_image(a, name="pc", scale=(0.5, 0.25), translate=(3.0, -2.0))
+    lb = viewer.add_image(b, name="gfp", rgb=True, scale=(0.5, 0.25), translate=(3.0, -2.0))
+    w = _fuse_widget(viewer, la, lb)
+    assert w.device_label.value == "cpu"
+    w.stages_check.value = True
+    w.eh_check.value = True
+    _run(qtbot, w)
+    assert w.status.state == "done", w.status.message
+    out = viewer.layers["gfp_pc_derun"]
+    ref, st = nd.fuse(a, b, model="admm", device="cpu", return_stages=True)
+    assert out.rgb and out.data.shape == (64, 64, 3)
+    np.testing.assert_allclose(out.data, ref, atol=1e-6)
+    np.testing.assert_allclose(out.scale, la.scale)
+    np.testing.assert_allclose(out.translate, la.translate)
+    prov = out.metadata["derun"]
+    assert prov["model"] == "admm" and prov["device"] == "cpu"
+    assert prov["inputs"] == {"structural": "pc", "salient": "gfp"} and "time" in prov
+    n = st["X"].shape[0]
+    xs = viewer.layers[f"gfp_pc_derun stages (X, stage 1–{n})"]
+    np.testing.assert_allclose(xs.data, st["X"], atol=1e-6)
+    assert tuple(xs.scale) == (1.0, 0.5, 0.25)
+    ne, nf = st["E"].shape[:2]
+    es = viewer.layers[f"gfp_pc_derun stages (E, stage 1–{ne} × filter 1–{nf})"]
+    np.testing.assert_allclose(es.data, st["E"], atol=1e-6)
+    assert f"gfp_pc_derun stages (H, stage 1–{ne} × filter 1–{nf})" in viewer.layers
+    # live metrics of the result: the fast subset, against napari_derun.metrics directly
+    from napari_derun import metrics, preprocess
+
+    ya = preprocess.split_luma(preprocess.to_float01(a))[0]
+    yb = preprocess.split_luma(preprocess.to_float01(b))[0]
+    f_l = np.clip(nd.fuse(a, b, device="cpu", return_stages=True)[1]["X"][-1], 0, 1)
+    assert set(w.last_metrics) == {"EN", "AG", "SSIM", "PSNR"}
+    assert w.last_metrics["SSIM"] == pytest.approx(metrics.ssim(ya, yb, f_l, data_range=1.0), rel=1e-5)
+    assert "SSIM" in w.metrics_label.value
+
+    # re-run: same layer objects updated in place, no new layers
+    n_layers = len(viewer.layers)
+    out.metadata["note"] = "kept"
+    _run(qtbot, w)
+    assert len(viewer.layers) == n_layers
+    assert viewer.layers["gfp_pc_derun"] is out and out.metadata["note"] == "kept"
+    np.testing.assert_allclose(out.data, ref, atol=1e-6)
+
+    # all eight metrics in a worker
+    w.compute_all_metrics()
+    qtbot.waitUntil(lambda: w.metrics_worker is None, timeout=WAIT)
+    assert list(w.last_metrics) == list(metrics.METRIC_NAMES)
+
+
+def test_zstack_plane_by_plane_and_dask(make_napari_viewer, qtbot):
+    import dask.array as da
+
+    viewer = make_napari_viewer()
+    pairs = [_pair_u8(40, 36, seed=s) for s in range(3)]
+    a = np.stack([p[0] for p in pairs])
+    b = np.stack([p[1] for p in pairs])
+    la = viewer.add_image(a, name="mri", scale=(2.0, 1.0, 1.0))
+    lb = viewer.add_image(da.from_array(b, chunks=(1, 40, 36)), name="pet")
+    w = _fuse_widget(viewer, la, lb)
+    seen = []
+    w._relay.progress.connect(lambda d, t, m: seen.append((d, t)))
+    _run(qtbot, w)
+    assert w.status.state == "done", w.status.message
+    out = viewer.layers["pet_mri_derun"]
+    ref = np.stack([nd.fuse(a[z], b[z], device="cpu") for z in range(3)])
+    assert out.data.shape == (3, 40, 36)
+    np.testing.assert_allclose(out.data, ref, atol=1e-6)
+    assert tuple(out.scale) == (2.0, 1.0, 1.0)
+    qtbot.waitUntil(lambda: len(seen) > 0, timeout=5000)
+    assert seen[-1][1] == 3 * 9  # progress counted per plane and stage
+    assert out.metadata["derun"]["parameters"]["planes"] == 3
+
+
+def test_cancel_leaves_viewer_unchanged(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    a = np.stack([_pair_u8(48, 48, seed=s)[0] for s in range(6)])
+    b = np.stack([_pair_u8(48, 48, seed=s)[1] for s in range(6)])
+    la, lb = viewer.add_image(a, name="a"), viewer.add_image(b, name="b")
+    w = _fuse_widget(viewer, la, lb)
+    w._relay.progress.connect(lambda d, t, m: w.cancel())
+    names = [ly.name for ly in viewer.layers]
+    w.run()
+    assert not w.run_button.enabled and w.cancel_button.enabled
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT)
+    assert w.status.state == "cancelled"
+    assert [ly.name for ly in viewer.layers] == names
+    assert w.run_button.enabled and not w.cancel_button.enabled
+
+
+def test_bad_pair_notifies_and_adds_nothing(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    la = viewer.add_image(np.zeros((40, 40), np.uint8), name="a")
+    lb = viewer.add_image(np.zeros((40, 32), np.uint8), name="b")
+    w = _fuse_widget(viewer, la, lb)
+    w.run()
+    assert not w.running and w.status.state == "error"
+    assert "differ in shape" in w.status.message and "resample or crop" in w.status.message
+    assert any("differ in shape" in m for m in _notifications())
+    assert [ly.name for ly in viewer.layers] == ["a", "b"]
+
+
+def test_misaligned_pair_warns_and_aligns(make_napari_viewer, qtbot):
+    from scipy import ndimage as ndi
+
+    from napari_derun._widgets import _fuse_job as job
+
+    viewer = make_napari_viewer()
+    a, b = _gfp_small()
+    b_shift = ndi.shift(b, (4, -3, 0), order=1, mode="nearest")
+    dy, dx = job.estimate_shift(a, b_shift, False, True)
+    assert abs(dy + 4) <= 1 and abs(dx - 3) <= 1
+    la, lb = viewer.add_image(a, name="pc"), viewer.add_image(b_shift, name="gfp", rgb=True)
+    w = _fuse_widget(viewer, la, lb)
+    _run(qtbot, w)
+    assert any("looks shifted" in m for m in _notifications())
+    assert viewer.layers["gfp_pc_derun"].metadata["derun"]["parameters"]["align_shift"] is None
+    w.align_check.value = True
+    _run(qtbot, w)
+    shift = viewer.layers["gfp_pc_derun"].metadata["derun"]["parameters"]["align_shift"]
+    assert shift == pytest.approx([dy, dx])
+    ref = nd.fuse(a, job.shift_plane(b_shift, (dy, dx), True), device="cpu")
+    np.testing.assert_allclose(viewer.layers["gfp_pc_derun"].data, ref, atol=1e-6)
+
+
+def test_sample_data_opens(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-derun", "gfp_pc")
+    viewer.open_sample("napari-derun", "pet_mri")
+    names = [ly.name for ly in viewer.layers]
+    assert names == ["phase contrast", "GFP", "MRI", "PET"]
+    a, b = sample_data.pet_mri()
+    np.testing.assert_array_equal(viewer.layers["PET"].data, b)
+    assert viewer.layers["GFP"].rgb
+
+
+def _finetune_widget(viewer, qtbot, epochs, steps):
+    from napari_derun._widgets import FinetuneWidget
+
+    w = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Fine-tune DeRUN")
+    w.start_model.value = "admm"
+    w.epochs.value = epochs
+    w.steps.value = steps
+    w.batch.value = 1
+    w.patch.value = 32
+    w.lr.value = 1e-3
+    return w
+
+
+def test_finetune_plots_registers_saves_and_reloads(make_napari_viewer, qtbot, tmp_path):
+    from napari_derun import api
+    from napari_derun._widgets import FuseWidget
+
+    viewer = make_napari_viewer()
+    (a0, b0), (a1, b1) = _pair_u8(48, 48, 0), _pair_u8(48, 48, 1)
+    la0, lb0 = viewer.add_image(a0, name="a0"), viewer.add_image(b0, name="b0")
+    la1, lb1 = viewer.add_image(a1, name="a1"), viewer.add_image(b1, name="b1")
+    fw = FuseWidget(viewer)
+    w = _finetune_widget(viewer, qtbot, epochs=2, steps=2)
+    w.add_pair(la0, lb0)
+    w.val_a.value, w.val_b.value = la1, lb1
+    w.name.value = "tuned-test"
+    assert w.pair_list.count() == 1
+    w.start()
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT)
+    assert w.status.state == "done", w.status.message
+    assert w.plot.steps == [1, 2, 3, 4] and len(w.plot.losses) == 4
+    assert np.all(np.isfinite(w.plot.losses))
+    assert len(w.plot.val_losses) == 2
+    name = w.registered_name
+    assert name in api.list_models()
+    assert name in fw.model_combo.choices  # appears at once in the Fuse widget
+    path = w.save(str(tmp_path / "tuned.safetensors"))
+    fz = nd.load_model(str(path), device="cpu")
+    assert fz.kind == "derun"
+    f_file = nd.fuse(a1, b1, model=str(path), device="cpu")
+    f_mem = nd.fuse(a1, b1, model=name, device="cpu")
+    np.testing.assert_allclose(f_file, f_mem, atol=1e-5)
+    api._SESSION.pop(name, None)
+
+
+def test_finetune_stop_keeps_best(make_napari_viewer, qtbot):
+    from napari_derun import api
+
+    viewer = make_napari_viewer()
+    a0, b0 = _pair_u8(48, 48, 2)
+    la, lb = viewer.add_image(a0, name="a"), viewer.add_image(b0, name="b")
+    w = _finetune_widget(viewer, qtbot, epochs=500, steps=2)
+    w.add_pair(la, lb)
+    w.name.value = "tuned-stop"
+    w._relay.payload.connect(lambda ev: w.stop() if ev.get("kind") == "step" else None)
+    w.start()
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT)
+    assert w.status.state == "done", w.status.message
+    assert 1 <= len(w.plot.losses) < 10
+    assert w.result is not None and w.result.best_model is not None
+    api._SESSION.pop(w.registered_name, None)
+
+
+def test_large_planes_are_tiled_like_nd():
+    """Planes larger than the tile size go through napari_derun.nd's tiled fusion."""
+    nd_mod = pytest.importorskip("napari_derun.nd")
+    from napari_derun import api, preprocess
+    from napari_derun._widgets._fuse_job import run_fusion
+
+    a, b = _pair_u8(96, 80, seed=3)
+    calls = []
+    res = run_fusion(a, b, "admm", "cpu", tile=64, callback=lambda d, t, m: calls.append((d, t)))
+    assert res["provenance"]["parameters"]["tile"] == 64
+    fz = api.load_model("admm", "cpu")
+    prep = preprocess.prepare_pair(a, b)
+    ref = nd_mod.fuse_luma_planes(fz, prep.a[None], prep.b[None], tile=64, overlap=16)[0]
+    np.testing.assert_allclose(res["fused"], np.clip(ref, 0, 1), atol=1e-6)
+    # and stays close to the untiled result away from tile seams
+    whole = nd.fuse(a, b, device="cpu")
+    assert np.abs(res["fused"] - whole).mean() < 0.02
+    assert calls and calls[-1][0] == calls[-1][1]
