@@ -122,18 +122,18 @@ class Fuser:
                 return self.module(a, b, return_stages=return_stages, callback=callback)
             p = self.module
             Hh, Ww = a.shape[-2:]
-            ph, pw = ops.default_pad(Hh, Ww, p.pad)
-            m = ops.reflect_pad(b - a, ph, pw)
+            pads = ops.default_pad(Hh, Ww, p.pad)
+            m = ops.reflect_pad(b - a, pads)
             stages: dict[str, list] = {"Y": [], "X": [], "E": [], "H": []}
             y = None
             for i, st in enumerate(admm_iterations(m, p)):
-                y = ops.crop(st["Y"], ph, pw)
+                y = ops.crop(st["Y"], pads)
                 if return_stages:
                     stages["Y"].append(y)
                     stages["X"].append(y + a)
                     if i < p.n_iter - 1:  # as in DeRUN: the last E/H never reach X
-                        stages["E"].append(ops.crop(st["E"], ph, pw))
-                        stages["H"].append(ops.crop(st["H"], ph, pw))
+                        stages["E"].append(ops.crop(st["E"], pads))
+                        stages["H"].append(ops.crop(st["H"], pads))
                 if callback is not None:
                     callback(i + 1, p.n_iter)
             x = y + a

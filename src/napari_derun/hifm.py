@@ -217,15 +217,15 @@ def hifm_admm(
         raise ValueError(f"a and b must have the same shape; got {tuple(va.shape)} and {tuple(ub.shape)}")
     ub = ub.to(va.dtype)
     H, W = va.shape[-2:]
-    ph, pw = ops.default_pad(H, W, params.pad)
-    m = ops.reflect_pad(ub - va, ph, pw)
+    pads = ops.default_pad(H, W, params.pad)
+    m = ops.reflect_pad(ub - va, pads)
     ys = []
     y = torch.zeros_like(m)
     for state in admm_iterations(m, params):
         y = state["Y"]
         if return_iterates:
-            ys.append(ops.crop(y, ph, pw))
-    x = ops.crop(y, ph, pw) + va
+            ys.append(ops.crop(y, pads))
+    x = ops.crop(y, pads) + va
 
     def back(t: torch.Tensor):
         t = t.reshape(shape)

@@ -265,8 +265,8 @@ class DeRUN(nn.Module):
         if a.shape != b.shape or a.ndim != 4 or a.shape[1] != 1:
             raise ValueError(f"a and b must both be (B, 1, H, W); got {tuple(a.shape)} and {tuple(b.shape)}")
         Hh, Ww = a.shape[-2:]
-        ph, pw = ops.default_pad(Hh, Ww, self.config.pad)
-        m = ops.reflect_pad(b - a, ph, pw)
+        pads = ops.default_pad(Hh, Ww, self.config.pad)
+        m = ops.reflect_pad(b - a, pads)
         B = m.shape[0]
         L = self.config.n_filters
         z = torch.zeros(B, L, *m.shape[-2:], dtype=m.dtype, device=m.device)
@@ -275,15 +275,15 @@ class DeRUN(nn.Module):
         for i, stage in enumerate(self.stages):
             state = stage(state, m)
             if return_stages:
-                y = ops.crop(state["Y"], ph, pw)
+                y = ops.crop(state["Y"], pads)
                 stages["Y"].append(y)
                 stages["X"].append(y + a)
                 if "E" in state:
-                    stages["E"].append(ops.crop(state["E"], ph, pw))
-                    stages["H"].append(ops.crop(state["H"], ph, pw))
+                    stages["E"].append(ops.crop(state["E"], pads))
+                    stages["H"].append(ops.crop(state["H"], pads))
             if callback is not None:
                 callback(i + 1, len(self.stages))
-        x = ops.crop(state["Y"], ph, pw) + a
+        x = ops.crop(state["Y"], pads) + a
         if return_stages:
             return x, stages
         return x

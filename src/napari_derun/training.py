@@ -323,13 +323,13 @@ def _forward_checkpointed(model, a, b):
     from . import ops
 
     Hh, Ww = a.shape[-2:]
-    ph, pw = ops.default_pad(Hh, Ww, model.config.pad)
-    m = ops.reflect_pad(b - a, ph, pw)
+    pads = ops.default_pad(Hh, Ww, model.config.pad)
+    m = ops.reflect_pad(b - a, pads)
     z = torch.zeros(m.shape[0], model.config.n_filters, *m.shape[-2:], dtype=m.dtype, device=m.device)
     state = {"E": z, "F": z, "H": z, "G": z}
     for stage in model.stages:
         state = checkpoint(stage, state, m, use_reentrant=False)
-    return ops.crop(state["Y"], ph, pw) + a
+    return ops.crop(state["Y"], pads) + a
 
 
 def _stop_requested(stop) -> bool:
