@@ -96,6 +96,17 @@ def _write_pairs(root: Path, n=3, size=40):
 
 def _reference_training(data, steps, batch, patch, seed, world, lr=0.01, adjoint_weight=0.01):
     """Single-process training on the union of the ranks' shards (what DDP must reproduce)."""
+    # one thread, like the ranks (--threads 1): with several threads, float summation order moves
+    # values across the piecewise-linear knots of S and the comparison below would blur
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _reference_training_1t(data, steps, batch, patch, seed, world, lr, adjoint_weight)
+    finally:
+        torch.set_num_threads(n_threads)
+
+
+def _reference_training_1t(data, steps, batch, patch, seed, world, lr, adjoint_weight):
     from torch.utils.data import DistributedSampler
 
     from napari_derun.losses import derun_loss

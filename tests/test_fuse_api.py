@@ -143,3 +143,27 @@ def test_foreign_and_corrupt_checkpoints(tmp_path):
     torch.save({"a": 1}, pickle_file)
     with pytest.raises(CheckpointError):
         nd.load_model(pickle_file)
+
+
+def test_bf16_precision_close_to_fp32():
+    import torch
+
+    from napari_derun import sample_data
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("no oneDNN on this CPU build")
+    a, b = sample_data.gfp_pc(96)
+    ref = nd.fuse(a, b, model="gfp_pc", device="cpu")
+    fast = nd.fuse(a, b, model="gfp_pc", device="cpu", precision="bf16")
+    assert fast.dtype == np.float32 and fast.shape == ref.shape
+    rel = np.linalg.norm(fast - ref) / np.linalg.norm(ref)
+    assert rel < 1e-2, rel
+    assert not np.array_equal(fast, ref)  # it really ran in bfloat16
+    rnd = np.random.default_rng(0).random((2, 64, 64)).astype(np.float32)
+    r32 = nd.fuse(rnd[0], rnd[1], model="gfp_pc", device="cpu")
+    r16 = nd.fuse(rnd[0], rnd[1], model="gfp_pc", device="cpu", precision="bf16")
+    assert np.linalg.norm(r16 - r32) / np.linalg.norm(r32) < 1e-2
+    fz = nd.load_model("admm", "cpu", precision="bf16")
+    assert fz.provenance()["precision"] == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        nd.load_model("admm", "cpu", precision="fp8")

@@ -82,6 +82,7 @@ class Fuser:
     source: str = "builtin"
     sha256: str | None = None
     info: dict = field(default_factory=dict)
+    precision: str = "fp32"  # "fp32" (reference) or "bf16" (autocast: convolutions in bfloat16)
 
     @property
     def n_stages(self) -> int:
@@ -98,6 +99,7 @@ class Fuser:
             "weights": self.source,
             "weights_sha256": self.sha256,
             "device": self.device,
+            "precision": self.precision,
             "n_stages": self.n_stages,
         }
         if self.kind == "admm":
@@ -111,7 +113,22 @@ class Fuser:
 
         Returns ``X`` (unclipped) or ``(X, stages)`` with per-stage lists ``Y, X, E, H``.
         ``callback(stage, n_stages)`` is called after each stage; it may raise to cancel.
+        With ``precision="bf16"`` the pass runs under ``torch.autocast(bfloat16)`` (convolutions in
+        bfloat16, FFT solves in float32); outputs are float32 and within ~1e-2 relative of fp32.
         """
+        import torch
+
+        if self.precision == "bf16":
+            dev_type = torch.device(self.device).type
+            with torch.autocast(dev_type, dtype=torch.bfloat16):
+                out = self._run(a, b, return_stages, callback)
+            if return_stages:
+                x, st = out
+                return x.float(), {k: [t.float() for t in v] for k, v in st.items()}
+            return out.float()
+        return self._run(a, b, return_stages, callback)
+
+    def _run(self, a, b, return_stages, callback):
         import torch
 
         from . import ops
@@ -140,7 +157,7 @@ class Fuser:
             return (x, stages) if return_stages else x
 
 
-def load_model(model: Any = TRAINING_FREE, device: str = "auto") -> Fuser:
+def load_model(model: Any = TRAINING_FREE, device: str = "auto", precision: str | None = None) -> Fuser:
     """Load a fusion model.
 
     Args:
@@ -149,15 +166,27 @@ def load_model(model: Any = TRAINING_FREE, device: str = "auto") -> Fuser:
             checkpoint, a :class:`~napari_derun.hifm.HIFMParams`, a
             :class:`~napari_derun.model.DeRUN`, or a :class:`Fuser` (moved to ``device``).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+        precision: ``"fp32"`` (the reference; default) or ``"bf16"`` (faster on CPUs with
+            AVX512-BF16 and on GPUs; ~1e-2 relative difference). ``None`` keeps a given
+            Fuser's precision.
 
     Raises:
         ValueError: unknown name; :class:`~napari_derun.checkpoint.CheckpointError` for bad files.
     """
+    dev = resolve_device(device)
+    if precision not in (None, "fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16'; got {precision!r}")
+    fz = _load(model, dev)
+    if precision is not None:
+        fz.precision = precision
+    return fz
+
+
+def _load(model: Any, dev: str) -> Fuser:
     from .checkpoint import file_sha256, load_checkpoint
     from .hifm import HIFMParams
     from .model import DeRUN
 
-    dev = resolve_device(device)
     if isinstance(model, Fuser):
         if model.kind == "derun":
             model.module.to(dev)
@@ -233,6 +262,7 @@ def fuse(
     cancel=None,
     ranges: tuple[tuple[float, float], tuple[float, float]] | None = None,
     client: Any = None,
+    precision: str | None = None,
 ):
     """Fuse two registered images or stacks with DeRUN or the training-free HIFM solver.
 
@@ -259,6 +289,8 @@ def fuse(
             :class:`napari_derun.nd.FuseCancelled` between stages/tiles.
         ranges: fixed ``((lo_a, hi_a), (lo_b, hi_b))`` intensity ranges instead of percentiles.
         client: a ``dask.distributed.Client``: planes are fused on its workers.
+        precision: ``"fp32"`` (default, the reference) or ``"bf16"`` (autocast; ~1.7× faster on
+            CPUs with AVX512-BF16, within 1e-2 relative of fp32).
 
     Returns:
         float32 fused image in [0, 1] with the layout of the inputs (``C`` = 3 when an
@@ -268,7 +300,7 @@ def fuse(
     """
     from . import nd
 
-    fuser = load_model(model, device)
+    fuser = load_model(model, device, precision)
     if return_stages:
         if nd._is_dask(a) or nd._is_dask(b) or np.ndim(a) > 3 or (np.ndim(a) == 3 and axes not in (None, "YXC")):
             raise ValueError("return_stages=True is only supported for 2-D (YX or YXC) numpy inputs")

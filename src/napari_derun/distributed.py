@@ -52,8 +52,14 @@ class ModelSpec:
     config: dict | None = None
     state: dict[str, np.ndarray] | None = field(default=None, repr=False)
     info: dict = field(default_factory=dict)
+    precision: str = "fp32"
 
     def load(self):
+        f = self._load()
+        f.precision = self.precision
+        return f
+
+    def _load(self):
         from . import api
         from .hifm import HIFMParams
 
@@ -89,6 +95,12 @@ def state_sha256(state: dict) -> str:
 def model_spec(fuser) -> ModelSpec:
     """The :class:`ModelSpec` of a loaded :class:`~napari_derun.api.Fuser` (device kept as ``"auto"``
     unless it is ``"cpu"``, so GPU workers use their GPU)."""
+    spec = _model_spec(fuser)
+    spec.precision = fuser.precision
+    return spec
+
+
+def _model_spec(fuser) -> ModelSpec:
     dev = "cpu" if fuser.device == "cpu" else "auto"
     if fuser.kind == "admm":
         d = fuser.module.to_dict()
@@ -107,10 +119,11 @@ def resolve_fuser(model):
     if not isinstance(model, ModelSpec):
         return model
     with _LOCK:
-        f = _CACHE.get(model.key + "@" + model.device)
+        key = f"{model.key}@{model.device}/{model.precision}"
+        f = _CACHE.get(key)
         if f is None:
             f = model.load()
-            _CACHE[model.key + "@" + model.device] = f
+            _CACHE[key] = f
         return f
 
 
