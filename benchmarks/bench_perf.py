@@ -6,7 +6,7 @@ counted as 2.5·N·log2 N real multiply-adds each), median latency, peak memory,
 the bytes each stage must move at minimum, and the memory-bandwidth floor
 (bytes ÷ measured copy bandwidth) so the gap to the physical limit is visible.
 
-    python benchmarks/bench_perf.py                      # CPU defaults: 256², 1024², 16×256²
+    python benchmarks/bench_perf.py --bf16               # CPU defaults: 256², 1024², 16×256²
     python benchmarks/bench_perf.py --sizes 256 1024 2048 --batches 1 16 --device cuda --bf16
 """
 from __future__ import annotations
@@ -122,7 +122,8 @@ class PeakRSS:
 def bench_one(fuser, batch, size, device, repeats, bf16=False):
     a = torch.rand(batch, 1, size, size, device=device)
     b = torch.rand(batch, 1, size, size, device=device)
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    fuser.precision = "bf16" if bf16 else "fp32"
+    ctx = contextlib.nullcontext()
     with count_macs() as c, ctx:
         fuser.run(a, b)
     macs = c["conv"] + c["fft"]
@@ -156,15 +157,16 @@ def main(argv=None):
     ap.add_argument("--batches", type=int, nargs="+", default=[1])
     ap.add_argument("--batch16-size", type=int, default=256, help="size for the batch-of-16 run (0: skip)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--bf16", action="store_true", help="also time bf16 autocast (CUDA)")
+    ap.add_argument("--bf16", action="store_true", help="also time bf16 autocast (Fuser precision='bf16')")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--model", default="gfp_pc", help="DeRUN weights to time (shipped name or checkpoint; '' = untrained)")
     ap.add_argument("--json", default="benchmarks/results/perf.json")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device
     methods = {
-        "derun": api.load_model(DeRUN.from_hifm(HIFMParams()), device),
+        "derun": api.load_model(args.model, device) if args.model else api.load_model(DeRUN.from_hifm(HIFMParams()), device),
         "admm": api.load_model("admm", device),
     }
     bw = copy_bandwidth(device)
@@ -175,7 +177,7 @@ def main(argv=None):
     for name, fz in methods.items():
         n_params = fz.module.num_parameters() if fz.kind == "derun" else 0
         for bt, s in runs:
-            for prec in (["fp32", "bf16"] if (args.bf16 and device.startswith("cuda")) else ["fp32"]):
+            for prec in (["fp32", "bf16"] if args.bf16 else ["fp32"]):
                 macs, t, peak = bench_one(fz, bt, s, device, args.repeats, bf16=(prec == "bf16"))
                 nbytes = stage_bytes(fz.kind, bt, s, s, itemsize=2 if prec == "bf16" else 4) * fz.n_stages
                 floor = nbytes / bw

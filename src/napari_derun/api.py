@@ -118,6 +118,11 @@ class Fuser:
         """
         import torch
 
+        if self.device == "cpu":
+            from ._runtime import tune_cpu_allocator
+
+            tune_cpu_allocator()
+
         if self.precision == "bf16":
             dev_type = torch.device(self.device).type
             with torch.autocast(dev_type, dtype=torch.bfloat16):

@@ -35,6 +35,8 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="output .tif (pair) or folder (batch)")
     p.add_argument("--model", default="admm", help="admm (training-free), a shipped/session name or a checkpoint")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="fp32 (reference) or bf16 autocast (faster on AVX512-BF16 CPUs and GPUs, ~1e-2 relative)")
     p.add_argument("--tile", type=int, default=1024, help="tile size for large planes (0: never tile)")
     p.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default 128)")
     p.add_argument("--batch-size", type=int, default=None, help="planes/tiles per device batch")
@@ -223,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
 
     opts = {"tile": args.tile, "overlap": args.overlap, "batch_size": args.batch_size, "axes": args.axes,
             "dtype": args.dtype, "overwrite": args.overwrite}
-    fuser = api.load_model(args.model, args.device)
+    fuser = api.load_model(args.model, args.device, args.precision)
     client = None
     if args.scheduler:
         from dask.distributed import Client
