@@ -180,7 +180,6 @@ def test_loss_decreases_and_callbacks():
 
 def test_checkpointed_forward_same_gradients():
     from napari_derun.losses import derun_loss
-    from napari_derun.training import _forward_checkpointed
 
     m = tiny()
     with torch.no_grad():  # move the nonlinear branches off zero so every piece matters
@@ -188,7 +187,7 @@ def test_checkpointed_forward_same_gradients():
             p.add_(0.01 * torch.randn_like(p))
     a, b = torch.rand(2, 1, 20, 24), torch.rand(2, 1, 20, 24)
     grads = []
-    for fn in (m.forward, lambda x, y: _forward_checkpointed(m, x, y)):
+    for fn in (m.forward, lambda x, y: m(x, y, checkpoint=True)):
         m.zero_grad()
         x = fn(a, b)
         derun_loss(x, a, b)[0].backward()

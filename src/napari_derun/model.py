@@ -261,7 +261,10 @@ class DeRUN(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor, return_stages: bool = False, callback=None):
+    def forward(self, a: torch.Tensor, b: torch.Tensor, return_stages: bool = False, callback=None,
+                checkpoint: bool = False):
+        """See the class docstring. ``checkpoint=True`` (training) recomputes each stage's
+        activations in the backward pass: same result and gradients, about half the memory."""
         if a.shape != b.shape or a.ndim != 4 or a.shape[1] != 1:
             raise ValueError(f"a and b must both be (B, 1, H, W); got {tuple(a.shape)} and {tuple(b.shape)}")
         Hh, Ww = a.shape[-2:]
@@ -272,8 +275,14 @@ class DeRUN(nn.Module):
         z = torch.zeros(B, L, *m.shape[-2:], dtype=m.dtype, device=m.device)
         state = {"E": z, "F": z, "H": z, "G": z}
         stages: dict[str, list[torch.Tensor]] = {"Y": [], "X": [], "E": [], "H": []}
+        use_ckpt = checkpoint and torch.is_grad_enabled()
         for i, stage in enumerate(self.stages):
-            state = stage(state, m)
+            if use_ckpt:
+                from torch.utils.checkpoint import checkpoint as _ckpt
+
+                state = _ckpt(stage, state, m, use_reentrant=False)
+            else:
+                state = stage(state, m)
             if return_stages:
                 y = ops.crop(state["Y"], pads)
                 stages["Y"].append(y)

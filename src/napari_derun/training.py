@@ -314,24 +314,6 @@ def _model_source(init) -> str:
     return str(init or "admm")
 
 
-def _forward_checkpointed(model, a, b):
-    """``model(a, b)`` with activation checkpointing per stage (same result, far less memory:
-    each stage's activations are recomputed in the backward pass)."""
-    import torch
-    from torch.utils.checkpoint import checkpoint
-
-    from . import ops
-
-    Hh, Ww = a.shape[-2:]
-    pads = ops.default_pad(Hh, Ww, model.config.pad)
-    m = ops.reflect_pad(b - a, pads)
-    z = torch.zeros(m.shape[0], model.config.n_filters, *m.shape[-2:], dtype=m.dtype, device=m.device)
-    state = {"E": z, "F": z, "H": z, "G": z}
-    for stage in model.stages:
-        state = checkpoint(stage, state, m, use_reentrant=False)
-    return ops.crop(state["Y"], pads) + a
-
-
 def _stop_requested(stop) -> bool:
     if stop is None:
         return False
@@ -522,7 +504,7 @@ def train(
             tb = torch.from_numpy(nb).to(device)
             opt.zero_grad(set_to_none=True)
             with torch.autocast("cuda", enabled=use_amp):
-                x = _forward_checkpointed(model, ta, tb) if cfg.checkpointing else model(ta, tb)
+                x = model(ta, tb, checkpoint=cfg.checkpointing)
             loss, parts = derun_loss(x.float(), ta, tb, gamma=cfg.gamma)
             if cfg.adjoint_weight:
                 loss = loss + cfg.adjoint_weight * adjoint_loss(model, generator=gen)
