@@ -239,3 +239,19 @@ def test_training_steps_on_real_pairs_lower_the_loss(shared_data):
     with torch.no_grad():
         after = float(derun_loss(net(A, B), A, B)[0])
     assert after < before
+
+
+def test_pwsm_extractors_match_their_definition():
+    """grad = bank ⋆ x + specific(relu(shared(x))), each piece with circular padding, also off init."""
+    import torch.nn.functional as F
+
+    net = DeRUN()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    e = net.stages[1].ext
+    x, z = torch.randn(2, 1, 13, 11), torch.randn(2, 4, 13, 11)
+    torch.testing.assert_close(e.grad_l(x), ops.filter_bank_apply(x, e.bank_l) + e.spec_l(F.relu(e.shared_fwd(x))))
+    torch.testing.assert_close(e.grad_k(x), ops.filter_bank_apply(x, e.bank_k) + e.spec_k(F.relu(e.shared_fwd(x))))
+    torch.testing.assert_close(e.grad_lt(z), ops.filter_bank_adjoint(z, e.bank_l) + e.spec_lt(F.relu(e.shared_adj(z))))
+    torch.testing.assert_close(e.grad_kt(z), ops.filter_bank_adjoint(z, e.bank_k) + e.spec_kt(F.relu(e.shared_adj(z))))
