@@ -21,6 +21,18 @@ def _seed():
 
 
 @pytest.fixture
+def one_thread():
+    """Run a test with one torch thread (bitwise reproducible reductions; no oversubscription
+    next to Qt or worker threads), restoring the previous count afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data (real image pairs) is not present")

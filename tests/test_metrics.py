@@ -152,9 +152,11 @@ def test_uiqi_noise_is_near_zero_and_identity_is_one():
     v = rng.uniform(0, 255, (64, 64))
     assert abs(M.uiqi_index(u, v)) < 0.05  # sewar's uqi gives ~0.73 here
     assert M.uiqi(u, u, u) == pytest.approx(1.0, abs=1e-12)
-    # constant images: luminance term only
+    # constant images: luminance term only, with the FLAT_TOL² stabiliser
     c1, c2 = np.full((10, 10), 100.0), np.full((10, 10), 50.0)
-    assert M.uiqi_index(c1, c2) == pytest.approx(2 * 100 * 50 / (100**2 + 50**2), abs=1e-12)
+    c = M.FLAT_TOL**2
+    assert M.uiqi_index(c1, c2) == pytest.approx((2 * 100 * 50 + c) / (100**2 + 50**2 + c), abs=1e-12)
+    assert M.uiqi_index(c1, c2) == pytest.approx(0.8, abs=1e-9)  # the reference's 2·100·50/(100²+50²)
 
 
 # ----------------------------------------------------------------------------
@@ -393,3 +395,18 @@ def test_real_pair_metrics_are_sane():
     assert 0 < res["EN"] <= 8 and res["AG"] > 0 and res["PSNR"] > 10
     # the fused average keeps more of A than an unrelated image does
     assert res["SSIM"] > M.ssim(a, b, b[::-1, ::-1], data_range=1.0)
+
+
+def test_uiqi_stable_under_roundoff():
+    """Float round-off (1e-6 grey levels) in a flat black background must not move UIQI."""
+    rng = np.random.default_rng(3)
+    a = np.zeros((64, 64))
+    a[16:48, 16:48] = rng.uniform(50, 200, (32, 32))
+    b = np.zeros((64, 64))
+    b[24:56, 8:40] = rng.uniform(30, 250, (32, 32))
+    f = np.maximum(a, b)
+    q0 = M.uiqi(a, b, f)
+    q1 = M.uiqi(a, b, f + 1e-6 * rng.random(f.shape))
+    assert abs(q0 - q1) < 1e-6
+    # flat background (both windows zero) counts as perfect agreement
+    assert M.uiqi(a, b, f) > M.uiqi(a, b, np.clip(f + 1.0, 0, 255))

@@ -22,11 +22,8 @@ from napari_derun.preprocess import normalization_range, prepare_pair
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test here runs on one torch thread (fixture in conftest.py)."""
 
 
 def _stack(n=3, h=32, w=28, dtype=np.uint16):

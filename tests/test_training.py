@@ -221,16 +221,8 @@ def test_stop_flag_returns_best():
     assert torch.isfinite(x).all()
 
 
-@pytest.fixture
-def one_thread():
-    """Bitwise reproducibility needs one thread: parallel conv/FFT reductions vary at ~1e-5."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_reproducible_with_seed(one_thread):
+    # bitwise reproducibility needs one thread: parallel conv/FFT reductions vary at ~1e-5
     prs = pairs(2)
     r1 = train(prs, init=tiny(), config=cfg(steps_per_epoch=3, seed=5))
     r2 = train(prs, init=tiny(), config=cfg(steps_per_epoch=3, seed=5))

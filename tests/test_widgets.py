@@ -18,13 +18,8 @@ WAIT = 60_000
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test here runs on one torch thread (fixture in conftest.py)."""
 
 
 def _pair_u8(h=64, w=56, seed=0):
