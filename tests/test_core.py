@@ -206,13 +206,31 @@ def _train_steps(net, a, b, steps, lr=1e-3):
     return losses
 
 
-def test_gradients_reach_every_parameter():
+@pytest.mark.parametrize("guided", [False, True])
+def test_gradients_reach_every_parameter(guided):
+    # Built so that every parameter is reachable, not by luck: M = b − a carries a hard step of
+    # height ~1.5 (b → 1, a → 0 in a square), far above every soft threshold (λ/ρ = 0.3), so
+    # each stage's S passes part of its input and its threshold gets a gradient. The
+    # precondition is asserted below, so a change of the model's scales fails loudly here.
     a, b = smooth_pair(24, 24)
+    a, b = a.copy(), b.copy()
+    b[6:18, 6:18] = 1.0
+    a[6:18, 6:18] = 0.0
     A, B = torch.tensor(a)[None, None], torch.tensor(b)[None, None]
-    net = DeRUN(DeRUNConfig(n_stages=2))
+    net = DeRUN(DeRUNConfig(n_stages=2, guided=guided))
     _train_steps(net, A, B, 3)
+    seen = {}
+
+    def hook(mod, inp, out):
+        seen[mod] = (float(inp[0].abs().max()), float(mod.threshold.min()))
+
+    handles = [st.S.register_forward_hook(hook) for st in net.stages if not st.last]
     net.zero_grad()
     x = net(A, B)
+    for h in handles:
+        h.remove()
+    for mx, thr in seen.values():
+        assert mx > 1.2 * thr, f"test input does not reach the soft threshold ({mx:.3f} vs {thr:.3f})"
     loss, _ = derun_loss(x, A, B)
     (loss + 0.01 * adjoint_loss(net, (16, 16))).backward()
     for name, p in net.named_parameters():

@@ -52,6 +52,13 @@ class DeRUNConfig:
         n_filters: L = K, filters in each extractor's bank.
         pad: reflect padding before the periodic solve.
         hifm: model-based values the learnable scalars start from.
+        guided: the structural extension (docs/model.md, "Guided DeRUN"): the residual
+            the stages see is ``M + T(a, b)`` with a small CNN ``T`` whose last layer starts
+            at zero, and the shared PWSM branch of the forward extractors sees ``a`` as a
+            second input channel (its weights on that channel feed only the zero-initialised
+            specific branches). Both leave the untrained network equal to ADMM. ``False``
+            is the plain unfolding (and what files without the key load as).
+        lift_hidden: channels of ``T`` when ``guided``.
     """
 
     n_stages: int = 9
@@ -60,6 +67,8 @@ class DeRUNConfig:
     n_filters: int = 4
     pad: int = 16
     hifm: dict[str, Any] = field(default_factory=lambda: HIFMParams().to_dict())
+    guided: bool = False
+    lift_hidden: int = 16
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,15 +128,16 @@ def _conv(cin: int, cout: int, zero: bool = False) -> nn.Conv2d:
 class PWSMStage(nn.Module):
     """The four feature extractors of one stage (∇_l, ∇_k, ∇_lᵀ, ∇_kᵀ) as a PWSM."""
 
-    def __init__(self, n_filters: int, hidden: int, with_grad_l: bool = True):
+    def __init__(self, n_filters: int, hidden: int, with_grad_l: bool = True, guided: bool = False):
         super().__init__()
+        self.guided = guided
         bank = ops.sobel_bank()[:n_filters] if n_filters <= 4 else None
         if bank is None:
             raise ValueError("n_filters must be <= 4 (Sobel x, y and two diagonals)")
         self.bank_l = nn.Parameter(bank.clone())
         self.bank_k = nn.Parameter(bank.clone())
         # forward extractors: shared 1 -> hidden, specific hidden -> L / K
-        self.shared_fwd = _conv(1, hidden)
+        self.shared_fwd = _conv(2 if guided else 1, hidden)
         self.spec_l = _conv(hidden, n_filters, zero=True) if with_grad_l else None
         self.spec_k = _conv(hidden, n_filters, zero=True)
         # transposes: shared L -> hidden, specific hidden -> 1
@@ -136,35 +146,70 @@ class PWSMStage(nn.Module):
         self.spec_kt = _conv(hidden, 1, zero=True)
 
     @staticmethod
-    def _extract(x: torch.Tensor, lin: torch.Tensor, shared: nn.Conv2d, spec: nn.Conv2d) -> torch.Tensor:
+    def _extract(x: torch.Tensor, lin: torch.Tensor, shared: nn.Conv2d, spec: nn.Conv2d,
+                 guide: torch.Tensor | None = None) -> torch.Tensor:
         """``lin ⋆ x + spec(relu(shared(x)))`` with circular boundaries.
 
+        For a guided extractor the shared branch sees ``[x, a]``; ``guide`` is then the
+        precomputed contribution of ``a`` to the hidden map (:meth:`guide_features`), added
+        before the ReLU, so the guide never reaches the linear part.
         One 3×3 conv computes the linear bank and the shared branch together (same input).
         (Padding x by 2 so that the hidden map carries the border the specific conv needs was
         measured slower: oneDNN took twice as long on the resulting shapes.)
         """
         n = lin.shape[0]
-        w = torch.cat([lin, shared.weight], 0)
+        cx = x.shape[1]
+        w = torch.cat([lin, shared.weight[:, :cx]], 0)
         bias = torch.cat([shared.bias.new_zeros(n), shared.bias])
         out = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="circular"), w, bias)
-        return out[:, :n] + spec(F.relu(out[:, n:]))
+        hid = out[:, n:]
+        if guide is not None:
+            hid = hid + guide
+        return out[:, :n] + spec(F.relu(hid))
+
+    def guide_features(self, a: torch.Tensor) -> torch.Tensor | None:
+        """The structural image's fixed contribution to the shared forward branch (guided only)."""
+        if not self.guided:
+            return None
+        return F.conv2d(F.pad(a, (1, 1, 1, 1), mode="circular"), self.shared_fwd.weight[:, 1:])
 
     @staticmethod
     def _adjoint_kernel(bank: torch.Tensor) -> torch.Tensor:
         # adjoint of circular correlation with a centred 3×3 kernel: correlation with the flipped kernel
         return torch.flip(bank, dims=(-2, -1)).transpose(0, 1)
 
-    def grad_l(self, x: torch.Tensor) -> torch.Tensor:
-        return self._extract(x, self.bank_l, self.shared_fwd, self.spec_l)
+    def grad_l(self, x: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
+        return self._extract(x, self.bank_l, self.shared_fwd, self.spec_l, guide)
 
-    def grad_k(self, x: torch.Tensor) -> torch.Tensor:
-        return self._extract(x, self.bank_k, self.shared_fwd, self.spec_k)
+    def grad_k(self, x: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
+        return self._extract(x, self.bank_k, self.shared_fwd, self.spec_k, guide)
 
     def grad_lt(self, z: torch.Tensor) -> torch.Tensor:
         return self._extract(z, self._adjoint_kernel(self.bank_l), self.shared_adj, self.spec_lt)
 
     def grad_kt(self, z: torch.Tensor) -> torch.Tensor:
         return self._extract(z, self._adjoint_kernel(self.bank_k), self.shared_adj, self.spec_kt)
+
+
+class ResidualLift(nn.Module):
+    """``T(a, b)``: the learned correction of the residual ``M = b − a`` of a guided DeRUN.
+
+    Three 3×3 convs (inputs ``a``, ``b`` and ``relu(b − a)``, ReLU between), the last one
+    zero-initialised, so ``T = 0`` until trained. Lets the stages fuse towards a target that
+    is not a function of ``b − a`` alone (e.g. keep ``a`` where ``b`` is background).
+    """
+
+    def __init__(self, hidden: int = 16):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, hidden, 3, padding=1, padding_mode="reflect")
+        self.c2 = nn.Conv2d(hidden, hidden, 3, padding=1, padding_mode="reflect")
+        self.c3 = nn.Conv2d(hidden, 1, 3, padding=1, padding_mode="reflect")
+        nn.init.zeros_(self.c3.weight)
+        nn.init.zeros_(self.c3.bias)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.c1(torch.cat([a, b, F.relu(b - a)], 1)))
+        return self.c3(F.relu(self.c2(h)))
 
 
 class DeRUNStage(nn.Module):
@@ -177,7 +222,7 @@ class DeRUNStage(nn.Module):
         sp = ops.inv_softplus
         # the last stage's VFM and SPM outputs would never reach X: it has a DFM only
         self.last = last
-        self.ext = PWSMStage(cfg.n_filters, cfg.hidden, with_grad_l=not last)
+        self.ext = PWSMStage(cfg.n_filters, cfg.hidden, with_grad_l=not last, guided=cfg.guided)
         self.raw_rho = nn.Parameter(torch.full((L,), sp(p.rho)))
         self.raw_tau = nn.Parameter(torch.full((K,), sp(p.tau)))
         if last:
@@ -203,8 +248,10 @@ class DeRUNStage(nn.Module):
     def _pos(raw: torch.Tensor) -> torch.Tensor:
         return F.softplus(raw).view(1, -1, 1, 1)
 
-    def forward(self, state: dict[str, torch.Tensor], m: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, state: dict[str, torch.Tensor], m: torch.Tensor,
+                guide: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         ext = self.ext
+        g = ext.guide_features(guide) if guide is not None else None
         H_, W_ = m.shape[-2:]
         rho, tau = self._pos(self.raw_rho), self._pos(self.raw_tau)
         E, Fm, Hk, G = state["E"], state["F"], state["H"], state["G"]
@@ -212,7 +259,7 @@ class DeRUNStage(nn.Module):
         otf_k = ops.psf2otf(ext.bank_k, (H_, W_))
 
         # DFM
-        mk = ext.grad_k(m)
+        mk = ext.grad_k(m, g)
         rhs = m + ext.grad_lt(rho * E - Fm) + ext.grad_kt(tau * (mk + Hk) - G)
         Y = ops.fourier_solve(rhs, otf_l, rho.flatten(), otf_k, tau.flatten())
         if self.last:
@@ -220,15 +267,15 @@ class DeRUNStage(nn.Module):
         zeta, omega, sigma = self._pos(self.raw_zeta), self._pos(self.raw_omega), self._pos(self.raw_sigma)
         mu, theta = self._pos(self.raw_mu), self._pos(self.raw_theta)
         # VFM
-        gy = ext.grad_l(Y)
+        gy = ext.grad_l(Y, g)
         E = self.S(gy + Fm / rho)
         Fm = Fm + zeta * (gy - E)
         # SPM with JCS
-        D = ext.grad_k(Y - m)
+        D = ext.grad_k(Y - m, g)
         q = mu * 2.0 * theta * Hk / (1.0 + theta * Hk**2) - G - tau * (D - Hk)
         # R = argmin ½‖R − Y‖² + ½Σ‖∇_l R − E_l‖²: Y denoised by VFM's E (exact Fourier solve)
         R = ops.fourier_solve(Y + ext.grad_lt(E), otf_l, torch.ones_like(self.raw_rho), otf_k, torch.zeros_like(self.raw_tau))
-        Ht = self.eta[0] * Hk + self.eta[1] * D + self.eta[2] * ext.grad_k(R - m)
+        Ht = self.eta[0] * Hk + self.eta[1] * D + self.eta[2] * ext.grad_k(R - m, g)
         q = q + self.beta.view(1, -1, 1, 1) * (Hk - Ht)
         Hk = Hk - sigma * q
         G = G + omega * (D - Hk)
@@ -252,6 +299,7 @@ class DeRUN(nn.Module):
         self.config = config or DeRUNConfig()
         n = self.config.n_stages
         self.stages = nn.ModuleList(DeRUNStage(self.config, first=(i == 0), last=(i == n - 1)) for i in range(n))
+        self.lift = ResidualLift(self.config.lift_hidden) if self.config.guided else None
 
     @classmethod
     def from_hifm(cls, params: HIFMParams | None = None, **cfg: Any) -> "DeRUN":
@@ -271,6 +319,10 @@ class DeRUN(nn.Module):
         Hh, Ww = a.shape[-2:]
         pads = ops.default_pad(Hh, Ww, self.config.pad)
         m = ops.reflect_pad(b - a, pads)
+        guide = None
+        if self.lift is not None:
+            guide = ops.reflect_pad(a, pads)
+            m = m + self.lift(guide, ops.reflect_pad(b, pads))
         B = m.shape[0]
         L = self.config.n_filters
         z = torch.zeros(B, L, *m.shape[-2:], dtype=m.dtype, device=m.device)
@@ -281,9 +333,9 @@ class DeRUN(nn.Module):
             if use_ckpt:
                 from torch.utils.checkpoint import checkpoint as _ckpt
 
-                state = _ckpt(stage, state, m, use_reentrant=False)
+                state = _ckpt(stage, state, m, guide, use_reentrant=False)
             else:
-                state = stage(state, m)
+                state = stage(state, m, guide)
             if return_stages:
                 y = ops.crop(state["Y"], pads)
                 stages["Y"].append(y)

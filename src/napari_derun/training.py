@@ -114,6 +114,10 @@ class PairDataset:
         self.a.append(np.ascontiguousarray(a, dtype=np.float32))
         self.b.append(np.ascontiguousarray(b, dtype=np.float32))
 
+    def b_floor(self, i: int) -> float:
+        """Background level of pair ``i``'s salient image: the median of the whole ``b``."""
+        return float(np.median(self.b[i]))
+
     @classmethod
     def _from_planes(cls, names, a, b, source, problems=()):
         ds = cls.__new__(cls)
@@ -174,10 +178,12 @@ class PairDataset:
             return x
         return np.pad(x, ((0, max(0, ph - H)), (0, max(0, pw - W))), mode="symmetric")
 
-    def sample(self, rng: np.random.Generator, patch: int = 128, augment: bool = True):
+    def sample(self, rng: np.random.Generator, patch: int = 128, augment: bool = True, _index: list | None = None):
         """One random ``(a, b)`` patch of ``patch × patch`` (images smaller than the patch are
         padded by reflection), randomly flipped and rotated by k·90° when ``augment``."""
         i = int(rng.integers(len(self)))
+        if _index is not None:
+            _index.append(i)
         a, b = self._pad_to(self.a[i], patch, patch), self._pad_to(self.b[i], patch, patch)
         H, W = a.shape
         y = int(rng.integers(H - patch + 1))
@@ -191,10 +197,16 @@ class PairDataset:
                 pa, pb = pa[:, ::-1], pb[:, ::-1]
         return np.ascontiguousarray(pa), np.ascontiguousarray(pb)
 
-    def batch(self, rng: np.random.Generator, batch: int = 4, patch: int = 128, augment: bool = True):
-        """``(a, b)`` float32 arrays of shape ``(batch, 1, patch, patch)``."""
-        pa, pb = zip(*(self.sample(rng, patch, augment) for _ in range(batch)))
-        return np.stack(pa)[:, None], np.stack(pb)[:, None]
+    def batch(self, rng: np.random.Generator, batch: int = 4, patch: int = 128, augment: bool = True,
+              return_floor: bool = False):
+        """``(a, b)`` float32 arrays of shape ``(batch, 1, patch, patch)``; with ``return_floor``
+        also the ``(batch,)`` float32 background levels :meth:`b_floor` of the pairs drawn."""
+        idx: list[int] = []
+        pa, pb = zip(*(self.sample(rng, patch, augment, _index=idx) for _ in range(batch)))
+        out = np.stack(pa)[:, None], np.stack(pb)[:, None]
+        if return_floor:
+            return out + (np.array([self.b_floor(i) for i in idx], dtype=np.float32),)
+        return out
 
 
 def _as_dataset(x, what: str) -> PairDataset | None:
@@ -244,6 +256,29 @@ class TrainConfig:
     max_seconds: float | None = None
     grad_clip: float | None = None
     checkpointing: bool = True
+    objective: str = "paper"
+    target: str = "max"
+    w_intensity: float = 5.0
+    w_gradient: float = 10.0
+    w_ssim: float = 1.0
+    w_lgde: float = 0.1
+    train_pad: int | None = None
+    select: str = "rank"
+    val_limit: int | None = None
+    guided: bool = False
+
+    def fusion_weights(self):
+        """The :class:`~napari_derun.objectives.FusionWeights` of the ``"fusion"`` objective."""
+        from .objectives import FusionWeights
+
+        return FusionWeights(self.w_intensity, self.w_gradient, self.w_ssim, self.w_lgde, self.target)
+
+    def loss(self, x, a, b, b_floor=None):
+        """``(loss, parts)`` of the configured objective."""
+        from .objectives import objective_loss
+
+        return objective_loss(self.objective, x, a, b, gamma=self.gamma, b_floor=b_floor,
+                              weights=self.fusion_weights() if self.objective == "fusion" else None)
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of 0-based ``epoch``."""
@@ -287,7 +322,7 @@ class TrainResult:
 # --------------------------------------------------------------------------- helpers
 
 
-def _resolve_init(init):
+def _resolve_init(init, guided: bool = False):
     import torch
 
     from .model import DeRUN
@@ -297,7 +332,7 @@ def _resolve_init(init):
     if isinstance(init, torch.nn.Module):
         raise ValueError(f"init must be a DeRUN, got {type(init).__name__}")
     if init is None or init == "admm":
-        return DeRUN.from_hifm()
+        return DeRUN.from_hifm(guided=guided)
     from .api import load_model
 
     fz = load_model(init, device="cpu")
@@ -314,6 +349,23 @@ def _model_source(init) -> str:
     return str(init or "admm")
 
 
+class _padding:
+    """Temporarily set ``model.config.pad`` (``None``: leave it)."""
+
+    def __init__(self, model, pad):
+        self.model, self.pad, self.old = model, pad, None
+
+    def __enter__(self):
+        if self.pad is not None:
+            self.old = self.model.config.pad
+            self.model.config.pad = int(self.pad)
+
+    def __exit__(self, *exc):
+        if self.pad is not None:
+            self.model.config.pad = self.old
+        return False
+
+
 def _stop_requested(stop) -> bool:
     if stop is None:
         return False
@@ -322,44 +374,86 @@ def _stop_requested(stop) -> bool:
     return bool(stop())
 
 
+REFERENCE_METHODS: tuple[str, ...] = ("average", "laplacian", "max", "admm")
+
+
+def _reference_fusions(name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    from . import baselines
+
+    if name == "admm":
+        from .api import fuse_planes, load_model
+
+        return np.clip(fuse_planes(load_model("admm", device="cpu"), a[None], b[None])[0], 0.0, 1.0)
+    fn = {"average": baselines.average, "laplacian": baselines.laplacian_pyramid, "max": baselines.max_abs}[name]
+    return fn(a, b)
+
+
+def reference_scores(dataset: "PairDataset", limit: int | None = None,
+                     methods: Sequence[str] = REFERENCE_METHODS) -> dict[str, list[dict[str, float]]]:
+    """Rank metrics of the reference methods on ``dataset`` (pairs ≥ 41 × 41, first ``limit``)."""
+    from .metrics_extra import rank_metrics
+
+    out: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
+    for a, b in _scored_pairs(dataset, limit):
+        for m in methods:
+            out[m].append(rank_metrics(a * 255.0, b * 255.0, _reference_fusions(m, a, b) * 255.0))
+    return out
+
+
+def _scored_pairs(dataset: "PairDataset", limit: int | None):
+    pairs = [(a, b) for a, b in zip(dataset.a, dataset.b) if min(a.shape) >= 41]
+    return pairs[:limit] if limit else pairs
+
+
 def evaluate_pairs(model, dataset: PairDataset, device: str = "cpu", gamma: float = 10.0,
-                   metrics: bool = True) -> dict[str, Any]:
+                   metrics: bool = True, config: "TrainConfig | None" = None,
+                   references: dict[str, list[dict[str, float]]] | None = None) -> dict[str, Any]:
     """Fuse every pair of ``dataset`` (full images) with ``model`` (a DeRUN) and score it.
 
-    Returns ``{"loss": mean loss, "pixel", "lgde", "metrics": {name: mean}, "per_pair": [...]}``;
-    metrics are :func:`napari_derun.metrics.all_metrics` on grey 0–255 luminance (pairs smaller
-    than 41 × 41 are left out of the metric means; ``None`` when all are).
+    Returns ``{"loss": mean loss of the configured objective, "parts": {name: mean},
+    "metrics": {name: mean}, "rank": mean rank or None, "per_pair": [...]}``. Metrics are
+    :func:`napari_derun.metrics_extra.rank_metrics` on grey 0–255 luminance of the first
+    ``config.val_limit`` pairs ≥ 41 × 41 (``None`` when there are none); ``rank`` is the
+    model's mean rank among itself and ``references`` (from :func:`reference_scores`).
     """
     import torch
 
-    from .losses import derun_loss
+    from .metrics_extra import mean_ranks, rank_metrics
 
+    cfg = config or TrainConfig(gamma=gamma)
+    limit = cfg.val_limit
     was_training = model.training
     model.eval()
-    losses, pix, tex, per = [], [], [], []
+    losses, parts_all, per = [], [], []
+    n_scored = 0
     with torch.no_grad():
-        for name, a, b in zip(dataset.names, dataset.a, dataset.b):
+        for i, (name, a, b) in enumerate(zip(dataset.names, dataset.a, dataset.b)):
             ta = torch.from_numpy(a)[None, None].to(device)
             tb = torch.from_numpy(b)[None, None].to(device)
             x = model(ta, tb)
-            loss, parts = derun_loss(x, ta, tb, gamma=gamma)
+            loss, parts = cfg.loss(x, ta, tb, torch.tensor([dataset.b_floor(i)]))
             losses.append(float(loss))
-            pix.append(parts["pixel"])
-            tex.append(parts["lgde"])
+            parts_all.append(parts)
             row = {"name": name, "loss": float(loss)}
-            if metrics and min(a.shape) >= 41:  # the VIF metric needs four scales
-                from .metrics import all_metrics
-
+            if metrics and min(a.shape) >= 41 and (not limit or n_scored < limit):
                 f = np.clip(x[0, 0].float().cpu().numpy(), 0.0, 1.0)
-                row["metrics"] = all_metrics(a * 255.0, b * 255.0, f * 255.0)
+                row["metrics"] = rank_metrics(a * 255.0, b * 255.0, f * 255.0)
+                n_scored += 1
             per.append(row)
     model.train(was_training)
-    out: dict[str, Any] = {"loss": float(np.mean(losses)), "pixel": float(np.mean(pix)),
-                           "lgde": float(np.mean(tex)), "per_pair": per}
+    out: dict[str, Any] = {"loss": float(np.mean(losses)),
+                           "parts": {k: float(np.mean([p[k] for p in parts_all])) for k in parts_all[0]},
+                           "per_pair": per, "rank": None}
+    out.update({k: out["parts"][k] for k in ("pixel", "lgde") if k in out["parts"]})
     scored = [r for r in per if "metrics" in r]
     if metrics:
-        out["metrics"] = ({k: float(np.mean([r["metrics"][k] for r in scored])) for k in scored[0]["metrics"]}
+        out["metrics"] = ({k: float(np.nanmean([r["metrics"][k] for r in scored])) for k in scored[0]["metrics"]}
                           if scored else None)
+        if scored and references:
+            table = dict(references)
+            table["model"] = [r["metrics"] for r in scored]
+            if all(len(v) == len(scored) for v in table.values()):
+                out["rank"] = mean_ranks(table)["model"]
     return out
 
 
@@ -424,7 +518,6 @@ def train(
 
     from .api import resolve_device
     from .checkpoint import load_checkpoint, save_checkpoint
-    from .losses import derun_loss
     from .model import adjoint_loss
 
     t_start = time.perf_counter()
@@ -456,7 +549,7 @@ def train(
     else:
         with torch.random.fork_rng(devices=[]):  # seeded init of the (random) PWSM shared convs
             torch.manual_seed(cfg.seed)
-            model = _resolve_init(init)
+            model = _resolve_init(init, cfg.guided)
         source = _model_source(init)
 
     if cfg.num_threads:
@@ -477,10 +570,23 @@ def train(
         _load_optimizer_tensors(opt, params, extra, device)
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
 
+    if cfg.objective not in ("paper", "fusion"):
+        raise ValueError(f"unknown objective {cfg.objective!r}; choose 'paper' or 'fusion'")
+    if cfg.select not in ("rank", "loss"):
+        raise ValueError(f"select must be 'rank' or 'loss', got {cfg.select!r}")
+    cfg.fusion_weights()  # validates the weights and the target
+    refs = None
+    if va is not None and cfg.val_metrics and cfg.select == "rank":
+        refs = reference_scores(va, cfg.val_limit)
+    by_rank = refs is not None and any(refs.values())
+
+    def validate():
+        return evaluate_pairs(model, va, device, cfg.gamma, metrics=cfg.val_metrics, config=cfg, references=refs)
+
     info_init = None
     if va is not None and cfg.val_initial and resume is None:
-        ev = evaluate_pairs(model, va, device, cfg.gamma, metrics=cfg.val_metrics)
-        info_init = {"val_loss": ev["loss"], "metrics": ev.get("metrics")}
+        ev = validate()
+        info_init = {"val_loss": ev["loss"], "metrics": ev.get("metrics"), "rank": ev.get("rank")}
 
     def snapshot():
         return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -499,13 +605,13 @@ def train(
             if _stop_requested(stop) or (cfg.max_seconds and time.perf_counter() - t_start > cfg.max_seconds):
                 stopped = True
                 break
-            na, nb = tr.batch(rng, cfg.batch, cfg.patch, cfg.augment)
+            na, nb, nf = tr.batch(rng, cfg.batch, cfg.patch, cfg.augment, return_floor=True)
             ta = torch.from_numpy(na).to(device)
             tb = torch.from_numpy(nb).to(device)
             opt.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", enabled=use_amp):
+            with torch.autocast("cuda", enabled=use_amp), _padding(model, cfg.train_pad):
                 x = model(ta, tb, checkpoint=cfg.checkpointing)
-            loss, parts = derun_loss(x.float(), ta, tb, gamma=cfg.gamma)
+            loss, parts = cfg.loss(x.float(), ta, tb, torch.from_numpy(nf).to(device))
             if cfg.adjoint_weight:
                 loss = loss + cfg.adjoint_weight * adjoint_loss(model, generator=gen)
             if scaler is not None:
@@ -521,32 +627,38 @@ def train(
             else:
                 opt.step()
             lv = float(loss.detach())
-            if not math.isfinite(lv):
-                raise FloatingPointError(f"training diverged (loss {lv}) at epoch {epoch + 1}, step {s + 1}; lower the learning rate")
+            if not math.isfinite(lv) or not all(bool(torch.isfinite(p).all()) for p in params):
+                raise FloatingPointError(
+                    f"training diverged ({'loss ' + str(lv) if not math.isfinite(lv) else 'non-finite weights'}) at "
+                    f"epoch {epoch + 1}, step {s + 1}; lower the learning rate (lr {lr:g})")
             run_loss += lv
             n_done += 1
             step_global += 1
             if callback is not None:
                 callback({"kind": "step", "step": step_global, "total_steps": total_steps, "epoch": epoch + 1,
-                          "loss": lv, "pixel": parts["pixel"], "lgde": parts["lgde"], "lr": lr})
+                          "loss": lv, **parts, "lr": lr})
         if n_done == 0:
             break
         rec: dict[str, Any] = {"epoch": epoch + 1, "epochs": cfg.epochs, "train_loss": run_loss / n_done,
-                               "val_loss": None, "metrics": None, "lr": lr, "steps": n_done,
+                               "val_loss": None, "metrics": None, "rank": None, "lr": lr, "steps": n_done,
                                "seconds": round(time.perf_counter() - t_start, 2)}
         last_epoch = epoch + 1 == cfg.epochs or stopped
         if va is not None and ((epoch + 1) % max(1, cfg.val_every) == 0 or last_epoch):
-            ev = evaluate_pairs(model, va, device, cfg.gamma, metrics=cfg.val_metrics)
-            rec["val_loss"], rec["metrics"] = ev["loss"], ev.get("metrics")
-        score = rec["val_loss"] if va is not None else rec["train_loss"]
+            ev = validate()
+            rec["val_loss"], rec["metrics"], rec["rank"] = ev["loss"], ev.get("metrics"), ev.get("rank")
+        if va is None:
+            score = rec["train_loss"]
+        else:
+            score = rec["rank"] if by_rank else rec["val_loss"]
         rec["best"] = False
         if score is not None and score < best_loss:
             best_loss, best_state = score, snapshot()
             rec["best"] = True
-            best_record = {k: rec[k] for k in ("epoch", "train_loss", "val_loss", "metrics")}
+            best_record = {k: rec[k] for k in ("epoch", "train_loss", "val_loss", "metrics", "rank")}
+            best_record["selected_by"] = "validation mean rank" if by_rank else ("validation loss" if va is not None else "training loss")
         history.append(rec)
         if callback is not None:
-            callback({"kind": "epoch", **{k: rec[k] for k in ("epoch", "epochs", "train_loss", "val_loss", "metrics", "lr", "best")}})
+            callback({"kind": "epoch", **{k: rec[k] for k in ("epoch", "epochs", "train_loss", "val_loss", "metrics", "rank", "lr", "best")}})
         if stopped:
             break
         if checkpoint_path is not None:
@@ -584,7 +696,12 @@ def _info(cfg, source, tr, va, history, best_record, info_init, t_start, device,
             "software": f"napari-derun {__version__}",
             "python": platform.python_version(),
             "resumed_from": resumed_from,
-            "loss": "MSE(X, b) + gamma * MSE(LGDE(X), LGDE(a)) + adjoint_weight * adjoint_loss",
+            "loss": ("MSE(X, b) + gamma * MSE(LGDE(X), LGDE(a))" if cfg.objective == "paper" else
+                     "w_intensity * L1(X, target) + w_gradient * L1(|grad X|, max(|grad a|, |grad b|)) + "
+                     "w_ssim * (1 - (SSIM(X, a) + SSIM(X, b)) / 2) + w_lgde * MSE(LGDE(X), LGDE(a))")
+                    + " + adjoint_weight * adjoint_loss",
+            "objective": cfg.objective,
+            "reference_methods": list(REFERENCE_METHODS) if cfg.select == "rank" else [],
         },
         "data": {"train": tr.provenance(), "val": va.provenance() if va is not None else None},
         "metrics": {"best": best_record, "initial": info_init},

@@ -1,0 +1,129 @@
+"""Training objectives: the paper's Eq. 14 and a fusion objective that keeps both images.
+
+``"paper"``
+    ``MSE(X, b) + γ · MSE(LGDE(X), LGDE(a))`` (Eq. 14, :func:`napari_derun.losses.derun_loss`).
+    On images in [0, 1] this is *lowest for a copy of the structural image* ``a``: LGDE is
+    invariant to intensity scaling, so it rewards no contrast, and it is 92-99 % of the
+    loss (measured in docs/model.md). Kept for reproduction and comparison.
+
+``"fusion"``
+    ``w_int · L1(X, T) + w_grad · L1(|∇X|, max(|∇a|, |∇b|)) + w_ssim · (1 − (SSIM(X, a) +
+    SSIM(X, b)) / 2) + w_lgde · MSE(LGDE(X), LGDE(a))``: the intensity and max-gradient
+    terms of SeAFusion (Tang et al. 2022) and CDDFuse (Zhao et al. 2023), the two-source
+    SSIM of SwinFusion (Ma et al. 2022), and the paper's multi-scale LGDE texture term.
+    The intensity target ``T`` is ``max(a, b)`` (``target="max"``) or the *salient lift* ``a + relu(b − b₀)`` (clipped to 1),
+    ``b₀`` the median of b over the whole image: the structural image everywhere, raised
+    by b's signal above its background. Unlike ``max(a, b)`` it keeps b's contrast where
+    ``a`` is bright everywhere (phase contrast under GFP: ``max`` keeps 8 % of the GFP
+    contrast, the lift all of it); for dark-background b (PET, infrared) it is close to
+    ``max(a, b)``, but adds where both are bright. Weights and targets from the sweep in
+    docs/training.md.
+
+Both take ``(x, a, b)`` as ``(B, 1, H, W)`` tensors in [0, 1] (``x`` unclipped) and an
+optional per-sample background level ``b_floor`` ``(B,)`` (default: the median of each
+``b``), and return ``(loss, parts)`` with the parts as floats.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, asdict
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from .losses import derun_loss, lgde_loss, sobel_gradients
+
+__all__ = ["OBJECTIVES", "TARGETS", "ObjectiveName", "FusionWeights", "fusion_loss", "objective_loss", "ssim_torch",
+           "salient_lift", "gradient_magnitude"]
+
+ObjectiveName = Literal["paper", "fusion"]
+OBJECTIVES: tuple[str, ...] = ("paper", "fusion")
+#: intensity targets of the fusion objective
+TARGETS: tuple[str, ...] = ("max", "lift")
+
+
+@dataclass(frozen=True)
+class FusionWeights:
+    """Weights of the ``"fusion"`` objective's four terms."""
+
+    intensity: float = 5.0
+    gradient: float = 10.0
+    ssim: float = 1.0
+    lgde: float = 0.1
+    target: str = "max"
+
+    def __post_init__(self):
+        if self.target not in TARGETS:
+            raise ValueError(f"unknown intensity target {self.target!r}; choose one of {', '.join(TARGETS)}")
+        for k in ("intensity", "gradient", "ssim", "lgde"):
+            v = getattr(self, k)
+            if not (isinstance(v, (int, float)) and v >= 0 and v == v and v != float("inf")):
+                raise ValueError(f"fusion weight {k} must be a finite number >= 0, got {v!r}")
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def _gauss_window(size: int = 11, sigma: float = 1.5, dtype=torch.float32, device=None) -> torch.Tensor:
+    r = torch.arange(size, dtype=dtype, device=device) - size // 2
+    g = torch.exp(-(r**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]
+
+
+def ssim_torch(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Mean SSIM per sample (Wang et al. 2004: Gaussian 11 × 11, σ 1.5, K1 .01, K2 .03; valid
+    region), differentiable. ``(B, 1, H, W)`` → ``(B,)``; H, W ≥ 11."""
+    w = _gauss_window(dtype=x.dtype, device=x.device)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mx, my = F.conv2d(x, w), F.conv2d(y, w)
+    sxx = F.conv2d(x * x, w) - mx**2
+    syy = F.conv2d(y * y, w) - my**2
+    sxy = F.conv2d(x * y, w) - mx * my
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
+    return s.mean(dim=(1, 2, 3))
+
+
+def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """``|g_x| + |g_y|`` of the Sobel gradients (reflection padding), ``(B, 1, H, W)``."""
+    gx, gy = sobel_gradients(x)
+    return gx.abs() + gy.abs()
+
+
+def salient_lift(a: torch.Tensor, b: torch.Tensor, b_floor: torch.Tensor | None = None) -> torch.Tensor:
+    """Intensity target ``clip(a + relu(b − b₀), 0, 1)``; ``b₀`` = ``b_floor`` or the median of each b."""
+    if b_floor is None:
+        b_floor = b.flatten(1).median(dim=1).values
+    b0 = b_floor.to(b).view(-1, 1, 1, 1)
+    return (a + F.relu(b - b0)).clamp(0.0, 1.0)
+
+
+def fusion_loss(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, b_floor: torch.Tensor | None = None,
+                weights: FusionWeights | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The ``"fusion"`` objective (module docstring)."""
+    w = weights or FusionWeights()
+    with torch.no_grad():
+        target = salient_lift(a, b, b_floor) if w.target == "lift" else torch.maximum(a, b)
+        gmax = torch.maximum(gradient_magnitude(a), gradient_magnitude(b))
+    l_int = F.l1_loss(x, target)
+    l_grad = F.l1_loss(gradient_magnitude(x), gmax)
+    l_ssim = 1.0 - 0.5 * (ssim_torch(x, a) + ssim_torch(x, b)).mean()
+    total = w.intensity * l_int + w.gradient * l_grad + w.ssim * l_ssim
+    l_tex = None
+    if w.lgde:
+        l_tex = lgde_loss(x, a)
+        total = total + w.lgde * l_tex
+    parts = {"intensity": float(l_int.detach()), "gradient": float(l_grad.detach()),
+             "ssim": float(l_ssim.detach()), "lgde": float(l_tex.detach()) if l_tex is not None else 0.0}
+    return total, parts
+
+
+def objective_loss(name: str, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, gamma: float = 10.0,
+                   b_floor: torch.Tensor | None = None, weights: FusionWeights | None = None
+                   ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Dispatch to the named objective (``"paper"`` or ``"fusion"``)."""
+    if name == "paper":
+        return derun_loss(x, a, b, gamma=gamma)
+    if name == "fusion":
+        return fusion_loss(x, a, b, b_floor=b_floor, weights=weights)
+    raise ValueError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")

@@ -1,0 +1,102 @@
+"""The training objectives: SSIM against the metric code, and what each objective prefers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_derun import metrics, preprocess
+from napari_derun.losses import derun_loss
+from napari_derun.objectives import FusionWeights, fusion_loss, objective_loss, salient_lift, ssim_torch
+from napari_derun.sample_data import gfp_pc, pet_mri
+
+
+def _t(x):
+    return torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32))[None, None]
+
+
+def test_ssim_torch_equals_the_metric():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (40, 37))
+    y = np.clip(x + rng.normal(0, 0.1, x.shape), 0, 1)
+    got = float(ssim_torch(_t(x).double(), _t(y).double())[0])
+    assert got == pytest.approx(metrics.ssim_index(x, y, data_range=1.0), abs=1e-6)
+
+
+def test_salient_lift_definition():
+    a = torch.tensor([[[[0.5, 0.5, 0.9]]]])
+    b = torch.tensor([[[[0.1, 0.6, 0.8]]]])
+    # b0 = median(b) = 0.6: a + relu(b − 0.6), clipped
+    torch.testing.assert_close(salient_lift(a, b), torch.tensor([[[[0.5, 0.5, 1.0]]]]))
+    torch.testing.assert_close(salient_lift(a, b, torch.tensor([0.0])), torch.tensor([[[[0.6, 1.0, 1.0]]]]))
+
+
+def _sample_pairs():
+    out = []
+    for make in (gfp_pc, pet_mri):
+        a, b = make()
+        p = preprocess.prepare_pair(a, b)
+        out.append((p.a, p.b))
+    return out
+
+
+def _sample(name):
+    a, b = {"gfp_pc": gfp_pc, "pet_mri": pet_mri}[name]()
+    p = preprocess.prepare_pair(a, b)
+    return [(p.a, p.b)]
+
+
+def _real_pairs(root, task, n=3):
+    from napari_derun.training import PairDataset
+
+    ds = PairDataset(root / task, select=lambda i, name: i < n)
+    return list(zip(ds.a, ds.b))
+
+
+def _check_fusion_beats_copies(pairs, target):
+    w = FusionWeights(target=target)
+    for a, b in pairs:
+        A, B = _t(a), _t(b)
+        fused = salient_lift(A, B) if target == "lift" else torch.maximum(A, B)
+        lf = float(fusion_loss(fused, A, B, weights=w)[0])
+        la = float(fusion_loss(A, A, B, weights=w)[0])
+        lb = float(fusion_loss(B, A, B, weights=w)[0])
+        assert lf < la and lf < lb, (target, lf, la, lb)
+        # the paper's Eq. 14 prefers the copy of the structural image to this fusion
+        assert float(derun_loss(A, A, B)[0]) < float(derun_loss(fused, A, B)[0])
+
+
+# phase contrast is bright everywhere, so max(a, b) is nearly a copy of a there: GFP data use "lift"
+@pytest.mark.parametrize("sample,target", [("gfp_pc", "lift"), ("pet_mri", "max"), ("pet_mri", "lift")])
+def test_fusion_objective_ranks_fusion_below_both_copies_on_samples(sample, target):
+    _check_fusion_beats_copies(_sample(sample), target)
+
+
+@pytest.mark.parametrize("task,target", [("gfp_pc", "lift"), ("ivf", "lift"), ("pet_mri", "max"),
+                                         ("ct_mri", "max"), ("spect_mri", "max")])
+@pytest.mark.slow
+def test_fusion_objective_ranks_fusion_below_both_copies_on_real_pairs(shared_data, task, target):
+    _check_fusion_beats_copies(_real_pairs(shared_data, task), target)
+
+
+def test_objective_dispatch_and_validation():
+    a, b = _sample_pairs()[0]
+    A, B = _t(a), _t(b)
+    loss, parts = objective_loss("paper", A, A, B)
+    assert set(parts) == {"pixel", "lgde"}
+    loss, parts = objective_loss("fusion", A, A, B)
+    assert set(parts) == {"intensity", "gradient", "ssim", "lgde"} and loss > 0
+    with pytest.raises(ValueError, match="unknown objective"):
+        objective_loss("nope", A, A, B)
+    with pytest.raises(ValueError, match="intensity target"):
+        FusionWeights(target="min")
+    with pytest.raises(ValueError, match="finite number"):
+        FusionWeights(gradient=-1.0)
+
+
+def test_fusion_loss_has_gradients():
+    a, b = _sample_pairs()[1]
+    x = _t(0.5 * (a + b)).requires_grad_(True)
+    loss, _ = fusion_loss(x, _t(a), _t(b))
+    loss.backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
