@@ -17,6 +17,8 @@ from napari_derun.evaluation import (
     _count_torch_macs,
     evaluate,
     markdown_table,
+    EVAL_METRICS,
+    method_ranks,
     resolve_methods,
     robustness,
     summarize,
@@ -89,12 +91,13 @@ def test_evaluate_folder(data_dir, tmp_path):
     with open(out / "per_image.csv") as fh:
         csv_rows = list(csv.DictReader(fh))
     assert len(csv_rows) == len(rows)
-    assert list(csv_rows[0]) == ["name", "method", *metrics.METRIC_NAMES, "seconds"]
+    assert list(csv_rows[0]) == ["name", "method", *EVAL_METRICS, "seconds"]
     assert float(csv_rows[0]["SSIM"]) == pytest.approx(rows[0]["SSIM"], rel=1e-5)
     # Markdown: all methods, 8 metric columns, mean over images, problems listed
     md = (out / "summary.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| Method"))
-    assert [c.strip() for c in header.strip("|").split("|")][1:9] == list(metrics.METRIC_NAMES)
+    assert [c.strip() for c in header.strip("|").split("|")][1:1 + len(EVAL_METRICS)] == list(EVAL_METRICS)
+    assert header.rstrip().endswith("Rank |")
     for m in methods:
         assert f"| {m} |" in md
     assert "lonely.png" in md and "broken" in md
@@ -243,3 +246,28 @@ def test_profile_counts():
     assert rows["derun"]["macs"] > rows["admm"]["macs"] > 0
     assert rows["admm"]["fft_macs"] > 0 and rows["admm"]["params"] == 0
     assert rows["laplacian"]["macs"] == _baseline_macs("laplacian", 32, 32) > 0
+
+
+def test_reference_methods_extra_columns_and_rank():
+    from napari_derun import metrics_extra as mx
+
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0.2, 0.8, (48, 48)).astype(np.float32)
+    b = np.zeros((48, 48), np.float32)
+    b[10:20, 10:20] = 0.9
+    rows, summary = evaluate([("p", a, b)], methods="copy_a,copy_b,overlay,pixel_max,average",
+                             progress=False, verbose=False)
+    by = {r["method"]: r for r in rows}
+    # the references are what they say
+    ov = np.clip(a + (b - np.median(b)), 0, 1)
+    assert by["overlay"]["SD"] == pytest.approx(float(np.std(ov * 255.0)), rel=1e-5)
+    assert by["copy_b"]["SR"] == pytest.approx(1.0)
+    assert by["copy_a"]["SSIM"] == pytest.approx(by["copy_b"]["SSIM"])  # SSIM(a, a) = SSIM(b, b) = 1
+    f = np.maximum(a, b).astype(np.float64) * 255
+    assert by["pixel_max"]["Qabf"] == pytest.approx(mx.qabf(a * 255.0, b * 255.0, f), rel=1e-6)
+    assert by["pixel_max"]["SCD"] == pytest.approx(mx.scd(a * 255.0, b * 255.0, f), rel=1e-6)
+    ranks = summary["ranks"]
+    assert set(ranks) == {"copy_a", "copy_b", "overlay", "pixel_max", "average"}
+    assert ranks == method_ranks(rows)
+    assert sum(ranks.values()) == pytest.approx(1 + 2 + 3 + 4 + 5)  # ranks of 5 methods average to 3
+    assert "Rank" in summary["markdown"]

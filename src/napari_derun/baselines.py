@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["BASELINES", "average", "max_abs", "laplacian_pyramid", "activity"]
+__all__ = ["BASELINES", "average", "max_abs", "laplacian_pyramid", "activity", "pixel_max", "overlay", "copy_a", "copy_b"]
 
 
 def _check_pair(a, b) -> tuple[np.ndarray, np.ndarray]:
@@ -184,3 +184,27 @@ BASELINES = {
     "max_abs": max_abs,
     "laplacian_pyramid": laplacian_pyramid,
 }
+
+
+def pixel_max(a, b) -> np.ndarray:
+    """Pixelwise maximum ``max(A, B)``."""
+    xa, xb = _check_pair(a, b)
+    return _out(np.maximum(xa, xb))
+
+
+def overlay(a, b) -> np.ndarray:
+    """What napari's additive blending shows: ``A + (B − median(B))``, clipped to [0, 1]."""
+    xa, xb = _check_pair(a, b)
+    return _out(xa + (xb - np.median(xb)))
+
+
+def copy_a(a, b) -> np.ndarray:
+    """Reference: the structural image itself (several metrics reward it)."""
+    xa, _ = _check_pair(a, b)
+    return _out(xa)
+
+
+def copy_b(a, b) -> np.ndarray:
+    """Reference: the salient image itself."""
+    _, xb = _check_pair(a, b)
+    return _out(xb)

@@ -34,7 +34,11 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from . import baselines, io, preprocess
+from . import metrics_extra
 from .metrics import METRIC_NAMES, all_metrics
+
+#: every column of the evaluation tables: the paper's eight, then SD, SF, MI, Qabf, SCD and SR
+EVAL_METRICS: tuple[str, ...] = METRIC_NAMES + ("SD", "SF", "MI", "Qabf", "SCD", "SR")
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -46,6 +50,7 @@ __all__ = [
     "robustness",
     "summarize",
     "markdown_table",
+    "EVAL_METRICS",
     "profile",
     "profile_table",
 ]
@@ -57,6 +62,10 @@ BASELINE_METHODS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "average": baselines.average,
     "max": baselines.max_abs,
     "laplacian": baselines.laplacian_pyramid,
+    "pixel_max": baselines.pixel_max,
+    "overlay": baselines.overlay,
+    "copy_a": baselines.copy_a,
+    "copy_b": baselines.copy_b,
 }
 
 #: short names accepted for the degradations of :mod:`napari_derun.degrade`.
@@ -72,7 +81,7 @@ _TASK_OF_FOLDER = {
     "ct_mri": "medical",
 }
 
-CSV_FIELDS = ("name", "method") + METRIC_NAMES + ("seconds",)
+CSV_FIELDS = ("name", "method") + EVAL_METRICS + ("seconds",)
 
 
 @dataclass
@@ -213,8 +222,12 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def _score(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> dict[str, float]:
-    return all_metrics(np.asarray(a, np.float64) * 255.0, np.asarray(b, np.float64) * 255.0,
-                       np.asarray(f, np.float64) * 255.0)
+    a, b, f = (np.asarray(x, np.float64) * 255.0 for x in (a, b, f))
+    out = all_metrics(a, b, f)
+    for name, fn in (("SD", metrics_extra.sd), ("SF", metrics_extra.sf), ("MI", metrics_extra.mi),
+                     ("Qabf", metrics_extra.qabf), ("SCD", metrics_extra.scd), ("SR", metrics_extra.sr)):
+        out[name] = float(fn(a, b, f))
+    return out
 
 
 def summarize(rows: Sequence[dict], group: Sequence[str] = ("method",)) -> dict:
@@ -231,43 +244,63 @@ def summarize(rows: Sequence[dict], group: Sequence[str] = ("method",)) -> dict:
     out: dict[Any, dict] = {}
     for key, rs in groups.items():
         d = {}
-        for m in METRIC_NAMES + ("seconds",):
+        for m in [k for k in EVAL_METRICS if k in rs[0]] + ["seconds"]:
             v = np.array([float(r[m]) for r in rs], dtype=np.float64)
-            mean = float(np.mean(v))
+            mean = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
             std = float(np.std(v, ddof=1)) if v.size > 1 and np.all(np.isfinite(v)) else 0.0
             d[m] = {"mean": mean, "std": std, "n": int(v.size)}
         out[key] = d
     return out
 
 
-_DECIMALS = {"SSIM": 3, "PSNR": 2, "AG": 2, "FMI": 3, "VIF": 3, "EN": 2, "UIQI": 3, "Qp": 3}
+_DECIMALS = {"SSIM": 3, "PSNR": 2, "AG": 2, "FMI": 3, "VIF": 3, "EN": 2, "UIQI": 3, "Qp": 3,
+             "SD": 2, "SF": 2, "MI": 3, "Qabf": 3, "SCD": 3, "SR": 3}
+
+
+def method_ranks(rows: Sequence[dict], metrics: Sequence[str] = metrics_extra.RANK_METRICS) -> dict[str, float]:
+    """Mean rank of each method (1 = best) over the images every method scored and ``metrics``."""
+    by: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        by.setdefault(r["method"], {})[r["name"]] = r
+    if not by:
+        return {}
+    common = sorted(set.intersection(*(set(v) for v in by.values())))
+    if not common or any(m not in rows[0] for m in metrics):
+        return {}
+    return metrics_extra.mean_ranks({k: [v[n] for n in common] for k, v in by.items()}, metrics)
 
 
 def _fmt(x: float, nd: int) -> str:
     return "inf" if math.isinf(x) else f"{x:.{nd}f}"
 
 
-def markdown_table(summary: dict) -> str:
-    """Paper-style table: rows = methods, columns = the 8 metrics (mean ± std) and
-    seconds per image; the best mean of each metric column (all are higher-is-better)
-    in bold (ties at the shown precision are all bold)."""
+def markdown_table(summary: dict, ranks: dict[str, float] | None = None) -> str:
+    """Paper-style table: rows = methods, columns = the metrics (mean ± std) and seconds per
+    image, then the mean rank over :data:`~napari_derun.metrics_extra.RANK_METRICS` when
+    ``ranks`` is given. The best mean of each metric column (all are higher-is-better; SR is
+    best at 1) is bold (ties at the shown precision are all bold)."""
     methods = list(summary)
-    head = "| Method | " + " | ".join(METRIC_NAMES) + " | s / image |"
-    sep = "|---|" + "---|" * (len(METRIC_NAMES) + 1)
+    cols = [m for m in EVAL_METRICS if methods and m in summary[methods[0]]]
+    head = "| Method | " + " | ".join(cols) + " | s / image |" + (" Rank |" if ranks else "")
+    sep = "|---|" + "---|" * (len(cols) + 1) + ("---|" if ranks else "")
     best = {}
-    for m in METRIC_NAMES:
+    for m in cols:
         vals = [round(summary[k][m]["mean"], _DECIMALS[m]) for k in methods]
+        vals = [-abs(v - 1.0) if m == "SR" else v for v in vals if v == v]
         best[m] = max(vals) if vals else None
     lines = [head, sep]
     for k in methods:
         cells = []
-        for m in METRIC_NAMES:
+        for m in cols:
             s = summary[k][m]
             txt = f"{_fmt(s['mean'], _DECIMALS[m])} ± {_fmt(s['std'], _DECIMALS[m])}"
-            if len(methods) > 1 and round(s["mean"], _DECIMALS[m]) == best[m]:
+            v = round(s["mean"], _DECIMALS[m])
+            if len(methods) > 1 and (-abs(v - 1.0) if m == "SR" else v) == best[m]:
                 txt = f"**{txt}**"
             cells.append(txt)
         cells.append(f"{summary[k]['seconds']['mean']:.3f}")
+        if ranks:
+            cells.append(f"{ranks[k]:.2f}" if k in ranks else "")
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -349,9 +382,11 @@ def evaluate(
         for p in problems:
             print(f"problem: {p}", file=sys.stderr)
     table = summarize(rows)
-    md = _summary_markdown(dir_or_pairs, meths, table, problems, messages, n_ok)
+    ranks = method_ranks(rows) if len(meths) > 1 else {}
+    md = _summary_markdown(dir_or_pairs, meths, table, problems, messages, n_ok, ranks)
     summary = {
         "table": table,
+        "ranks": ranks,
         "markdown": md,
         "problems": problems,
         "messages": messages,
@@ -365,14 +400,17 @@ def evaluate(
     return rows, summary
 
 
-def _summary_markdown(source, meths, table, problems, messages, n_ok) -> str:
+def _summary_markdown(source, meths, table, problems, messages, n_ok, ranks=None) -> str:
     src = str(source) if isinstance(source, (str, os.PathLike)) else "(in-memory pairs)"
     lines = [f"# Fusion evaluation: {src}", "", f"{n_ok} image pairs; mean ± std (ddof=1) over images.", ""]
     models = [f"{m.label} = `{m.target}`" for m in meths if m.kind == "model"]
     if models:
         lines += ["Models: " + ", ".join(models), ""]
     if table:
-        lines.append(markdown_table(table))
+        lines.append(markdown_table(table, ranks))
+        if ranks:
+            lines.append("Rank: mean rank (1 = best) over images and " + ", ".join(metrics_extra.RANK_METRICS)
+                         + " among the methods of this table. SR (salient contrast retention) is best at 1.")
     else:
         lines += ["No pair could be evaluated.", ""]
     if messages:
@@ -412,7 +450,7 @@ def _center_crop(x: np.ndarray, size: int | None) -> np.ndarray:
     return x[y0 : y0 + ch, x0 : x0 + cw]
 
 
-ROBUSTNESS_FIELDS = ("degradation", "level", "input", "name", "method") + METRIC_NAMES + ("seconds",)
+ROBUSTNESS_FIELDS = ("degradation", "level", "input", "name", "method") + EVAL_METRICS + ("seconds",)
 
 
 def robustness(
