@@ -23,7 +23,8 @@ from napari_derun.model import DeRUN  # noqa: E402
 from napari_derun.training import PairDataset, TrainConfig, evaluate_pairs, finetune, train  # noqa: E402
 
 STEP_KEYS = {"kind", "step", "total_steps", "epoch", "loss", "pixel", "lgde", "lr"}
-EPOCH_KEYS = {"kind", "epoch", "epochs", "train_loss", "val_loss", "metrics", "lr", "best"}
+EPOCH_KEYS = {"kind", "epoch", "epochs", "train_loss", "val_loss", "metrics", "rank", "lr", "best"}
+FUSION_STEP_KEYS = {"kind", "step", "total_steps", "epoch", "loss", "intensity", "gradient", "ssim", "lgde", "lr"}
 
 
 def tiny(seed=0):
@@ -156,7 +157,8 @@ def test_loss_decreases_and_callbacks():
     prs = pairs(2, 48, 48)
     events = []
     res = train(prs, val_pairs=prs[:1], init=tiny(), config=cfg(epochs=3, steps_per_epoch=4, val_metrics=True,
-                                                                val_initial=True, augment=False),
+                                                                val_initial=True, augment=False,
+                                                                objective="paper", select="loss"),
                 callback=events.append)
     steps = [e for e in events if e["kind"] == "step"]
     epochs = [e for e in events if e["kind"] == "epoch"]
@@ -166,16 +168,39 @@ def test_loss_decreases_and_callbacks():
     assert [e["step"] for e in steps] == list(range(1, 13)) and steps[0]["total_steps"] == 12
     for e in steps:
         assert e["loss"] >= e["pixel"] + 10 * e["lgde"] - 1e-6
-    assert set(epochs[-1]["metrics"]) == {"SSIM", "PSNR", "AG", "FMI", "VIF", "EN", "UIQI", "Qp"}
+    assert set(epochs[-1]["metrics"]) == {"EN", "SD", "SF", "AG", "SSIM", "PSNR", "UIQI", "VIF", "Qabf", "SCD", "SR"}
     # validation loss (full images, deterministic) went down from the model-based start
     init_loss = res.info["metrics"]["initial"]["val_loss"]
     assert min(h["val_loss"] for h in res.history) < init_loss
     # the best model really is the one with the lowest recorded validation loss
     best = min(res.history, key=lambda h: h["val_loss"])
-    ev = evaluate_pairs(res.best_model, PairDataset(prs[:1]), metrics=False)
+    ev = evaluate_pairs(res.best_model, PairDataset(prs[:1]), metrics=False, config=cfg(objective="paper"))
     assert ev["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
     assert res.info["metrics"]["best"]["epoch"] == best["epoch"]
+    assert res.info["metrics"]["best"]["selected_by"] == "validation loss"
     assert res.info["data"]["train"]["count"] == 2 and res.info["training"]["torch"] == torch.__version__
+
+
+def test_fusion_objective_selects_by_validation_rank():
+    prs = pairs(2, 48, 48)
+    events = []
+    c = cfg(epochs=3, steps_per_epoch=2, val_metrics=True, val_initial=True, augment=False, lr=3e-3)
+    assert c.objective == "fusion" and c.select == "rank"
+    res = train(prs, val_pairs=prs[:1], init="admm", config=c, callback=events.append)
+    steps = [e for e in events if e["kind"] == "step"]
+    assert all(set(e) == FUSION_STEP_KEYS for e in steps)
+    assert res.model.config.guided  # a new model is the guided DeRUN by default
+    ranks = [h["rank"] for h in res.history]
+    assert all(r is not None and 1.0 <= r <= 5.0 for r in ranks)  # model among 4 references
+    best = res.info["metrics"]["best"]
+    assert best["selected_by"] == "validation mean rank" and best["rank"] == min(ranks)
+    assert best["epoch"] == res.history[ranks.index(min(ranks))]["epoch"]
+    # the kept weights are the ones that scored that rank
+    from napari_derun.training import reference_scores
+
+    ev = evaluate_pairs(res.best_model, PairDataset(prs[:1]), config=c, references=reference_scores(PairDataset(prs[:1])))
+    assert ev["rank"] == pytest.approx(best["rank"])
+    assert res.info["training"]["objective"] == "fusion"
 
 
 def test_checkpointed_forward_same_gradients():
@@ -212,7 +237,7 @@ def test_stop_flag_returns_best():
     assert res.stopped and len(res.history) == 2
     assert sum(e["kind"] == "step" for e in seen) == 4
     best = min(res.history, key=lambda h: h["val_loss"])
-    ev2 = evaluate_pairs(res.best_model, PairDataset(prs[:1]), metrics=False)
+    ev2 = evaluate_pairs(res.best_model, PairDataset(prs[:1]), metrics=False, config=cfg())
     assert ev2["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
     # a callable works as well, and stopping before any step still returns a usable model
     res2 = train(prs, init=tiny(), config=cfg(epochs=5), stop=lambda: True)
@@ -309,8 +334,7 @@ def test_shipped_weights_load_and_fuse(name):
     from napari_derun.api import WEIGHTS_DIR
 
     path = WEIGHTS_DIR / f"{name}.safetensors"
-    if not path.exists():
-        pytest.skip(f"{name} weights not shipped")
+    assert path.exists(), f"the shipped {name} weights are missing from the package"
     assert path.stat().st_size < 200_000
     assert name in nd.list_models()
     fz = nd.load_model(name, device="cpu")
@@ -323,28 +347,22 @@ def test_shipped_weights_load_and_fuse(name):
 
 
 @pytest.mark.slow
-def test_finetune_gfp_improves(shared_data):
-    """From the shipped gfp_pc weights, fine-tuning on 5 pairs lowers the validation loss on other pairs.
+def test_finetune_gfp_does_not_worsen_validation_rank(shared_data):
+    """Fine-tuning the shipped gfp_pc model on 5 pairs keeps or improves its validation mean rank
+    (the starting model is a candidate, so the kept model never scores worse), and the recorded
+    scores are what an independent re-evaluation of the returned model gives."""
+    from napari_derun.training import reference_scores
 
-    The 8 fusion metrics are recorded but not asserted: in the measured run (docs/training.md) they went
-    *down* while the DeRUN loss went down: the loss (MSE to b + LGDE to a) is not aligned with them.
-    """
-    from napari_derun.api import WEIGHTS_DIR
-
-    if not (WEIGHTS_DIR / "gfp_pc.safetensors").exists():
-        pytest.skip("gfp_pc weights not shipped")
     torch.set_num_threads(1)
     ds = PairDataset(shared_data / "gfp_pc")
     tr = PairDataset._from_planes(ds.names[:5], ds.a[:5], ds.b[:5], ds.source)
-    va = PairDataset._from_planes(ds.names[50:56], ds.a[50:56], ds.b[50:56], ds.source)
-    res = finetune(tr, model="gfp_pc", epochs=3, lr=1e-4, patch=64, val_pairs=va, steps_per_epoch=10,
+    va = PairDataset._from_planes(ds.names[50:54], ds.a[50:54], ds.b[50:54], ds.source)
+    res = finetune(tr, model="gfp_pc", epochs=2, lr=1e-4, patch=64, val_pairs=va, steps_per_epoch=5,
                    device="cpu", val_metrics=True, seed=0)
     init, best = res.info["metrics"]["initial"], res.info["metrics"]["best"]
-    assert best["val_loss"] < init["val_loss"]
-    # independent check: re-score the returned best model and the untouched shipped model
-    import napari_derun as nd
-
-    ev_best = evaluate_pairs(res.best_model, va, metrics=False)["loss"]
-    ev_init = evaluate_pairs(nd.load_model("gfp_pc", device="cpu").module, va, metrics=False)["loss"]
-    assert ev_best == pytest.approx(best["val_loss"], rel=1e-5) and ev_init == pytest.approx(init["val_loss"], rel=1e-5)
-    assert set(best["metrics"]) == set(init["metrics"]) and all(np.isfinite(v) for v in best["metrics"].values())
+    assert res.info["training"]["config"]["objective"] == "fusion"  # the shipped model's own objective
+    assert best["selected_by"] == "validation mean rank"
+    assert best["rank"] <= init["rank"]
+    ev = evaluate_pairs(res.best_model, va, config=TrainConfig.from_dict(res.info["training"]["config"]),
+                        references=reference_scores(va))
+    assert ev["rank"] == pytest.approx(best["rank"]) and ev["loss"] == pytest.approx(best["val_loss"], rel=1e-5)

@@ -256,7 +256,7 @@ class TrainConfig:
     max_seconds: float | None = None
     grad_clip: float | None = None
     checkpointing: bool = True
-    objective: str = "paper"
+    objective: str = "fusion"
     target: str = "max"
     w_intensity: float = 5.0
     w_gradient: float = 10.0
@@ -265,7 +265,7 @@ class TrainConfig:
     train_pad: int | None = None
     select: str = "rank"
     val_limit: int | None = None
-    guided: bool = False
+    guided: bool = True
 
     def fusion_weights(self):
         """The :class:`~napari_derun.objectives.FusionWeights` of the ``"fusion"`` objective."""
@@ -583,13 +583,20 @@ def train(
     def validate():
         return evaluate_pairs(model, va, device, cfg.gamma, metrics=cfg.val_metrics, config=cfg, references=refs)
 
+    def snapshot():
+        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
     info_init = None
     if va is not None and cfg.val_initial and resume is None:
         ev = validate()
         info_init = {"val_loss": ev["loss"], "metrics": ev.get("metrics"), "rank": ev.get("rank")}
-
-    def snapshot():
-        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        # the starting model is a candidate too: training never returns something that scores worse
+        init_score = ev.get("rank") if by_rank else ev["loss"]
+        if init_score is not None and math.isfinite(init_score):
+            best_loss, best_state = init_score, snapshot()
+            best_record = {"epoch": 0, "train_loss": None, "val_loss": ev["loss"], "metrics": ev.get("metrics"),
+                           "rank": ev.get("rank"),
+                           "selected_by": "validation mean rank" if by_rank else "validation loss"}
 
     stopped = False
     step_global = start_epoch * steps
@@ -709,6 +716,27 @@ def _info(cfg, source, tr, va, history, best_record, info_init, t_start, device,
     }
 
 
+OBJECTIVE_FIELDS: tuple[str, ...] = ("objective", "target", "w_intensity", "w_gradient", "w_ssim", "w_lgde", "gamma")
+
+
+def _stored_objective(model: Any) -> dict[str, Any]:
+    """The objective settings a saved / shipped / session model was trained with (``{}`` if unknown)."""
+    from .model import DeRUN
+
+    if isinstance(model, DeRUN) or model is None or model == "admm":
+        return {}
+    try:
+        from .api import load_model
+
+        info = load_model(model, device="cpu").info
+    except (ValueError, OSError):
+        return {}
+    stored = (info.get("training") or {}).get("config") or {}
+    if "objective" not in stored:  # trained before objectives were options: Eq. 14
+        return {"objective": "paper"} if stored else {}
+    return {k: stored[k] for k in OBJECTIVE_FIELDS if k in stored}
+
+
 def finetune(
     pairs,
     model: Any = "gfp_pc",
@@ -722,7 +750,12 @@ def finetune(
 ) -> TrainResult:
     """Short fine-tuning of a shipped model (or any model spec accepted by :func:`train`'s
     ``init``) on a few pairs; constant learning rate unless ``decay_start`` is given.
-    Extra keyword arguments are :class:`TrainConfig` fields."""
+
+    The objective (``objective``, ``target``, the ``w_*`` weights) defaults to the one the
+    model was trained with, so fine-tuning continues towards the same kind of fusion; pass
+    them to override. Extra keyword arguments are :class:`TrainConfig` fields."""
     config.setdefault("decay_start", epochs)
+    for k, v in _stored_objective(model).items():
+        config.setdefault(k, v)
     cfg = TrainConfig(epochs=epochs, lr=lr, patch=patch, **config)
     return train(pairs, val_pairs=val_pairs, init=model, config=cfg, callback=callback, stop=stop)

@@ -10,10 +10,12 @@ def register(sub) -> None:
         "train",
         help="train / fine-tune DeRUN on a folder of pairs (DIR/a, DIR/b) and write a .safetensors model",
         description="Train DeRUN on registered pairs: DIR/a (structural) and DIR/b (salient), same file names. "
-        "Defaults follow the paper (Adam, lr 1e-4, batch 4, 150 epochs, x0.9 every 10 epochs after 50).",
+        "Schedule defaults follow the paper (Adam, lr 1e-4, batch 4, 150 epochs, x0.9 every 10 epochs after 50); "
+        "the objective defaults to the fusion objective (--objective paper for Eq. 14).",
     )
     p.add_argument("dir", help="training folder with a/ and b/ sub-folders")
-    p.add_argument("--out", "-o", required=True, help="output .safetensors file (best model by validation loss)")
+    p.add_argument("--out", "-o", required=True,
+                   help="output .safetensors file (best model by validation mean rank, or loss with --select loss)")
     p.add_argument("--init", default="admm", help="admm (model-based start), a shipped model name or a checkpoint path")
     p.add_argument("--epochs", type=int, default=150)
     p.add_argument("--lr", type=float, default=1e-4)
@@ -27,7 +29,19 @@ def register(sub) -> None:
     g.add_argument("--val", default=None, help="validation folder (a/, b/)")
     g.add_argument("--val-fraction", type=float, default=None,
                    help="hold back this fraction of DIR's pairs (evenly over the sorted names) for validation")
-    p.add_argument("--no-val-metrics", action="store_true", help="validation loss only (skip the 8 fusion metrics)")
+    p.add_argument("--no-val-metrics", action="store_true", help="validation loss only (skip the fusion metrics)")
+    p.add_argument("--objective", choices=("fusion", "paper"), default="fusion",
+                   help="fusion: intensity + max-gradient + SSIM + LGDE (default); paper: Eq. 14 (MSE + 10 LGDE), "
+                   "which prefers a copy of the structural image (docs/model.md)")
+    p.add_argument("--target", choices=("max", "lift"), default="max",
+                   help="intensity target of the fusion objective: max(a, b), or lift = a + (b above its median), "
+                   "for salient images on a dark background over a bright structural image (GFP on phase contrast)")
+    p.add_argument("--weights", nargs=4, type=float, default=None, metavar=("INT", "GRAD", "SSIM", "LGDE"),
+                   help="weights of the fusion objective's terms (default 5 10 1 0.1)")
+    p.add_argument("--plain", action="store_true",
+                   help="a new model without the guided extension (the paper's V + f(U - V) form)")
+    p.add_argument("--select", choices=("rank", "loss"), default="rank",
+                   help="keep the epoch with the best validation mean rank over 9 metrics (default) or loss")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
@@ -57,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
         decay_start=args.decay_start if args.decay_start is not None else max(1, round(e / 3)),
         decay_every=args.decay_every if args.decay_every is not None else max(1, round(e / 15)),
         decay=args.decay, device=args.device, seed=args.seed, num_threads=args.threads,
-        val_metrics=not args.no_val_metrics,
+        val_metrics=not args.no_val_metrics, objective=args.objective, target=args.target,
+        guided=not args.plain, select=args.select,
+        **(dict(zip(("w_intensity", "w_gradient", "w_ssim", "w_lgde"), args.weights)) if args.weights else {}),
     )
     print(f"training on {len(data)} pairs" + (f", validating on {len(val)}" if val is not None else "")
           + f"; init={args.init if not args.resume else 'resume ' + args.resume}")
@@ -74,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
             msg = f"epoch {ev['epoch']}/{ev['epochs']}: train loss {ev['train_loss']:.5f}"
             if ev["val_loss"] is not None:
                 msg += f", val loss {ev['val_loss']:.5f}"
+            if ev.get("rank") is not None:
+                msg += f", mean rank {ev['rank']:.2f}"
             if ev["metrics"]:
                 msg += ", " + ", ".join(f"{k} {v:.3f}" for k, v in ev["metrics"].items())
             msg += " (best)" if ev["best"] else ""
