@@ -10,7 +10,7 @@ import pytest
 import tifffile
 
 import napari_derun as nd
-from conftest import smooth_pair
+from helpers import smooth_pair
 from napari_derun.commands.fuse import read_provenance
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")

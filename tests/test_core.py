@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import smooth_pair
+from helpers import smooth_pair
 from napari_derun import ops
 from napari_derun.hifm import HIFMParams, admm_iterations, hifm_admm, hifm_energy
 from napari_derun.losses import derun_loss, direction_histogram, lgde, lgde_loss

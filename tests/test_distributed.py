@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import napari_derun as nd
-from conftest import smooth_pair
+from helpers import smooth_pair
 from napari_derun import distributed as ndist
 
 
@@ -49,8 +49,8 @@ def test_model_spec_round_trip_in_process():
 
 @pytest.mark.slow  # ~20-25 s: starting two worker processes
 def test_fuse_on_local_cluster_equals_single_process(tmp_path, capsys):
-    distributed = pytest.importorskip("distributed")
-    da = pytest.importorskip("dask.array")
+    import distributed
+    import dask.array as da
     planes = [smooth_pair(32, 28, seed=s) for s in range(4)]
     a = (np.stack([p[0] for p in planes]) * 30000 + 200).astype(np.uint16)
     b = (np.stack([p[1] for p in planes]) * 9000 + 50).astype(np.uint16)

@@ -24,7 +24,7 @@ from napari_derun.evaluation import (
     summarize,
 )
 
-from conftest import smooth_pair
+from helpers import smooth_pair
 
 S = 48
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import napari_derun as nd
-from conftest import smooth_pair
+from helpers import smooth_pair
 from napari_derun.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_info, save_checkpoint
 from napari_derun.hifm import hifm_admm
 from napari_derun.model import DeRUN, DeRUNConfig

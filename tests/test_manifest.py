@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-npe2 = pytest.importorskip("npe2")
+import npe2
 
 MANIFEST = Path(__file__).resolve().parents[1] / "src" / "napari_derun" / "napari.yaml"
 

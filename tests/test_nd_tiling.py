@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import napari_derun as nd
-from conftest import smooth_pair
+from helpers import smooth_pair
 from napari_derun import api
 from napari_derun.nd import (
     FuseCancelled,
@@ -109,7 +109,7 @@ def test_rgb_stack_and_grey_stack():
 
 
 def test_dask_in_dask_out_lazy_and_equal():
-    da = pytest.importorskip("dask.array")
+    import dask.array as da
     a, b = _stack(4, 30, 26)
     A = da.from_array(a, chunks=(3, 15, 13))
     B = da.from_array(b, chunks=(1, 30, 26))
@@ -134,7 +134,7 @@ def test_dask_in_dask_out_lazy_and_equal():
 
 
 def test_dask_rgb_and_sampled_ranges(monkeypatch):
-    da = pytest.importorskip("dask.array")
+    import dask.array as da
     a, b = _stack(2, 24, 20, dtype=np.float32)
     b = np.clip(b, 0, 1)
     rgb = np.stack([b * 0.9, b * 0.4, 0.1 + 0 * b], -1).astype(np.float32)

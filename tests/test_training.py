@@ -13,9 +13,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from conftest import smooth_pair
+from helpers import smooth_pair
 
-torch = pytest.importorskip("torch")
+import torch
 
 from napari_derun.checkpoint import load_checkpoint  # noqa: E402
 from napari_derun.hifm import HIFMParams  # noqa: E402
@@ -347,13 +347,12 @@ def test_shipped_weights_load_and_fuse(name):
 
 
 @pytest.mark.slow
-def test_finetune_gfp_does_not_worsen_validation_rank(shared_data):
+def test_finetune_gfp_does_not_worsen_validation_rank(shared_data, one_thread):
     """Fine-tuning the shipped gfp_pc model on 5 pairs keeps or improves its validation mean rank
     (the starting model is a candidate, so the kept model never scores worse), and the recorded
     scores are what an independent re-evaluation of the returned model gives."""
     from napari_derun.training import reference_scores
 
-    torch.set_num_threads(1)
     ds = PairDataset(shared_data / "gfp_pc")
     tr = PairDataset._from_planes(ds.names[:5], ds.a[:5], ds.b[:5], ds.source)
     va = PairDataset._from_planes(ds.names[50:54], ds.a[50:54], ds.b[50:54], ds.source)

@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("napari")
-pytest.importorskip("pytestqt")
+import napari  # noqa: F401  (the testing extra installs napari and pytest-qt)
+import pytestqt  # noqa: F401
 
 import napari_derun as nd  # noqa: E402
 from napari_derun import sample_data  # noqa: E402
 
-from conftest import smooth_pair  # noqa: E402
+from helpers import smooth_pair  # noqa: E402
 
 pytestmark = pytest.mark.qt
 
@@ -216,15 +216,23 @@ def test_finetune_plots_registers_saves_and_reloads(make_napari_viewer, qtbot, t
     la0, lb0 = viewer.add_image(a0, name="a0"), viewer.add_image(b0, name="b0")
     la1, lb1 = viewer.add_image(a1, name="a1"), viewer.add_image(b1, name="b1")
     fw = FuseWidget(viewer)
+    from qtpy.QtCore import Qt
+
     w = _finetune_widget(viewer, qtbot, epochs=2, steps=2)
-    w.add_pair(la0, lb0)
+    # driven through Qt, as a user would: pick the layers, click "Add pair", click "Start"
+    w.a_combo.value, w.b_combo.value = la0, lb0
+    qtbot.mouseClick(w.add_button.native, Qt.LeftButton)
+    assert w.pair_list.count() == 1 and w.pairs == [(la0, lb0)]
     w.val_a.value, w.val_b.value = la1, lb1
     w.name.value = "tuned-test"
-    assert w.pair_list.count() == 1
-    w.start()
+    status_seen = []
+    w._relay.payload.connect(lambda ev: status_seen.append(w.status_label.value))
+    qtbot.mouseClick(w.start_button.native, Qt.LeftButton)
     qtbot.waitUntil(lambda: not w.running, timeout=WAIT)
     assert w.status.state == "done", w.status.message
+    assert any(t.startswith("Epoch 1, step 1/4") for t in status_seen), status_seen[:3]  # 1-based epochs
     assert w.plot.steps == [1, 2, 3, 4] and len(w.plot.losses) == 4
+    assert w.result.info["training"]["objective"] == "fusion"
     assert np.all(np.isfinite(w.plot.losses))
     assert len(w.plot.val_losses) == 2
     name = w.registered_name
@@ -259,7 +267,7 @@ def test_finetune_stop_keeps_best(make_napari_viewer, qtbot):
 
 def test_large_planes_are_tiled_like_nd():
     """Planes larger than the tile size go through napari_derun.nd's tiled fusion."""
-    nd_mod = pytest.importorskip("napari_derun.nd")
+    import napari_derun.nd as nd_mod
     from napari_derun import api, preprocess
     from napari_derun._widgets._fuse_job import run_fusion
 

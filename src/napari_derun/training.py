@@ -3,14 +3,13 @@
 No Qt / napari here: the napari widget, the CLI (``napari-derun train``) and scripts
 all call :func:`train` / :func:`finetune`.
 
-* :class:`PairDataset` holds pairs as float32 luminance planes in [0, 1] (via
-  :func:`napari_derun.preprocess.prepare_pair`) and draws seeded random patches
-  with flips and 90° rotations.
-* :class:`TrainConfig` carries the paper's recipe as defaults (Adam (0.9, 0.999),
-  lr 1e-4, batch 4, 150 epochs, lr × 0.9 every 10 epochs after epoch 50, γ = 10)
-  plus the adjoint loss of :func:`napari_derun.model.adjoint_loss` (weight 0.01).
-* :func:`train` returns a :class:`TrainResult` (last model, best model by
-  validation loss, per-epoch history, provenance info).
+* :class:`~napari_derun.datasets.PairDataset` (re-exported here) holds the pairs.
+* :class:`TrainConfig` carries the paper's schedule as defaults (Adam (0.9, 0.999),
+  lr 1e-4, batch 4, 150 epochs, lr × 0.9 every 10 epochs after epoch 50) plus the
+  adjoint loss of :func:`napari_derun.model.adjoint_loss` (weight 0.01), and the
+  objective (:mod:`napari_derun.objectives`: ``"fusion"`` by default, ``"paper"`` = Eq. 14).
+* :func:`train` returns a :class:`TrainResult` (last model, best model by validation
+  mean rank (:mod:`napari_derun.validation`) or loss, per-epoch history, provenance info).
 
 Reproducibility: patch sampling uses ``numpy.random.default_rng([seed, epoch])`` and
 the adjoint loss a ``torch.Generator`` seeded from ``(seed, epoch)``, so a CPU run with
@@ -22,18 +21,18 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
-from . import preprocess
+from .datasets import PairDataset, _as_dataset
+from .validation import REFERENCE_METHODS, evaluate_pairs, reference_scores
 
-__all__ = ["PairDataset", "TrainConfig", "TrainResult", "train", "finetune", "evaluate_pairs", "peak_rss_mb"]
+__all__ = ["PairDataset", "TrainConfig", "TrainResult", "train", "finetune", "evaluate_pairs", "reference_scores",
+           "REFERENCE_METHODS", "peak_rss_mb"]
 
 
 def peak_rss_mb() -> float:
@@ -43,178 +42,6 @@ def peak_rss_mb() -> float:
 
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / (1024.0 * 1024.0) if sys.platform == "darwin" else r / 1024.0
-
-
-# --------------------------------------------------------------------------- data
-
-
-class PairDataset:
-    """Registered image pairs as float32 luminance planes in [0, 1].
-
-    Args:
-        pairs: a folder (``DIR/a``, ``DIR/b``, same file names) or a sequence of
-            ``(a, b)`` numpy pairs (grey ``(H, W)`` or colour ``(H, W, 3)``, any dtype
-            accepted by :func:`~napari_derun.preprocess.prepare_pair`).
-        names: optional names for in-memory pairs (default ``pair_000``…).
-        select: optional callable ``select(index, name) -> bool`` to keep a subset of a
-            folder's pairs (e.g. a validation split).
-        percentiles: robust range for non-uint8 images.
-
-    Attributes:
-        a, b: lists of ``(H, W)`` float32 planes; names: pair names;
-        problems: messages about files that were skipped; source: folder or ``"arrays"``.
-    """
-
-    def __init__(self, pairs, names: Sequence[str] | None = None, select=None,
-                 percentiles=preprocess.DEFAULT_PERCENTILES):
-        self.a: list[np.ndarray] = []
-        self.b: list[np.ndarray] = []
-        self.names: list[str] = []
-        self.problems: list[str] = []
-        if isinstance(pairs, (str, os.PathLike)):
-            from .io import find_pairs, read_image
-
-            root = Path(pairs).expanduser()
-            if not root.is_dir():
-                raise FileNotFoundError(f"training data folder {root} does not exist")
-            found, problems = find_pairs(root)
-            self.problems.extend(problems)
-            self.source = str(root.resolve())
-            for i, (name, pa, pb) in enumerate(found):
-                if select is not None and not select(i, name):
-                    continue
-                try:
-                    prep = preprocess.prepare_pair(read_image(pa), read_image(pb), percentiles=percentiles)
-                except (ValueError, OSError) as e:
-                    self.problems.append(f"{name}: skipped ({e})")
-                    continue
-                self._add(name, prep.a, prep.b)
-            if not self.a:
-                detail = "; ".join(self.problems[:5])
-                raise ValueError(
-                    f"no usable image pairs in {root} (expected {root}/a and {root}/b with the same file names)"
-                    + (f": {detail}" if detail else "")
-                )
-        else:
-            self.source = "arrays"
-            pairs = list(pairs)
-            if not pairs:
-                raise ValueError("no training pairs given: pass a folder or a list of (a, b) arrays")
-            for i, item in enumerate(pairs):
-                if len(item) != 2:
-                    raise ValueError(f"pair {i} must be an (a, b) tuple; got {len(item)} items")
-                name = names[i] if names is not None else f"pair_{i:03d}"
-                if select is not None and not select(i, name):
-                    continue
-                prep = preprocess.prepare_pair(item[0], item[1], percentiles=percentiles)
-                self._add(name, prep.a, prep.b)
-
-    def _add(self, name: str, a: np.ndarray, b: np.ndarray) -> None:
-        self.names.append(name)
-        self.a.append(np.ascontiguousarray(a, dtype=np.float32))
-        self.b.append(np.ascontiguousarray(b, dtype=np.float32))
-
-    def b_floor(self, i: int) -> float:
-        """Background level of pair ``i``'s salient image: the median of the whole ``b``."""
-        return float(np.median(self.b[i]))
-
-    @classmethod
-    def _from_planes(cls, names, a, b, source, problems=()):
-        ds = cls.__new__(cls)
-        ds.names, ds.a, ds.b, ds.source, ds.problems = list(names), list(a), list(b), source, list(problems)
-        return ds
-
-    def __len__(self) -> int:
-        return len(self.a)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.a[i], self.b[i]
-
-    @classmethod
-    def concat(cls, datasets: Iterable["PairDataset"], prefixes: Sequence[str] | None = None) -> "PairDataset":
-        """Join datasets (names prefixed with ``prefix/`` when given, to keep them unique)."""
-        names, a, b, src, probs = [], [], [], [], []
-        for i, d in enumerate(datasets):
-            pre = f"{prefixes[i]}/" if prefixes else ""
-            names += [pre + n for n in d.names]
-            a += d.a
-            b += d.b
-            src.append(d.source)
-            probs += d.problems
-        return cls._from_planes(names, a, b, " + ".join(dict.fromkeys(src)), probs)
-
-    def split(self, every: int = 5, offset: int | None = None) -> tuple["PairDataset", "PairDataset"]:
-        """Deterministic hold-out: pairs ``i`` (sorted by name) with ``i % every == offset``
-        (default ``every - 1``) go to validation. Returns ``(train, val)``."""
-        if every < 2:
-            raise ValueError("every must be >= 2")
-        off = every - 1 if offset is None else offset
-        order = sorted(range(len(self)), key=lambda i: self.names[i])
-        val_idx = {i for k, i in enumerate(order) if k % every == off}
-        if not val_idx or len(val_idx) == len(self):
-            raise ValueError(f"cannot hold back every {every}th of {len(self)} pairs")
-        tr = [i for i in order if i not in val_idx]
-        va = [i for i in order if i in val_idx]
-        mk = lambda idx: PairDataset._from_planes(  # noqa: E731
-            [self.names[i] for i in idx], [self.a[i] for i in idx], [self.b[i] for i in idx], self.source, self.problems)
-        return mk(tr), mk(va)
-
-    def split_fraction(self, fraction: float) -> tuple["PairDataset", "PairDataset"]:
-        """Hold back about ``fraction`` of the pairs (evenly spread over the sorted names)."""
-        if not 0.0 < fraction < 1.0:
-            raise ValueError(f"validation fraction must be in (0, 1); got {fraction}")
-        return self.split(every=max(2, int(round(1.0 / fraction))))
-
-    def provenance(self) -> dict[str, Any]:
-        return {"source": self.source, "count": len(self), "names": list(self.names),
-                "shapes": sorted({f"{a.shape[0]}x{a.shape[1]}" for a in self.a}),
-                "problems": list(self.problems)}
-
-    # -- patches
-    @staticmethod
-    def _pad_to(x: np.ndarray, ph: int, pw: int) -> np.ndarray:
-        H, W = x.shape
-        if H >= ph and W >= pw:
-            return x
-        return np.pad(x, ((0, max(0, ph - H)), (0, max(0, pw - W))), mode="symmetric")
-
-    def sample(self, rng: np.random.Generator, patch: int = 128, augment: bool = True, _index: list | None = None):
-        """One random ``(a, b)`` patch of ``patch × patch`` (images smaller than the patch are
-        padded by reflection), randomly flipped and rotated by k·90° when ``augment``."""
-        i = int(rng.integers(len(self)))
-        if _index is not None:
-            _index.append(i)
-        a, b = self._pad_to(self.a[i], patch, patch), self._pad_to(self.b[i], patch, patch)
-        H, W = a.shape
-        y = int(rng.integers(H - patch + 1))
-        x = int(rng.integers(W - patch + 1))
-        pa, pb = a[y:y + patch, x:x + patch], b[y:y + patch, x:x + patch]
-        if augment:
-            k = int(rng.integers(4))
-            fl = bool(rng.integers(2))
-            pa, pb = np.rot90(pa, k), np.rot90(pb, k)
-            if fl:
-                pa, pb = pa[:, ::-1], pb[:, ::-1]
-        return np.ascontiguousarray(pa), np.ascontiguousarray(pb)
-
-    def batch(self, rng: np.random.Generator, batch: int = 4, patch: int = 128, augment: bool = True,
-              return_floor: bool = False):
-        """``(a, b)`` float32 arrays of shape ``(batch, 1, patch, patch)``; with ``return_floor``
-        also the ``(batch,)`` float32 background levels :meth:`b_floor` of the pairs drawn."""
-        idx: list[int] = []
-        pa, pb = zip(*(self.sample(rng, patch, augment, _index=idx) for _ in range(batch)))
-        out = np.stack(pa)[:, None], np.stack(pb)[:, None]
-        if return_floor:
-            return out + (np.array([self.b_floor(i) for i in idx], dtype=np.float32),)
-        return out
-
-
-def _as_dataset(x, what: str) -> PairDataset | None:
-    if x is None:
-        return None
-    if isinstance(x, PairDataset):
-        return x
-    return PairDataset(x)
 
 
 # --------------------------------------------------------------------------- config
@@ -374,89 +201,6 @@ def _stop_requested(stop) -> bool:
     return bool(stop())
 
 
-REFERENCE_METHODS: tuple[str, ...] = ("average", "laplacian", "max", "admm")
-
-
-def _reference_fusions(name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    from . import baselines
-
-    if name == "admm":
-        from .api import fuse_planes, load_model
-
-        return np.clip(fuse_planes(load_model("admm", device="cpu"), a[None], b[None])[0], 0.0, 1.0)
-    fn = {"average": baselines.average, "laplacian": baselines.laplacian_pyramid, "max": baselines.max_abs}[name]
-    return fn(a, b)
-
-
-def reference_scores(dataset: "PairDataset", limit: int | None = None,
-                     methods: Sequence[str] = REFERENCE_METHODS) -> dict[str, list[dict[str, float]]]:
-    """Rank metrics of the reference methods on ``dataset`` (pairs ≥ 41 × 41, first ``limit``)."""
-    from .metrics_extra import rank_metrics
-
-    out: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
-    for a, b in _scored_pairs(dataset, limit):
-        for m in methods:
-            out[m].append(rank_metrics(a * 255.0, b * 255.0, _reference_fusions(m, a, b) * 255.0))
-    return out
-
-
-def _scored_pairs(dataset: "PairDataset", limit: int | None):
-    pairs = [(a, b) for a, b in zip(dataset.a, dataset.b) if min(a.shape) >= 41]
-    return pairs[:limit] if limit else pairs
-
-
-def evaluate_pairs(model, dataset: PairDataset, device: str = "cpu", gamma: float = 10.0,
-                   metrics: bool = True, config: "TrainConfig | None" = None,
-                   references: dict[str, list[dict[str, float]]] | None = None) -> dict[str, Any]:
-    """Fuse every pair of ``dataset`` (full images) with ``model`` (a DeRUN) and score it.
-
-    Returns ``{"loss": mean loss of the configured objective, "parts": {name: mean},
-    "metrics": {name: mean}, "rank": mean rank or None, "per_pair": [...]}``. Metrics are
-    :func:`napari_derun.metrics_extra.rank_metrics` on grey 0–255 luminance of the first
-    ``config.val_limit`` pairs ≥ 41 × 41 (``None`` when there are none); ``rank`` is the
-    model's mean rank among itself and ``references`` (from :func:`reference_scores`).
-    """
-    import torch
-
-    from .metrics_extra import mean_ranks, rank_metrics
-
-    cfg = config or TrainConfig(gamma=gamma)
-    limit = cfg.val_limit
-    was_training = model.training
-    model.eval()
-    losses, parts_all, per = [], [], []
-    n_scored = 0
-    with torch.no_grad():
-        for i, (name, a, b) in enumerate(zip(dataset.names, dataset.a, dataset.b)):
-            ta = torch.from_numpy(a)[None, None].to(device)
-            tb = torch.from_numpy(b)[None, None].to(device)
-            x = model(ta, tb)
-            loss, parts = cfg.loss(x, ta, tb, torch.tensor([dataset.b_floor(i)]))
-            losses.append(float(loss))
-            parts_all.append(parts)
-            row = {"name": name, "loss": float(loss)}
-            if metrics and min(a.shape) >= 41 and (not limit or n_scored < limit):
-                f = np.clip(x[0, 0].float().cpu().numpy(), 0.0, 1.0)
-                row["metrics"] = rank_metrics(a * 255.0, b * 255.0, f * 255.0)
-                n_scored += 1
-            per.append(row)
-    model.train(was_training)
-    out: dict[str, Any] = {"loss": float(np.mean(losses)),
-                           "parts": {k: float(np.mean([p[k] for p in parts_all])) for k in parts_all[0]},
-                           "per_pair": per, "rank": None}
-    out.update({k: out["parts"][k] for k in ("pixel", "lgde") if k in out["parts"]})
-    scored = [r for r in per if "metrics" in r]
-    if metrics:
-        out["metrics"] = ({k: float(np.nanmean([r["metrics"][k] for r in scored])) for k in scored[0]["metrics"]}
-                          if scored else None)
-        if scored and references:
-            table = dict(references)
-            table["model"] = [r["metrics"] for r in scored]
-            if all(len(v) == len(scored) for v in table.values()):
-                out["rank"] = mean_ranks(table)["model"]
-    return out
-
-
 def _optimizer_tensors(opt, params) -> dict[str, Any]:
     import torch
 
@@ -487,7 +231,23 @@ def _load_optimizer_tensors(opt, params, extra, device) -> None:
 # --------------------------------------------------------------------------- training
 
 
-def train(
+def train(train_pairs, val_pairs=None, init: Any = "admm", config: "TrainConfig | None" = None,
+          callback: Callable[[dict], None] | None = None, stop=None, checkpoint_path=None, resume=None) -> "TrainResult":
+    """Train (or fine-tune) DeRUN on registered pairs; see :func:`_train` for the arguments.
+
+    torch's thread count is restored afterwards when ``config.num_threads`` changed it.
+    """
+    import torch
+
+    n_threads = torch.get_num_threads()
+    try:
+        return _train(train_pairs, val_pairs, init, config, callback, stop, checkpoint_path, resume)
+    finally:
+        if torch.get_num_threads() != n_threads:
+            torch.set_num_threads(n_threads)
+
+
+def _train(
     train_pairs,
     val_pairs=None,
     init: Any = "admm",

@@ -15,6 +15,9 @@ from ._common import ProgressRelay, image_layers
 from ._fuse_widget import A_LABEL, B_LABEL
 from ._state import MODEL_BUS, JobStatus
 
+#: the Objective picker: first entry = keep the start model's own objective
+OBJECTIVE_CHOICES: tuple[str, ...] = ("as the start model", "fusion", "paper")
+
 
 def layer_planes(layer) -> list[np.ndarray]:
     """The (Y, X[, C]) planes of an image layer (leading axes flattened; dask computed)."""
@@ -106,6 +109,11 @@ class FinetuneWidget(QWidget):
         self.val_a = ComboBox(label="Validation structural", choices=choices, nullable=True, value=None)
         self.val_b = ComboBox(label="Validation salient", choices=choices, nullable=True, value=None)
         self.start_model = ComboBox(label="Start from", choices=self._start_choices)
+        self.objective = ComboBox(label="Objective", choices=list(OBJECTIVE_CHOICES), value=OBJECTIVE_CHOICES[0],
+                                  tooltip="What training minimises. 'as the start model' continues with the "
+                                  "objective the model was trained with (the shipped models: the fusion objective). "
+                                  "'fusion' keeps both images (intensity, max gradient, SSIM, LGDE); 'paper' is "
+                                  "Eq. 14 of the DeRUN paper, which prefers a copy of the structural image.")
         self.epochs = SpinBox(label="Epochs", value=10, min=1, max=10000)
         self.steps = SpinBox(label="Steps per epoch (0 = auto)", value=0, min=0, max=100000)
         self.batch = SpinBox(label="Batch", value=4, min=1, max=64)
@@ -120,7 +128,7 @@ class FinetuneWidget(QWidget):
         self.status_label.native.setWordWrap(True)
         self.form1 = Container(widgets=[self.a_combo, self.b_combo])
         self.pair_buttons = Container(widgets=[self.add_button, self.remove_button], layout="horizontal", labels=False)
-        self.form2 = Container(widgets=[self.folder, self.val_a, self.val_b, self.start_model, self.epochs,
+        self.form2 = Container(widgets=[self.folder, self.val_a, self.val_b, self.start_model, self.objective, self.epochs,
                                         self.steps, self.batch, self.lr, self.patch, self.name])
         self.buttons = Container(widgets=[self.start_button, self.stop_button, self.save_button],
                                  layout="horizontal", labels=False)
@@ -133,7 +141,7 @@ class FinetuneWidget(QWidget):
                   self.buttons.native, self.progress, self.status_label.native, self.plot):
             lay.addWidget(w)
 
-        self.add_button.clicked.connect(self.add_pair)
+        self.add_button.clicked.connect(lambda *_: self.add_pair())  # clicked passes `checked`
         self.remove_button.clicked.connect(self._remove_selected)
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop)
@@ -239,6 +247,8 @@ class FinetuneWidget(QWidget):
                       patch=int(self.patch.value), val_pairs=val, batch=int(self.batch.value))
         if self.steps.value:
             kwargs["steps_per_epoch"] = int(self.steps.value)
+        if self.objective.value != OBJECTIVE_CHOICES[0]:
+            kwargs["objective"] = self.objective.value
         kwargs.update(self.extra_config)
         relay, stop = self._relay, self._stop
         _warm_up_torch_imports()
@@ -271,7 +281,7 @@ class FinetuneWidget(QWidget):
             self.progress.setRange(0, int(ev["total_steps"]))
             self.progress.setValue(int(ev["step"]))
             if not self._stop.is_set():
-                self.status_label.value = (f"Epoch {ev['epoch'] + 1}, step {ev['step']}/{ev['total_steps']}: "
+                self.status_label.value = (f"Epoch {ev['epoch']}, step {ev['step']}/{ev['total_steps']}: "
                                            f"loss {ev['loss']:.4g}")
         elif ev.get("kind") == "epoch" and ev.get("val_loss") is not None:
             self.plot.val_steps.append(self.plot.steps[-1] if self.plot.steps else 0)
@@ -310,7 +320,10 @@ class FinetuneWidget(QWidget):
         MODEL_BUS.changed.emit(name)
         self.save_button.enabled = True
         stopped = " (stopped early: best so far)" if getattr(result, "stopped", False) else ""
-        self._set_status("done", f"Done{stopped}: model '{name}' is now in the Fuse widget's model list.")
+        best = (result.info.get("metrics") or {}).get("best") or {}
+        kept = (" No epoch validated better than the start model, so it is kept unchanged."
+                if best.get("epoch") == 0 else "")
+        self._set_status("done", f"Done{stopped}: model '{name}' is now in the Fuse widget's model list.{kept}")
         show_info(f"Fine-tuned model '{name}' is ready in 'Fuse images (DeRUN)'.")
 
     def save(self, path: str | None = None) -> Path | None:

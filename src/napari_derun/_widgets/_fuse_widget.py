@@ -288,7 +288,7 @@ class FuseWidget(QWidget):
             )
             if compatible:
                 ly.data = data
-                for key in ("scale", "translate", "units", "contrast_limits"):
+                for key in ("scale", "translate", "units", "contrast_limits", "colormap"):
                     if key in kwargs:
                         try:
                             setattr(ly, key, kwargs[key])
@@ -312,6 +312,10 @@ class FuseWidget(QWidget):
         kw: dict[str, Any] = {"scale": scale, "translate": translate, "rgb": result["rgb"], "metadata": {"derun": prov}}
         if not result["rgb"]:
             kw["contrast_limits"] = (0.0, 1.0)
+            # a grey salient layer shown with a colour map (GFP in green): the fused layer keeps it
+            cmap = getattr(b, "colormap", None)
+            if not b.rgb and cmap is not None and cmap.name not in ("gray", "grey", "gray_r", "I Forest"):
+                kw["colormap"] = cmap
         copy_units(a, kw)
         self._upsert(out, result["fused"], **kw)
         stages = result["stages"]

@@ -1,0 +1,100 @@
+"""Validation during training: the configured objective's loss and the fusion metrics of a model
+on held-back pairs, and its mean rank against reference methods (checkpoint selection)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from .datasets import PairDataset
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .training import TrainConfig
+
+__all__ = ["REFERENCE_METHODS", "reference_scores", "evaluate_pairs"]
+
+REFERENCE_METHODS: tuple[str, ...] = ("average", "laplacian", "max", "admm")
+
+
+def _reference_fusions(name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    from . import baselines
+
+    if name == "admm":
+        from .api import fuse_planes, load_model
+
+        return np.clip(fuse_planes(load_model("admm", device="cpu"), a[None], b[None])[0], 0.0, 1.0)
+    fn = {"average": baselines.average, "laplacian": baselines.laplacian_pyramid, "max": baselines.max_abs}[name]
+    return fn(a, b)
+
+
+def reference_scores(dataset: "PairDataset", limit: int | None = None,
+                     methods: Sequence[str] = REFERENCE_METHODS) -> dict[str, list[dict[str, float]]]:
+    """Rank metrics of the reference methods on ``dataset`` (pairs ≥ 41 × 41, first ``limit``)."""
+    from .metrics_extra import rank_metrics
+
+    out: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
+    for a, b in _scored_pairs(dataset, limit):
+        for m in methods:
+            out[m].append(rank_metrics(a * 255.0, b * 255.0, _reference_fusions(m, a, b) * 255.0))
+    return out
+
+
+def _scored_pairs(dataset: "PairDataset", limit: int | None):
+    pairs = [(a, b) for a, b in zip(dataset.a, dataset.b) if min(a.shape) >= 41]
+    return pairs[:limit] if limit else pairs
+
+
+def evaluate_pairs(model, dataset: PairDataset, device: str = "cpu", gamma: float = 10.0,
+                   metrics: bool = True, config: "TrainConfig | None" = None,
+                   references: dict[str, list[dict[str, float]]] | None = None) -> dict[str, Any]:
+    """Fuse every pair of ``dataset`` (full images) with ``model`` (a DeRUN) and score it.
+
+    Returns ``{"loss": mean loss of the configured objective, "parts": {name: mean},
+    "metrics": {name: mean}, "rank": mean rank or None, "per_pair": [...]}``. Metrics are
+    :func:`napari_derun.metrics_extra.rank_metrics` on grey 0–255 luminance of the first
+    ``config.val_limit`` pairs ≥ 41 × 41 (``None`` when there are none); ``rank`` is the
+    model's mean rank among itself and ``references`` (from :func:`reference_scores`).
+    """
+    import torch
+
+    from .metrics_extra import mean_ranks, rank_metrics
+
+    from .training import TrainConfig
+
+    cfg = config or TrainConfig(gamma=gamma)
+    limit = cfg.val_limit
+    was_training = model.training
+    model.eval()
+    losses, parts_all, per = [], [], []
+    n_scored = 0
+    with torch.no_grad():
+        for i, (name, a, b) in enumerate(zip(dataset.names, dataset.a, dataset.b)):
+            ta = torch.from_numpy(a)[None, None].to(device)
+            tb = torch.from_numpy(b)[None, None].to(device)
+            x = model(ta, tb)
+            loss, parts = cfg.loss(x, ta, tb, torch.tensor([dataset.b_floor(i)]))
+            losses.append(float(loss))
+            parts_all.append(parts)
+            row = {"name": name, "loss": float(loss)}
+            if metrics and min(a.shape) >= 41 and (not limit or n_scored < limit):
+                f = np.clip(x[0, 0].float().cpu().numpy(), 0.0, 1.0)
+                row["metrics"] = rank_metrics(a * 255.0, b * 255.0, f * 255.0)
+                n_scored += 1
+            per.append(row)
+    model.train(was_training)
+    out: dict[str, Any] = {"loss": float(np.mean(losses)),
+                           "parts": {k: float(np.mean([p[k] for p in parts_all])) for k in parts_all[0]},
+                           "per_pair": per, "rank": None}
+    out.update({k: out["parts"][k] for k in ("pixel", "lgde") if k in out["parts"]})
+    scored = [r for r in per if "metrics" in r]
+    if metrics:
+        out["metrics"] = ({k: float(np.nanmean([r["metrics"][k] for r in scored])) for k in scored[0]["metrics"]}
+                          if scored else None)
+        if scored and references:
+            table = dict(references)
+            table["model"] = [r["metrics"] for r in scored]
+            if all(len(v) == len(scored) for v in table.values()):
+                out["rank"] = mean_ranks(table)["model"]
+    return out
+
+
