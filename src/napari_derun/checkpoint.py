@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +38,9 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from ._files import atomic_write_bytes
+
+    atomic_write_bytes(path, data)
 
 
 def save_checkpoint(path: str | os.PathLike, model, info: dict[str, Any] | None = None, extra_tensors=None) -> Path:
@@ -108,7 +98,12 @@ def read_checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path} has corrupt napari-derun metadata: {e}") from None
     if doc.get("format") != FORMAT:
         raise CheckpointError(f"{path} has format {doc.get('format')!r}, expected {FORMAT!r}")
-    if int(doc.get("format_version", 0)) > FORMAT_VERSION:
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"{path} has corrupt napari-derun metadata (not a JSON object)")
+    version = doc.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{path} has an invalid format_version {version!r} (expected an integer)")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path} was written by a newer napari-derun (format {doc.get('format_version')}); upgrade napari-derun"
         )
@@ -125,11 +120,26 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu"):
 
     from .model import DeRUN, DeRUNConfig
 
+    import torch
+    from safetensors import safe_open
+
     doc = read_checkpoint_info(path)
     try:
         cfg = DeRUNConfig.from_dict(doc["config"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path} has an invalid model config: {e}") from None
+    # compare the header's tensor names and shapes with what the config builds, before allocating
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in DeRUN(cfg).state_dict().items()}
+    with safe_open(str(path), framework="pt") as f:
+        found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys() if not k.startswith("extra/")}
+    if found != expected:
+        missing = sorted(set(expected) - set(found))[:3]
+        unexpected = sorted(set(found) - set(expected))[:3]
+        wrong = sorted(k for k in set(found) & set(expected) if found[k] != expected[k])[:3]
+        raise CheckpointError(
+            f"{path} does not match the DeRUN architecture in its config (missing {missing}, "
+            f"unexpected {unexpected}, wrong shapes {wrong}); it was not written for this model")
     try:
         tensors = load_file(str(path), device=map_location)
     except Exception as e:

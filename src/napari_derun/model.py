@@ -73,15 +73,34 @@ class DeRUNConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    #: allowed ranges of the integer fields (a checkpoint's config is checked before anything is built)
+    LIMITS = {"n_stages": (1, 64), "hidden": (1, 256), "n_knots": (2, 10001), "n_filters": (1, 4),
+              "pad": (0, 4096), "lift_hidden": (1, 256)}
+
+    def validate(self) -> "DeRUNConfig":
+        """Check types and ranges; raises ValueError naming the field."""
+        for name, (lo, hi) in self.LIMITS.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"DeRUN config field {name} must be an integer, got {v!r}")
+            if not lo <= v <= hi:
+                raise ValueError(f"DeRUN config field {name} = {v} is outside [{lo}, {hi}]")
+        if not isinstance(self.guided, bool):
+            raise ValueError(f"DeRUN config field guided must be true or false, got {self.guided!r}")
+        if not isinstance(self.hifm, dict):
+            raise ValueError(f"DeRUN config field hifm must be a mapping, got {type(self.hifm).__name__}")
+        HIFMParams.from_dict(self.hifm)
+        return self
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DeRUNConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"a DeRUN config must be a mapping, got {type(d).__name__}")
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown DeRUN config keys: {sorted(unknown)}")
-        cfg = cls(**d)
-        HIFMParams.from_dict(cfg.hifm)  # validate
-        return cfg
+        return cls(**d).validate()
 
 
 class PiecewiseLinearMap(nn.Module):
@@ -104,7 +123,13 @@ class PiecewiseLinearMap(nn.Module):
     def threshold(self) -> torch.Tensor:
         return F.softplus(self.raw_threshold)
 
+    where = "a piecewise-linear map"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not bool(torch.isfinite(x).all()):
+            raise FloatingPointError(
+                f"non-finite values (NaN or inf) reach {self.where}: the model's weights are not finite "
+                "(a diverged training?) or the inputs are beyond the float32 range")
         C = x.shape[1]
         m = self.n_knots
         t = (x.clamp(-1.0, 1.0) + 1.0) * ((m - 1) / 2.0)
@@ -299,6 +324,9 @@ class DeRUN(nn.Module):
         self.config = config or DeRUNConfig()
         n = self.config.n_stages
         self.stages = nn.ModuleList(DeRUNStage(self.config, first=(i == 0), last=(i == n - 1)) for i in range(n))
+        for i, st in enumerate(self.stages):
+            if not st.last:
+                st.S.where = f"stage {i + 1}'s VFM map S"
         self.lift = ResidualLift(self.config.lift_hidden) if self.config.guided else None
 
     @classmethod

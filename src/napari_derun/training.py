@@ -377,7 +377,11 @@ def _train(
             tb = torch.from_numpy(nb).to(device)
             opt.zero_grad(set_to_none=True)
             with torch.autocast("cuda", enabled=use_amp), _padding(model, cfg.train_pad):
-                x = model(ta, tb, checkpoint=cfg.checkpointing)
+                try:
+                    x = model(ta, tb, checkpoint=cfg.checkpointing)
+                except FloatingPointError as e:
+                    raise FloatingPointError(f"training diverged at epoch {epoch + 1}, step {s + 1} ({e}); "
+                                             f"lower the learning rate (lr {lr:g})") from None
             loss, parts = cfg.loss(x.float(), ta, tb, torch.from_numpy(nf).to(device))
             if cfg.adjoint_weight:
                 loss = loss + cfg.adjoint_weight * adjoint_loss(model, generator=gen)

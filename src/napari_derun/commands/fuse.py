@@ -124,8 +124,9 @@ def write_output(path, data, axes: str, meta: dict, provenance: dict) -> None:
         kw["resolution"] = tuple(meta["resolution"])
         if "resolutionunit" in meta:
             kw["resolutionunit"] = meta["resolutionunit"]
+    from .._files import atomic_writer
+
     prov = json.dumps(provenance, default=str)
-    tmp = path.with_name(path.name + ".part")
     kind = meta.get("kind")
     ij_axes = axes.replace("C", "S")
     ij_ok = (kind == "imagej" and data.dtype in (np.uint8, np.uint16, np.float32)
@@ -135,14 +136,16 @@ def write_output(path, data, axes: str, meta: dict, provenance: dict) -> None:
         data = np.transpose(data, [ij_axes.index(c) for c in order])
         md = dict(meta.get("imagej") or {})
         md.update({"axes": order, "Info": prov})
-        tifffile.imwrite(tmp, data, imagej=True, metadata=md, **kw)
+        args = dict(imagej=True, metadata=md, **kw)
     elif kind == "ome":
-        tifffile.imwrite(tmp, data, ome=True, photometric="rgb" if axes.endswith("C") else "minisblack",
-                         metadata={"axes": ij_axes, "Description": prov}, **kw)
+        args = dict(ome=True, photometric="rgb" if axes.endswith("C") else "minisblack",
+                    metadata={"axes": ij_axes, "Description": prov}, **kw)
     else:
-        tifffile.imwrite(tmp, data, photometric="rgb" if axes.endswith("C") else "minisblack",
-                         metadata={"axes": ij_axes, "napari_derun": provenance}, **kw)
-    tmp.replace(path)
+        args = dict(photometric="rgb" if axes.endswith("C") else "minisblack",
+                    metadata={"axes": ij_axes, "napari_derun": provenance}, **kw)
+    # a fresh temporary file (never a fixed ``.part`` name that a symlink could redirect), then rename
+    with atomic_writer(path) as fh:
+        tifffile.imwrite(fh, data, **args)
 
 
 def _imagej_order(axes: str) -> str | None:

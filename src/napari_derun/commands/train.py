@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -48,11 +49,29 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", default=None, help="write a resumable checkpoint here after every epoch")
     p.add_argument("--resume", default=None, help="continue from a checkpoint written with --checkpoint")
     p.add_argument("--name", default=None, help="model name stored in the file (default: the output file's stem)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .._files import check_writable
+
+    # refuse before any work: an existing --out (without --overwrite), an unwritable place, bad numbers
+    check_writable(args.out, overwrite=args.overwrite)
+    if args.checkpoint:
+        check_writable(args.checkpoint)
+    for name in ("epochs", "batch", "patch"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.patch < 16:
+        raise ValueError(f"--patch must be at least 16 pixels (the model's filters and SSIM window), got {args.patch}")
+    if not args.lr > 0:
+        raise ValueError(f"--lr must be > 0, got {args.lr}")
+
     from tqdm import tqdm
 
     from ..training import PairDataset, TrainConfig, peak_rss_mb, train
@@ -97,12 +116,28 @@ def run(args: argparse.Namespace) -> int:
             msg += " (best)" if ev["best"] else ""
             (bar.write if bar is not None else print)(msg)
 
+    # Ctrl-C stops at the next step and the best model so far is written (a second Ctrl-C aborts)
+    stop = threading.Event()
+
+    def on_sigint(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\ninterrupted: stopping after this step and saving the best model so far "
+              "(Ctrl-C again to abort without saving)", file=sys.stderr)
+
+    old = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
     try:
-        res = train(data, val, init=args.init, config=cfg, callback=cb,
+        res = train(data, val, init=args.init, config=None if args.resume else cfg, callback=cb, stop=stop,
                     checkpoint_path=args.checkpoint, resume=args.resume)
     finally:
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
         if bar is not None:
             bar.close()
+    if not res.history:
+        print("stopped before the first epoch finished: nothing was trained, no model written", file=sys.stderr)
+        return 1
     out = Path(args.out)
     name = args.name or out.name.split(".")[0]
     res.save(out, best=True, name=name)

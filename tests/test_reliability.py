@@ -1,0 +1,137 @@
+"""Regression tests for the reliability audit: files are never clobbered, checkpoints are checked
+before anything is built, divergence is reported, and bad options fail before any work."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from safetensors.torch import save_file
+
+from helpers import smooth_pair
+from napari_derun.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from napari_derun.cli import main
+from napari_derun.model import DeRUN
+from napari_derun.training import TrainConfig, train
+
+
+def _pair_files(tmp_path):
+    a, b = smooth_pair(40, 36)
+    tifffile.imwrite(tmp_path / "A.tif", (a * 255).astype(np.uint8))
+    tifffile.imwrite(tmp_path / "B.tif", (b * 255).astype(np.uint8))
+    return tmp_path / "A.tif", tmp_path / "B.tif"
+
+
+def test_planted_symlink_is_not_followed(tmp_path, capsys):
+    a, b = _pair_files(tmp_path)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "out" / "fused.tif"
+    out.parent.mkdir()
+    os.symlink(victim, out.parent / "fused.tif.part")  # the old fixed temporary name
+    assert main(["fuse", str(a), str(b), "-o", str(out), "--device", "cpu", "-q"]) == 0
+    assert victim.read_text() == "precious"
+    assert tifffile.imread(out).shape == (40, 36)
+    # no temporary files left behind, and the file has the usual permissions
+    assert sorted(p.name for p in out.parent.iterdir()) == ["fused.tif", "fused.tif.part"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (out.stat().st_mode & 0o777) == (0o666 & ~mask)
+
+
+def _write_fake(path, config, version=1):
+    doc = {"format": "napari-derun", "format_version": version, "config": config}
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"napari_derun": json.dumps(doc)})
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"n_stages": 10_000_000}, "n_stages = 10000000 is outside"),
+    ({"n_knots": 10**10}, "n_knots"),
+    ({"n_knots": -1}, "n_knots = -1 is outside"),
+    ({"pad": -100}, "pad = -100"),
+    ({"hidden": "8"}, "hidden must be an integer"),
+    ({"guided": "yes"}, "guided must be true or false"),
+    ({"bogus": 1}, "unknown DeRUN config keys"),
+])
+def test_checkpoint_config_is_bounded_before_building(tmp_path, change, message):
+    cfg = {**DeRUN.from_hifm().config.to_dict(), **change}
+    p = tmp_path / "bad.safetensors"
+    _write_fake(p, cfg)
+    with pytest.raises(CheckpointError, match=message) as e:
+        load_checkpoint(p)
+    assert str(p) in str(e.value)
+
+
+def test_checkpoint_header_must_match_config(tmp_path):
+    p = tmp_path / "x.safetensors"
+    _write_fake(p, DeRUN.from_hifm().config.to_dict())  # right config, foreign tensors
+    with pytest.raises(CheckpointError, match="does not match the DeRUN architecture"):
+        load_checkpoint(p)
+    _write_fake(p, DeRUN.from_hifm().config.to_dict(), version="abc")
+    with pytest.raises(CheckpointError, match="invalid format_version"):
+        load_checkpoint(p)
+    _write_fake(p, "not a mapping")
+    with pytest.raises(CheckpointError, match="must be a mapping"):
+        load_checkpoint(p)
+    # and a real one still loads, old files (no 'guided' key) as the plain model
+    good = save_checkpoint(tmp_path / "ok.safetensors", DeRUN.from_hifm(), {})
+    assert not load_checkpoint(good)[0].config.guided
+
+
+def test_divergence_is_reported_not_saved(tmp_path):
+    prs = [smooth_pair(40, 40, seed=s) for s in range(2)]
+    cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch=2, patch=32, lr=1e9, device="cpu", val_metrics=False,
+                      val_initial=False)
+    ck = tmp_path / "ck.safetensors"
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        train(prs, init="admm", config=cfg, checkpoint_path=ck)
+    assert not ck.exists()
+
+
+def _train_folder(tmp_path):
+    from PIL import Image
+
+    for sub in ("a", "b"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+    for i in range(2):
+        a, b = smooth_pair(40, 40, seed=i)
+        Image.fromarray((a * 255).astype(np.uint8)).save(tmp_path / "data" / "a" / f"p{i}.png")
+        Image.fromarray((b * 255).astype(np.uint8)).save(tmp_path / "data" / "b" / f"p{i}.png")
+    return tmp_path / "data"
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--batch", "0"], "--batch must be >= 1"),
+    (["--patch", "2"], "--patch must be at least 16"),
+    (["--lr", "-1"], "--lr must be > 0"),
+])
+def test_train_cli_rejects_bad_numbers_before_work(tmp_path, capsys, extra, message):
+    data = _train_folder(tmp_path)
+    rc = main(["train", str(data), "--out", str(tmp_path / "m.safetensors"), *extra])
+    assert rc == 1 and message in capsys.readouterr().err
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_train_cli_protects_outputs_before_work(tmp_path, capsys):
+    data = _train_folder(tmp_path)
+    existing = tmp_path / "m.safetensors"
+    existing.write_bytes(b"mine")
+    assert main(["train", str(data), "--out", str(existing)]) == 1
+    assert "--overwrite" in capsys.readouterr().err and existing.read_bytes() == b"mine"
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    assert main(["train", str(data), "--out", str(blocker / "m.safetensors")]) == 1
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_train_cli_diverged_exits_with_error(tmp_path, capsys):
+    data = _train_folder(tmp_path)
+    out = tmp_path / "m.safetensors"
+    rc = main(["train", str(data), "--out", str(out), "--lr", "1e9", "--epochs", "1", "--steps-per-epoch", "2",
+               "--patch", "32", "--batch", "2", "--device", "cpu", "--no-val-metrics", "-q", "--threads", "1"])
+    assert rc == 1 and "training diverged" in capsys.readouterr().err
+    assert not out.exists()
