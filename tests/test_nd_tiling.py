@@ -10,7 +10,7 @@ import torch
 import napari_derun as nd
 from helpers import smooth_pair
 from napari_derun import api
-from napari_derun.nd import (
+from napari_derun.stacks import (
     FuseCancelled,
     blend_weights,
     fuse_luma_planes,

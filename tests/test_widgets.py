@@ -266,8 +266,8 @@ def test_finetune_stop_keeps_best(make_napari_viewer, qtbot):
 
 
 def test_large_planes_are_tiled_like_nd():
-    """Planes larger than the tile size go through napari_derun.nd's tiled fusion."""
-    import napari_derun.nd as nd_mod
+    """Planes larger than the tile size go through napari_derun.stacks' tiled fusion."""
+    import napari_derun.stacks as nd_mod
     from napari_derun import api, preprocess
     from napari_derun._widgets._fuse_job import run_fusion
 

@@ -287,11 +287,11 @@ def fuse(
             stack of shape ``(Z, Y, 3)``); a pair ``(axes_a, axes_b)`` for different layouts.
         tile: planes larger than ``tile`` pixels (either side) are fused in overlapping tiles
             (``None``/``0``: never tile).
-        overlap: tile overlap in pixels (default :data:`napari_derun.nd.DEFAULT_OVERLAP`).
+        overlap: tile overlap in pixels (default :data:`napari_derun.stacks.DEFAULT_OVERLAP`).
         batch_size: planes/tiles per device batch (default 8 on CUDA, 1 otherwise); halved
             (then the tile) on GPU out-of-memory.
         cancel: a :class:`threading.Event`; when set, fusion stops with
-            :class:`napari_derun.nd.FuseCancelled` between stages/tiles.
+            :class:`napari_derun.stacks.FuseCancelled` between stages/tiles.
         ranges: fixed ``((lo_a, hi_a), (lo_b, hi_b))`` intensity ranges instead of percentiles.
         client: a ``dask.distributed.Client``: planes are fused on its workers.
         precision: ``"fp32"`` (default, the reference) or ``"bf16"`` (autocast; ~1.7× faster on
@@ -303,11 +303,11 @@ def fuse(
         ``return_stages``: ``(fused, stages)`` where ``stages["X"]``/``["Y"]`` are
         ``(N, H, W)`` luminance and ``stages["E"]``/``["H"]`` are ``(N, L, H, W)``.
     """
-    from . import nd
+    from . import stacks
 
     fuser = load_model(model, device, precision)
     if return_stages:
-        if nd._is_dask(a) or nd._is_dask(b) or np.ndim(a) > 3 or (np.ndim(a) == 3 and axes not in (None, "YXC")):
+        if stacks._is_dask(a) or stacks._is_dask(b) or np.ndim(a) > 3 or (np.ndim(a) == 3 and axes not in (None, "YXC")):
             raise ValueError("return_stages=True is only supported for 2-D (YX or YXC) numpy inputs")
         prep = preprocess.prepare_pair(a, b, percentiles=percentiles, color_from=color_from, ranges=ranges)
         x, stages = fuse_planes(fuser, prep.a[None], prep.b[None], return_stages=True, callback=callback)
@@ -315,12 +315,12 @@ def fuse(
         return preprocess.recolor(x[0], prep.chroma), stages
     if a is None or b is None:
         preprocess.validate_pair(a, b)  # raises with the standard message
-    if not nd._is_dask(a):
+    if not stacks._is_dask(a):
         a = np.asarray(a)
-    if not nd._is_dask(b):
+    if not stacks._is_dask(b):
         b = np.asarray(b)
-    return nd.fuse_stack(
-        a, b, fuser, axes=axes, tile=tile or 0, overlap=nd.DEFAULT_OVERLAP if overlap is None else overlap,
+    return stacks.fuse_stack(
+        a, b, fuser, axes=axes, tile=tile or 0, overlap=stacks.DEFAULT_OVERLAP if overlap is None else overlap,
         batch_size=batch_size, percentiles=percentiles, color_from=color_from, ranges=ranges,
         callback=callback, cancel=cancel, client=client,
     )

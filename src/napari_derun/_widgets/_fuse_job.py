@@ -204,8 +204,8 @@ def run_fusion(
         callback: ``callback(done, total, message)`` after each stage; it may raise
             :class:`Cancelled`.
         cancel: an Event; when set, the run stops at the next stage with :class:`Cancelled`.
-        tile: planes larger than this (default :data:`napari_derun.nd.DEFAULT_TILE`) are fused in
-            overlapping blended tiles with :func:`napari_derun.nd.fuse_luma_planes` (not when stage
+        tile: planes larger than this (default :data:`napari_derun.stacks.DEFAULT_TILE`) are fused in
+            overlapping blended tiles with :func:`napari_derun.stacks.fuse_luma_planes` (not when stage
             layers are asked for: those need the whole plane).
 
     Returns:
@@ -234,7 +234,7 @@ def run_fusion(
     tiled = None
     if not want:
         try:
-            from .. import nd as tiled  # tiling with blending and out-of-memory retries
+            from .. import stacks as tiled  # tiling with blending and out-of-memory retries
         except ImportError:  # pragma: no cover - older core without nd
             tiled = None
     tile = tile or (tiled.DEFAULT_TILE if tiled is not None else None)

@@ -179,7 +179,7 @@ def fuse_files(a_path, b_path, out_path, model, opts: dict, callback=None, clien
     """Read, fuse and write one pair; ``model`` is a Fuser or a ModelSpec. Returns a summary dict."""
     import numpy as np
 
-    from .. import api, nd
+    from .. import api, stacks
     from ..distributed import resolve_fuser
 
     out_path = Path(out_path)
@@ -189,7 +189,7 @@ def fuse_files(a_path, b_path, out_path, model, opts: dict, callback=None, clien
     b, ax_b, _ = read_input(b_path, opts.get("axes"))
     fuser = resolve_fuser(model)
     if ax_a or ax_b:
-        ax_a, ax_b = ax_a or nd.infer_axes(a.shape), ax_b or nd.infer_axes(b.shape)
+        ax_a, ax_b = ax_a or stacks.infer_axes(a.shape), ax_b or stacks.infer_axes(b.shape)
         if "C" in ax_b and "C" not in ax_a and ax_a != ax_b.replace("C", "") and a.ndim == len(ax_b) - 1:
             ax_a = ax_b.replace("C", "")  # e.g. a PNG/plain grey A with an RGB B
         if "C" in ax_a and "C" not in ax_b and ax_b != ax_a.replace("C", "") and b.ndim == len(ax_a) - 1:
@@ -197,9 +197,9 @@ def fuse_files(a_path, b_path, out_path, model, opts: dict, callback=None, clien
         axes = (ax_a, ax_b)
     else:
         axes = None
-    ax_a, ax_b = nd._pair_axes(a.shape, b.shape, axes)
+    ax_a, ax_b = stacks._pair_axes(a.shape, b.shape, axes)
     overlap = opts.get("overlap")
-    ranges = (nd.stack_ranges(a), nd.stack_ranges(b))
+    ranges = (stacks.stack_ranges(a), stacks.stack_ranges(b))
     f = api.fuse(a, b, model=fuser, device=fuser.device, axes=(ax_a, ax_b), tile=opts.get("tile", 1024),
                  overlap=overlap, batch_size=opts.get("batch_size"), callback=callback, ranges=ranges,
                  client=client)
@@ -210,7 +210,7 @@ def fuse_files(a_path, b_path, out_path, model, opts: dict, callback=None, clien
     prov = fuser.provenance()
     prov.update({
         "inputs": {"a": str(a_path), "b": str(b_path)},
-        "parameters": {"tile": opts.get("tile", 1024), "overlap": overlap if overlap is not None else nd.DEFAULT_OVERLAP,
+        "parameters": {"tile": opts.get("tile", 1024), "overlap": overlap if overlap is not None else stacks.DEFAULT_OVERLAP,
                        "axes": out_ax, "dtype": str(data.dtype), "ranges": [list(r) for r in ranges],
                        "percentiles": list(api.preprocess.DEFAULT_PERCENTILES)},
     })
