@@ -167,3 +167,18 @@ def test_bf16_precision_close_to_fp32():
     assert fz.provenance()["precision"] == "bf16"
     with pytest.raises(ValueError, match="precision"):
         nd.load_model("admm", "cpu", precision="fp8")
+
+
+def test_grey_gfp_real_pair_keeps_cells_bright(shared_data):
+    """Real pair 04-D04 with the GFP channel as a grey image: the shipped gfp_pc model keeps the
+    GFP-positive cells brighter than their surroundings (the v0.1 weights made them darker)."""
+    from napari_derun.io import read_image
+
+    a = read_image(shared_data / "gfp_pc" / "a" / "04-D04.jpg")
+    b = read_image(shared_data / "gfp_pc" / "b" / "04-D04.jpg")[..., 1]
+    f = nd.fuse(a, b, model="gfp_pc", device="cpu")
+    f = f if f.ndim == 2 else f.mean(-1)
+    bf = b.astype(np.float64)
+    pos = bf >= np.quantile(bf, 0.98)
+    neg = bf <= np.median(bf)
+    assert f[pos].mean() > f[neg].mean() + 0.1, (f[pos].mean(), f[neg].mean())

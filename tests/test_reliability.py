@@ -135,3 +135,36 @@ def test_train_cli_diverged_exits_with_error(tmp_path, capsys):
                "--patch", "32", "--batch", "2", "--device", "cpu", "--no-val-metrics", "-q", "--threads", "1"])
     assert rc == 1 and "training diverged" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"overlap": -5}, "overlap must be >= 0"),
+    ({"tile": 2}, "tile must be at least 32"),
+    ({"tile": -5}, "tile must be at least 32"),
+    ({"tile": 64, "overlap": 64}, "must be smaller than the tile"),
+    ({"tile": 64.5}, "tile must be an integer"),
+])
+def test_fuse_rejects_bad_tiling_up_front(kw, message):
+    import napari_derun as nd
+
+    a, b = smooth_pair(40, 36)
+    with pytest.raises(ValueError, match=message):
+        nd.fuse(a, b, device="cpu", **kw)
+
+
+def test_cli_rejects_negative_overlap(tmp_path, capsys):
+    a, b = _pair_files(tmp_path)
+    rc = main(["fuse", str(a), str(b), "-o", str(tmp_path / "o.tif"), "--overlap", "-5", "-q"])
+    assert rc == 1 and "overlap must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_precision_on_a_shared_fuser_does_not_leak():
+    import napari_derun as nd
+
+    fz = nd.load_model("admm", device="cpu")
+    a, b = smooth_pair(40, 36)
+    ref = nd.fuse(a, b, model=fz, device="cpu")
+    nd.fuse(a, b, model=fz, device="cpu", precision="bf16")
+    assert fz.precision == "fp32"
+    np.testing.assert_array_equal(nd.fuse(a, b, model=fz, device="cpu"), ref)

@@ -283,3 +283,26 @@ def test_large_planes_are_tiled_like_nd():
     whole = nd.fuse(a, b, device="cpu")
     assert np.abs(res["fused"] - whole).mean() < 0.02
     assert calls and calls[-1][0] == calls[-1][1]
+
+
+def test_grey_gfp_with_green_colormap_stays_visible(make_napari_viewer, qtbot):
+    """A grey GFP layer shown in green (the usual microscopy case) fused with the shipped gfp_pc
+    model: GFP-positive cells are brighter than the rest in the fused layer, which keeps the colormap."""
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer()
+    a, b_rgb = sample_data.gfp_pc(size=128, n_cells=8, seed=2)
+    b = b_rgb[..., 1]  # the green channel as a grey GFP image
+    la = viewer.add_image(a, name="pc")
+    lb = viewer.add_image(b, name="gfp", colormap="green", blending="additive")
+    w = _fuse_widget(viewer, la, lb)
+    w.model_combo.value = "gfp_pc"
+    qtbot.mouseClick(w.run_button.native, Qt.LeftButton)
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT)
+    assert w.status.state == "done", w.status.message
+    out = viewer.layers["gfp_pc_derun"]
+    assert not out.rgb and out.colormap.name == "green"
+    f = np.asarray(out.data)
+    pos = b > 0.5 * b.max()
+    neg = b <= np.median(b)
+    assert f[pos].mean() > f[neg].mean() + 0.1, (f[pos].mean(), f[neg].mean())

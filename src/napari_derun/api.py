@@ -4,6 +4,8 @@ The napari widgets, the CLI and the tests all go through these functions.
 """
 from __future__ import annotations
 
+import copy
+
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,10 +195,15 @@ def _load(model: Any, dev: str) -> Fuser:
     from .model import DeRUN
 
     if isinstance(model, Fuser):
-        if model.kind == "derun":
-            model.module.to(dev)
-        model.device = dev
-        return model
+        # a copy: changing the device or precision of this call never changes the caller's Fuser
+        # (nor other threads using it); the weights are shared unless they must move device
+        import dataclasses
+
+        fz = dataclasses.replace(model)
+        if model.kind == "derun" and model.device != dev:
+            fz.module = copy.deepcopy(model.module).to(dev)
+        fz.device = dev
+        return fz
     if isinstance(model, HIFMParams):
         return Fuser("admm", "admm", model, dev)
     if isinstance(model, DeRUN):
@@ -248,6 +255,23 @@ def fuse_planes(
         arr = torch.stack(seq).float().cpu().numpy()  # (N, P, C, H, W)
         stages[k] = arr[:, :, 0] if arr.shape[2] == 1 else arr
     return x[:, 0].float().cpu().numpy(), stages
+
+
+#: smallest tile side accepted by :func:`fuse` (smaller tiles are all border and take forever)
+MIN_TILE = 32
+
+
+def _check_tiling(tile, overlap) -> None:
+    for name, v in (("tile", tile), ("overlap", overlap)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
+            raise ValueError(f"{name} must be an integer number of pixels, got {v!r}")
+    if tile not in (None, 0) and tile < MIN_TILE:
+        raise ValueError(f"tile must be at least {MIN_TILE} pixels (or 0/None for no tiling), got {tile}")
+    if overlap is not None:
+        if overlap < 0:
+            raise ValueError(f"overlap must be >= 0 pixels, got {overlap}")
+        if tile and overlap >= tile:
+            raise ValueError(f"overlap ({overlap}) must be smaller than the tile ({tile})")
 
 
 def fuse(
@@ -305,6 +329,7 @@ def fuse(
     """
     from . import stacks
 
+    _check_tiling(tile, overlap)
     fuser = load_model(model, device, precision)
     if return_stages:
         if stacks._is_dask(a) or stacks._is_dask(b) or np.ndim(a) > 3 or (np.ndim(a) == 3 and axes not in (None, "YXC")):

@@ -228,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
 
     opts = {"tile": args.tile, "overlap": args.overlap, "batch_size": args.batch_size, "axes": args.axes,
             "dtype": args.dtype, "overwrite": args.overwrite}
+    api._check_tiling(args.tile, args.overlap)  # before loading anything
     fuser = api.load_model(args.model, args.device, args.precision)
     client = None
     if args.scheduler:
