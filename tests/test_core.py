@@ -71,6 +71,7 @@ def test_admm_energy_decreases_on_real_looking_data():
     assert energies[-1] < 0.97 * energies[0]
 
 
+@pytest.mark.slow
 def test_admm_energy_decreases_on_real_pair(shared_data):
     from PIL import Image
 
@@ -239,6 +240,7 @@ def test_gradients_reach_every_parameter(guided):
         assert p.grad.abs().sum() > 0, name
 
 
+@pytest.mark.slow
 def test_training_steps_on_real_pairs_lower_the_loss(shared_data):
     from PIL import Image
 

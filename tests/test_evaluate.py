@@ -235,6 +235,7 @@ def test_lazy_package_attribute():
     assert len(rows) == 1
 
 
+@pytest.mark.slow
 def test_profile_counts():
     from napari_derun import api
     from napari_derun.evaluation import profile

@@ -141,7 +141,7 @@ def test_dask_rgb_and_sampled_ranges(monkeypatch):
     F = nd.fuse(da.from_array(a), da.from_array(rgb), device="cpu")
     np.testing.assert_allclose(F.compute(), nd.fuse(a, rgb), atol=1e-6)
     # large dask arrays: percentiles of a strided sample, close to the exact ones
-    from napari_derun import nd as ndm
+    from napari_derun import stacks as ndm
 
     x = (np.random.default_rng(0).gamma(2.0, 500.0, (8, 256, 256))).astype(np.uint16)
     monkeypatch.setattr(ndm, "EXACT_PERCENTILE_MAX", 1000)

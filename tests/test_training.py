@@ -320,7 +320,7 @@ def test_cli_train(tmp_path):
     fz = nd.load_model(str(out), device="cpu")
     assert fz.name == "tiny_cli"
     r = subprocess.run([sys.executable, "-m", "napari_derun.cli", "train", str(tmp_path / "missing"), "--out",
-                        str(out)], capture_output=True, text=True, env=env, timeout=120)
+                        str(tmp_path / "other.safetensors")], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 1 and "does not exist" in r.stderr
 
 

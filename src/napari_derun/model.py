@@ -186,17 +186,17 @@ class PWSMStage(nn.Module):
         cx = x.shape[1]
         w = torch.cat([lin, shared.weight[:, :cx]], 0)
         bias = torch.cat([shared.bias.new_zeros(n), shared.bias])
-        out = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="circular"), w, bias)
-        hid = out[:, n:]
+        out = F.conv2d(ops.circ_pad1(x), w, bias)
+        lin_out, hid = out.split([n, out.shape[1] - n], dim=1)  # one SplitBackward instead of two slice copies
         if guide is not None:
             hid = hid + guide
-        return out[:, :n] + spec(F.relu(hid))
+        return lin_out + F.conv2d(ops.circ_pad1(F.relu(hid)), spec.weight, spec.bias)
 
     def guide_features(self, a: torch.Tensor) -> torch.Tensor | None:
         """The structural image's fixed contribution to the shared forward branch (guided only)."""
         if not self.guided:
             return None
-        return F.conv2d(F.pad(a, (1, 1, 1, 1), mode="circular"), self.shared_fwd.weight[:, 1:])
+        return F.conv2d(ops.circ_pad1(a), self.shared_fwd.weight[:, 1:])
 
     @staticmethod
     def _adjoint_kernel(bank: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,65 @@
+"""CPU time of one DeRUN training step (batch 4 × 64², one thread) for the training settings.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_train_step.py [--steps 6]
+
+Reports process CPU seconds per step (``time.process_time``: robust to other jobs on a shared
+machine, unlike wall time) for: the v0.1 shipped-weights setting (plain model, paper loss, activation
+checkpointing, reflect pad 16) and what tools/train_shipped.py uses now (guided model, fusion loss, no
+checkpointing, pad 4), plus the steps between.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+
+def step_time(guided: bool, objective: str, checkpointing: bool, pad: int, steps: int, patch: int = 64) -> float:
+    import torch
+
+    from napari_derun.model import DeRUN, adjoint_loss
+    from napari_derun.training import TrainConfig, _padding
+
+    torch.manual_seed(0)
+    m = DeRUN.from_hifm(guided=guided)
+    cfg = TrainConfig(objective=objective)
+    opt = torch.optim.Adam(m.parameters(), 1e-3)
+    a, b = torch.rand(4, 1, patch, patch), torch.rand(4, 1, patch, patch)
+    times = []
+    for i in range(steps + 2):
+        t0 = time.process_time()
+        opt.zero_grad()
+        with _padding(m, pad):
+            x = m(a, b, checkpoint=checkpointing)
+        loss = cfg.loss(x, a, b)[0] + 0.01 * adjoint_loss(m)
+        loss.backward()
+        opt.step()
+        if i >= 2:
+            times.append(time.process_time() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=6)
+    a = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    rows = [
+        ("v0.1 setting: plain, paper loss, checkpointing, pad 16", False, "paper", True, 16),
+        ("plain, paper loss, no checkpointing, pad 16", False, "paper", False, 16),
+        ("plain, paper loss, no checkpointing, pad 4", False, "paper", False, 4),
+        ("guided, fusion loss, no checkpointing, pad 4 (now)", True, "fusion", False, 4),
+    ]
+    out = []
+    for label, *args in rows:
+        t = step_time(*args, steps=a.steps)
+        out.append({"setting": label, "cpu_s_per_step": round(t, 3)})
+        print(f"| {label} | {t:.3f} |", flush=True)
+    print(json.dumps({"torch": torch.__version__, "rows": out}))
+
+
+if __name__ == "__main__":
+    main()
