@@ -71,25 +71,13 @@ def check_pair(a_data, b_data, a_rgb: bool = False, b_rgb: bool = False,
     return sa
 
 
+#: dask inputs smaller than this are read into memory so that fusion reports progress plane by plane
+INMEMORY_BYTES = 2 * 1024**3
+
+
 def _plane(data, idx: tuple[int, ...]) -> np.ndarray:
     """One (Y, X[, C]) plane as numpy (computes dask/zarr lazily, plane by plane)."""
     return np.asarray(data[idx] if idx else data)
-
-
-def _stack_range(data, lead: tuple[int, ...], percentiles) -> tuple[float, float]:
-    """Normalisation range for a whole stack (one range, so planes stay comparable)."""
-    dt = np.dtype(data.dtype)
-    if dt == np.uint8:
-        return 0.0, 255.0
-    if dt == bool:
-        return 0.0, 1.0
-    if isinstance(data, np.ndarray):
-        return preprocess.normalization_range(data, percentiles)
-    # lazy array: sample up to 8 planes spread over the stack
-    idxs = list(np.ndindex(*lead)) if lead else [()]
-    pick = [idxs[i] for i in np.unique(np.linspace(0, len(idxs) - 1, min(8, len(idxs))).astype(int))]
-    sample = np.stack([_plane(data, i) for i in pick])
-    return preprocess.normalization_range(sample, percentiles)
 
 
 def _luma(x: np.ndarray, rng) -> np.ndarray:
@@ -213,7 +201,7 @@ def run_fusion(
         ``stages`` (dict, empty unless asked), ``provenance``, ``metrics`` (EN, AG, SSIM, PSNR of
         the middle plane), ``middle`` (its ``(a, b, fused)`` luminance), ``seconds``.
     """
-    from .. import api
+    from .. import api, stacks
 
     t0 = time.perf_counter()
     shape = check_pair(a_data, b_data, a_rgb, b_rgb, *names)
@@ -223,72 +211,94 @@ def run_fusion(
     n = fuser.n_stages
     idxs = list(np.ndindex(*lead)) if lead else [()]
     P = len(idxs)
-    total = P * n
-    ra = _stack_range(a_data, lead, percentiles)
-    rb = _stack_range(b_data, lead, percentiles)
-    fused = np.zeros(tuple(lead) + (H, W) + ((3,) if rgb_out else ()), np.float32)
+    if align_shift is not None and any(abs(s) > 0 for s in align_shift):
+        b_data = np.stack([shift_plane(_plane(b_data, i), align_shift, b_rgb) for i in idxs]).reshape(
+            tuple(lead) + tuple(np.shape(b_data)[len(lead):]))
+    # one intensity range per stack, computed as napari_derun.fuse computes it
+    ra = stacks.stack_ranges(a_data, percentiles)
+    rb = stacks.stack_ranges(b_data, percentiles)
     stages: dict[str, np.ndarray] = {}
     mid = _middle_index(lead)
-    middle = None
     want = with_stages or with_eh
-    tiled = None
-    if not want:
-        try:
-            from .. import stacks as tiled  # tiling with blending and out-of-memory retries
-        except ImportError:  # pragma: no cover - older core without nd
-            tiled = None
-    tile = tile or (tiled.DEFAULT_TILE if tiled is not None else None)
-    if tiled is not None and max(H, W) <= tile:
-        tiled = None
+    tile = int(tile or stacks.DEFAULT_TILE)
+    tiled = not want and max(H, W) > tile
 
     def check_cancel():
         if cancel is not None and cancel.is_set():
             raise Cancelled("fusion cancelled")
 
-    for p, idx in enumerate(idxs):
-        check_cancel()
-        pa, pb = _plane(a_data, idx), _plane(b_data, idx)
-        if align_shift is not None and any(abs(s) > 0 for s in align_shift):
-            pb = shift_plane(pb, align_shift, b_rgb)
-        prep = preprocess.prepare_pair(pa, pb, percentiles=percentiles, ranges=(ra, rb))
+    if not want and len(lead) <= 2:
+        # the library's engine, exactly as napari_derun.fuse(a, b, axes=...) runs it from the console
+        lead_ax = "TZ"[2 - len(lead):]
+        axes = (lead_ax + "YX" + ("C" if a_rgb else ""), lead_ax + "YX" + ("C" if b_rgb else ""))
+        a_in, b_in = a_data, b_data
+        for_progress = [x for x in (a_in, b_in) if stacks._is_dask(x)]
+        if for_progress and sum(x.nbytes for x in for_progress) < INMEMORY_BYTES:
+            a_in, b_in = np.asarray(a_in), np.asarray(b_in)  # small enough: plane progress and cancel
+        total = P * n
 
-        def stage_cb(stage, n_st, _p=p):
+        def cb(done, tot):
             check_cancel()
             if callback is not None:
-                callback(_p * n + stage, total, f"plane {_p + 1}/{P}, stage {stage}/{n_st}")
+                callback(min(done, tot), tot, f"{P} plane(s), stage work {done}/{tot}")
 
-        if tiled is not None:
-            def tile_cb(d, t, _p=p):
+        try:
+            fused = api.fuse(a_in, b_in, model=fuser, device=fuser.device, axes=axes, percentiles=percentiles,
+                             ranges=(ra, rb), tile=tile, callback=cb, cancel=cancel)
+        except stacks.FuseCancelled as e:
+            raise Cancelled(str(e)) from e
+        fused = np.asarray(fused, dtype=np.float32)  # computes a lazy (dask) result
+        if rgb_out and fused.ndim == len(lead) + 2:  # colour inputs with grey content: grey result
+            fused = np.repeat(fused[..., None], 3, axis=-1)
+        if callback is not None:
+            callback(total, total, "done")
+        prep = preprocess.prepare_pair(_plane(a_data, mid), _plane(b_data, mid), percentiles=percentiles,
+                                       ranges=(ra, rb))
+        f_mid = fused[mid] if mid else fused
+        f_l = preprocess.split_luma(f_mid)[0] if rgb_out else f_mid
+        middle = (prep.a, prep.b, np.clip(f_l, 0, 1).astype(np.float32))
+    else:
+        # per-stage layers (or more than two leading axes): plane by plane, with the stack's ranges
+        fused = np.zeros(tuple(lead) + (H, W) + ((3,) if rgb_out else ()), np.float32)
+        middle = None
+        total = P * n
+        for p, idx in enumerate(idxs):
+            check_cancel()
+            prep = preprocess.prepare_pair(_plane(a_data, idx), _plane(b_data, idx), percentiles=percentiles,
+                                           ranges=(ra, rb))
+
+            def stage_cb(stage, n_st, _p=p):
+                check_cancel()
                 if callback is not None:
-                    callback(_p * n + min(n, round(n * d / max(t, 1))), total, f"plane {_p + 1}/{P}, tile work {d}/{t}")
+                    callback(_p * n + stage, total, f"plane {_p + 1}/{P}, stage {stage}/{n_st}")
 
-            try:
-                x = tiled.fuse_luma_planes(fuser, prep.a[None], prep.b[None], tile=tile,
-                                           overlap=min(tiled.DEFAULT_OVERLAP, tile // 4), callback=tile_cb,
-                                           cancel=cancel)
-            except tiled.FuseCancelled as e:
-                raise Cancelled(str(e)) from e
-            st = None
-        else:
-            res = api.fuse_planes(fuser, prep.a[None], prep.b[None], return_stages=want, callback=stage_cb)
-            x, st = (res if want else (res, None))
-        out = preprocess.recolor(x[0], prep.chroma)
-        if rgb_out and out.ndim == 2:
-            out = np.repeat(out[..., None], 3, axis=-1)
-        fused[idx] = out
-        if st is not None:
-            keys = (["X"] if with_stages else []) + (["E", "H"] if with_eh else [])
-            for k in keys:
-                v = st[k][:, 0]  # (N, H, W) or (N, L, H, W)
-                if k not in stages:
-                    stages[k] = np.zeros(v.shape[:-2] + tuple(lead) + (H, W), np.float32)
-                if v.ndim == 3:
-                    stages[k][(slice(None),) + idx] = v
-                else:
-                    stages[k][(slice(None), slice(None)) + idx] = v
-        if idx == mid:
-            middle = (prep.a, prep.b, np.clip(x[0], 0, 1).astype(np.float32))
-        check_cancel()
+            if tiled:
+                try:
+                    x = stacks.fuse_luma_planes(fuser, prep.a[None], prep.b[None], tile=tile,
+                                                overlap=stacks.DEFAULT_OVERLAP, cancel=cancel)
+                except stacks.FuseCancelled as e:
+                    raise Cancelled(str(e)) from e
+                st = None
+            else:
+                res = api.fuse_planes(fuser, prep.a[None], prep.b[None], return_stages=want, callback=stage_cb)
+                x, st = (res if want else (res, None))
+            out = preprocess.recolor(x[0], prep.chroma)
+            if rgb_out and out.ndim == 2:
+                out = np.repeat(out[..., None], 3, axis=-1)
+            fused[idx] = out
+            if st is not None:
+                keys = (["X"] if with_stages else []) + (["E", "H"] if with_eh else [])
+                for k in keys:
+                    v = st[k][:, 0]  # (N, H, W) or (N, L, H, W)
+                    if k not in stages:
+                        stages[k] = np.zeros(v.shape[:-2] + tuple(lead) + (H, W), np.float32)
+                    if v.ndim == 3:
+                        stages[k][(slice(None),) + idx] = v
+                    else:
+                        stages[k][(slice(None), slice(None)) + idx] = v
+            if idx == mid:
+                middle = (prep.a, prep.b, np.clip(x[0], 0, 1).astype(np.float32))
+            check_cancel()
 
     prov = dict(fuser.provenance())
     prov.update(
@@ -301,7 +311,8 @@ def run_fusion(
                 "align_shift": list(align_shift) if align_shift is not None else None,
                 "planes": P,
                 "leading_shape": list(lead),
-                "tile": int(tile) if tiled is not None else None,
+                "tile": int(tile) if tiled else None,
+                "overlap": stacks.DEFAULT_OVERLAP if tiled else None,
             },
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
