@@ -272,3 +272,16 @@ def test_reference_methods_extra_columns_and_rank():
     assert ranks == method_ranks(rows)
     assert sum(ranks.values()) == pytest.approx(1 + 2 + 3 + 4 + 5)  # ranks of 5 methods average to 3
     assert "Rank" in summary["markdown"]
+
+
+def test_metric_subset():
+    rng = np.random.default_rng(1)
+    a = rng.uniform(0, 1, (48, 48)).astype(np.float32)
+    b = rng.uniform(0, 1, (48, 48)).astype(np.float32)
+    rows, s = evaluate([("p", a, b)], methods="average,copy_a", progress=False, verbose=False,
+                       metrics="SSIM,Qabf,SR")
+    assert set(rows[0]) == {"name", "method", "SSIM", "Qabf", "SR", "seconds"}
+    full, _ = evaluate([("p", a, b)], methods="average,copy_a", progress=False, verbose=False)
+    assert rows[0]["Qabf"] == pytest.approx(full[0]["Qabf"]) and rows[0]["SSIM"] == pytest.approx(full[0]["SSIM"])
+    with pytest.raises(ValueError, match="unknown metric"):
+        evaluate([("p", a, b)], methods="average", progress=False, verbose=False, metrics="SSIM,nope")

@@ -221,12 +221,33 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="fusion", disable=not enabled, file=sys.stderr, leave=False)
 
 
-def _score(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> dict[str, float]:
+_EXTRA = {"SD": metrics_extra.sd, "SF": metrics_extra.sf, "MI": metrics_extra.mi, "Qabf": metrics_extra.qabf,
+          "SCD": metrics_extra.scd, "SR": metrics_extra.sr}
+
+
+def _check_metric_names(names: Iterable[str] | str | None) -> tuple[str, ...]:
+    if names is None:
+        return EVAL_METRICS
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    names = tuple(names)
+    bad = [n for n in names if n not in EVAL_METRICS]
+    if bad or not names:
+        raise ValueError(f"unknown metric(s) {bad}: choose from {', '.join(EVAL_METRICS)}")
+    return tuple(n for n in EVAL_METRICS if n in names)  # table order
+
+
+def _score(a: np.ndarray, b: np.ndarray, f: np.ndarray, names: Sequence[str] = EVAL_METRICS) -> dict[str, float]:
+    from .metrics import METRICS
+
     a, b, f = (np.asarray(x, np.float64) * 255.0 for x in (a, b, f))
-    out = all_metrics(a, b, f)
-    for name, fn in (("SD", metrics_extra.sd), ("SF", metrics_extra.sf), ("MI", metrics_extra.mi),
-                     ("Qabf", metrics_extra.qabf), ("SCD", metrics_extra.scd), ("SR", metrics_extra.sr)):
-        out[name] = float(fn(a, b, f))
+    if all(n in names for n in METRIC_NAMES):
+        out = all_metrics(a, b, f)
+    else:
+        out = {n: float(METRICS[n](a, b, f)) for n in METRIC_NAMES if n in names}
+    for name, fn in _EXTRA.items():
+        if name in names:
+            out[name] = float(fn(a, b, f))
     return out
 
 
@@ -324,6 +345,7 @@ def evaluate(
     model: str | None = None,
     limit: int | None = None,
     verbose: bool = True,
+    metrics: Iterable[str] | str | None = None,
 ) -> tuple[list[dict], dict]:
     """Fuse every pair with every method and score it with the eight fusion metrics.
 
@@ -338,6 +360,8 @@ def evaluate(
         model: the model behind ``"derun"`` (default: see :func:`resolve_methods`).
         limit: only the first ``limit`` pairs (sorted by name).
         verbose: print problems and skipped methods.
+        metrics: the metric columns to compute (default all of :data:`EVAL_METRICS`; FMI and Qp
+            take most of the time and are not part of the mean rank).
 
     Returns:
         ``(rows, summary)``: ``rows`` is a list of dicts with the CSV fields;
@@ -346,6 +370,7 @@ def evaluate(
         unpaired, mismatched or too small (< 41 px) pairs are listed in ``problems``
         and skipped.
     """
+    names = _check_metric_names(metrics)
     meths, messages = resolve_methods(methods, model=model, source=dir_or_pairs)
     pairs, problems = _iter_pairs(dir_or_pairs, limit)
     if verbose:
@@ -370,7 +395,7 @@ def evaluate(
                 f = meth.fuse(a, b, device)
                 dt = time.perf_counter() - t0
                 row = {"name": name, "method": meth.label}
-                row.update(_score(a, b, f))
+                row.update(_score(a, b, f, names))
                 row["seconds"] = dt
                 pair_rows.append(row)
                 bar.update(1)
@@ -395,7 +420,7 @@ def evaluate(
     }
     if out_dir is not None:
         out = Path(out_dir)
-        _write_csv(out / "per_image.csv", rows, CSV_FIELDS)
+        _write_csv(out / "per_image.csv", rows, ("name", "method") + names + ("seconds",))
         (out / "summary.md").write_text(md)
     return rows, summary
 

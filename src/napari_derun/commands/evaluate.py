@@ -18,7 +18,10 @@ def register(sub) -> None:
     p.add_argument("--out", "-o", default=None, help="output folder for per_image.csv and summary.md")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--limit", type=int, default=None, help="only the first N pairs (sorted by name)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--metrics", default=None,
+                   help="comma-separated metric columns (default all 14: SSIM,PSNR,AG,FMI,VIF,EN,UIQI,Qp,SD,SF,MI,"
+                   "Qabf,SCD,SR); FMI and Qp are the slow ones")
+    p.add_argument("-q", "--quiet", "--no-progress", dest="no_progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
@@ -26,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate
 
     rows, summary = evaluate(args.dir, methods=args.methods, out_dir=args.out, device=args.device,
-                             progress=not args.no_progress, model=args.model, limit=args.limit)
+                             progress=not args.no_progress, model=args.model, limit=args.limit,
+                             metrics=args.metrics)
     print(summary["markdown"])
     if args.out:
         print(f"wrote {args.out}/per_image.csv and {args.out}/summary.md")
