@@ -140,3 +140,21 @@ def test_tiled_cli_matches_api(tmp_path, capsys):
     assert rc == 0, err
     np.testing.assert_allclose(tifffile.imread(tmp_path / "o.tif"), nd.fuse(a, b, tile=96, overlap=32), atol=1e-6)
     assert read_provenance(tmp_path / "o.tif")["parameters"]["tile"] == 96
+
+
+@pytest.mark.parametrize("n", [3, 4])
+def test_small_zstack_written_plainly_is_read_as_planes(tmp_path, capsys, n):
+    """tifffile.imwrite(path, zstack) stores 3 or 4 planes as axes SYX with RGB photometric: they are
+    planes, not colour channels, and the output keeps them (the user is told, and --axes overrides)."""
+    planes = [smooth_pair(36, 32, seed=s) for s in range(n)]
+    a = np.stack([(p[0] * 60000).astype(np.uint16) for p in planes])
+    b = np.stack([(p[1] * 60000).astype(np.uint16) for p in planes])
+    tifffile.imwrite(tmp_path / "A.tif", a)
+    tifffile.imwrite(tmp_path / "B.tif", b)
+    rc, out, err = cli_inproc(capsys, tmp_path / "A.tif", tmp_path / "B.tif", "-o", tmp_path / "o.tif", "-q")
+    assert rc == 0, err
+    assert "read as Z planes" in err and "--axes CYX" in err
+    f = tifffile.imread(tmp_path / "o.tif")
+    assert f.shape == (n, 36, 32)
+    np.testing.assert_allclose(f.astype(np.float32), nd.fuse(a, b, axes="ZYX", device="cpu").astype(np.float32),
+                               atol=1e-6 if f.dtype.kind == "f" else 1)

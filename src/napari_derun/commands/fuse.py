@@ -71,6 +71,7 @@ def read_input(path, axes: str | None = None) -> tuple[Any, str | None, dict]:
             arr = s.asarray()
             ax = s.axes
             page = tif.pages[0]
+            rgb_file = getattr(page, "photometric", None) == tifffile.PHOTOMETRIC.RGB
             meta: dict[str, Any] = {"kind": "imagej" if tif.is_imagej else ("ome" if tif.is_ome else "tiff")}
             if tif.is_imagej and tif.imagej_metadata:
                 meta["imagej"] = {k: v for k, v in tif.imagej_metadata.items()
@@ -89,7 +90,18 @@ def read_input(path, axes: str | None = None) -> tuple[Any, str | None, dict]:
     if len(keep) < 2:
         raise ValueError(f"{p}: expected an image, got shape {arr.shape}")
     arr = arr.reshape([arr.shape[i] for i in keep])
-    ax = "".join(ax[i] for i in keep).replace("S", "C")
+    ax = "".join(ax[i] for i in keep)
+    s_axes = ax
+    if "S" in ax and (not rgb_file or ax.index("S") < ax.index("Y")):
+        # samples before Y (planar storage) or not called RGB: a plain 3- or 4-plane z-stack written by
+        # tifffile.imwrite(path, zstack) is stored exactly like this (axes SYX, photometric RGB).
+        # Ambiguous, so read them as planes, say so, and let --axes say otherwise.
+        plane = "Z" if "Z" not in ax else ("T" if "T" not in ax else "L")
+        ax = ax.replace("S", plane)
+        if axes is None:
+            print(f"{p.name}: {arr.shape[ax.index(plane)]} planar samples (stored axes {s_axes}) read as {plane} planes "
+                  f"(axes {ax}); if they are colour channels, pass --axes {s_axes.replace('S', 'C')}", file=sys.stderr)
+    ax = ax.replace("S", "C")
     if "C" in ax and arr.shape[ax.index("C")] not in (3, 4):
         ax = ax.replace("C", "L")  # a non-RGB channel axis: fused plane by plane
     if axes is None:
