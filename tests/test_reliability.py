@@ -168,3 +168,19 @@ def test_precision_on_a_shared_fuser_does_not_leak():
     nd.fuse(a, b, model=fz, device="cpu", precision="bf16")
     assert fz.precision == "fp32"
     np.testing.assert_array_equal(nd.fuse(a, b, model=fz, device="cpu"), ref)
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda a: (np.float32(1.0), np.float32(2.0), {}), "0 dimension"),
+    (lambda a: (np.stack([a, a], -1), np.stack([a, a], -1), {}), "2 channels in the last axis"),
+    (lambda a: (a, a, {"axes": 123}), "axes must be a string"),
+    (lambda a: (a, a, {"model": "."}), "is a folder"),
+    (lambda a: (np.ma.masked_array(a, a > 0.5), a, {}), "masked array"),
+])
+def test_bad_inputs_get_clear_messages(make, message):
+    import napari_derun as nd
+
+    a, _ = smooth_pair(32, 32)
+    x, y, kw = make(a)
+    with pytest.raises(ValueError, match=message):
+        nd.fuse(x, y, device="cpu", **kw)

@@ -225,6 +225,8 @@ def _load(model: Any, dev: str) -> Fuser:
             raise ValueError(
                 f"unknown model {name!r}: use one of {list_models()} or the path of a .safetensors checkpoint"
             )
+        if path.is_dir():
+            raise ValueError(f"model {name!r} is a folder; give a .safetensors checkpoint file or one of {list_models()}")
     net, info, _ = load_checkpoint(path)
     return Fuser(info.get("name") or path.stem, "derun", net.eval().to(dev), dev, source=str(path),
                  sha256=file_sha256(path), info=info)
@@ -272,6 +274,26 @@ def _check_tiling(tile, overlap) -> None:
             raise ValueError(f"overlap must be >= 0 pixels, got {overlap}")
         if tile and overlap >= tile:
             raise ValueError(f"overlap ({overlap}) must be smaller than the tile ({tile})")
+
+
+def _check_inputs(a, b, axes) -> None:
+    """Clear messages for inputs no engine can take (before any model is loaded)."""
+    if axes is not None and not isinstance(axes, str) and not (
+            isinstance(axes, (tuple, list)) and len(axes) == 2 and all(isinstance(x, str) for x in axes)):
+        raise ValueError(f"axes must be a string such as 'ZYX' or a pair of strings, got {axes!r}")
+    for name, x in (("a", a), ("b", b)):
+        if x is None:
+            continue
+        if isinstance(x, np.ma.MaskedArray) and np.ma.is_masked(x):
+            raise ValueError(f"image {name} is a masked array with masked pixels: fusion would ignore the mask; "
+                             "fill them first (x.filled(value)) or pass x.data explicitly")
+        nd_ = np.ndim(x)
+        if nd_ < 2:
+            raise ValueError(f"image {name} has {nd_} dimension(s) (shape {np.shape(x)}): pass a 2-D image (Y, X), "
+                             "a colour image (Y, X, 3) or a stack with axes=")
+        if axes is None and nd_ == 3 and np.shape(x)[-1] == 2:
+            raise ValueError(f"image {name} has shape {np.shape(x)}: 2 channels in the last axis are neither grey "
+                             "nor RGB; fuse one channel at a time (x[..., 0]) or give axes= for a stack")
 
 
 def fuse(
@@ -330,6 +352,7 @@ def fuse(
     from . import stacks
 
     _check_tiling(tile, overlap)
+    _check_inputs(a, b, axes)
     fuser = load_model(model, device, precision)
     if return_stages:
         if stacks._is_dask(a) or stacks._is_dask(b) or np.ndim(a) > 3 or (np.ndim(a) == 3 and axes not in (None, "YXC")):
