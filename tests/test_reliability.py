@@ -184,3 +184,37 @@ def test_bad_inputs_get_clear_messages(make, message):
     x, y, kw = make(a)
     with pytest.raises(ValueError, match=message):
         nd.fuse(x, y, device="cpu", **kw)
+
+
+def test_float64_beyond_float32_range_is_scaled_not_nan():
+    import napari_derun as nd
+
+    a, b = smooth_pair(32, 32)
+    f = nd.fuse(a.astype(np.float64) * 1e39, b, device="cpu")
+    # the same percentile scaling as a moderately scaled copy (scaling is invariant to the factor)
+    np.testing.assert_allclose(f, nd.fuse(a.astype(np.float64) * 1e3, b, device="cpu"), atol=1e-5)
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"percentiles": (99.9, 0.1)}, "percentiles must satisfy"),
+    ({"ranges": ((1.0, 0.0), (0.0, 1.0))}, "lo < hi"),
+    ({"ranges": ((float("nan"), 1.0), (0.0, 1.0))}, "finite"),
+])
+def test_reversed_or_nan_ranges_are_refused(kw, message):
+    import napari_derun as nd
+
+    a, b = smooth_pair(32, 32)
+    for x, y, axes in ((a, b, None), (np.stack([a, a]), np.stack([b, b]), "ZYX")):
+        with pytest.raises(ValueError, match=message):
+            nd.fuse(x * 7, y * 7, device="cpu", axes=axes, **kw)
+
+
+def test_nan_weights_name_the_stage():
+    import napari_derun as nd
+
+    m = DeRUN.from_hifm()
+    with torch.no_grad():
+        m.stages[2].raw_rho.fill_(float("nan"))
+    a, b = smooth_pair(32, 32)
+    with pytest.raises(FloatingPointError, match="stage 3"):
+        nd.fuse(a, b, model=m, device="cpu")

@@ -353,6 +353,9 @@ def fuse(
 
     _check_tiling(tile, overlap)
     _check_inputs(a, b, axes)
+    preprocess.check_percentiles(percentiles)
+    if ranges is not None:
+        ranges = (preprocess.check_range(ranges[0], "ranges[0] (a)"), preprocess.check_range(ranges[1], "ranges[1] (b)"))
     fuser = load_model(model, device, precision)
     if return_stages:
         if stacks._is_dask(a) or stacks._is_dask(b) or np.ndim(a) > 3 or (np.ndim(a) == 3 and axes not in (None, "YXC")):

@@ -85,13 +85,40 @@ def normalization_range(x: np.ndarray, percentiles=DEFAULT_PERCENTILES) -> tuple
     return float(lo), float(hi)
 
 
+def check_percentiles(percentiles) -> tuple[float, float]:
+    """``(low, high)`` percentiles with 0 <= low < high <= 100, or ValueError."""
+    try:
+        lo, hi = (float(v) for v in percentiles)
+    except (TypeError, ValueError):
+        raise ValueError(f"percentiles must be two numbers (low, high), got {percentiles!r}") from None
+    if not (0.0 <= lo < hi <= 100.0):
+        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles!r}")
+    return lo, hi
+
+
+def check_range(rng, name: str = "range") -> tuple[float, float]:
+    """A finite intensity range ``(lo, hi)`` with lo < hi, or ValueError."""
+    try:
+        lo, hi = (float(v) for v in rng)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be two numbers (lo, hi), got {rng!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi)) or not lo < hi:
+        raise ValueError(f"{name} must be finite with lo < hi, got {rng!r}")
+    return lo, hi
+
+
 def to_float01(x: np.ndarray, rng: tuple[float, float] | None = None, percentiles=DEFAULT_PERCENTILES) -> np.ndarray:
-    """Scale ``x`` to float32 in [0, 1] with :func:`normalization_range` (or a given range)."""
+    """Scale ``x`` to float32 in [0, 1] with :func:`normalization_range` (or a given range).
+
+    The scaling is done in float64 and only the result is float32, so float64 data beyond the
+    float32 range (up to ~1.8e308) is scaled correctly instead of overflowing to inf/NaN."""
     lo, hi = rng if rng is not None else normalization_range(x, percentiles)
-    xf = np.asarray(x, dtype=np.float32)
     if hi - lo <= 1e-12 * max(1.0, abs(hi)):
         # constant image (outside [0, 1]): no contrast to stretch, map it to 0
-        return np.zeros_like(xf, dtype=np.float32)
+        return np.zeros(np.shape(x), dtype=np.float32)
+    arr = np.asarray(x)
+    work = np.float64 if arr.dtype in (np.float64, np.longdouble) or max(abs(lo), abs(hi)) > 1e30 else np.float32
+    xf = arr.astype(work, copy=False)
     return np.clip((xf - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
@@ -148,8 +175,13 @@ def prepare_pair(a, b, percentiles=DEFAULT_PERCENTILES, color_from: str = "auto"
             (e.g. computed once for a whole stack).
     """
     a, b = validate_pair(a, b)
-    ra = ranges[0] if ranges else normalization_range(a, percentiles)
-    rb = ranges[1] if ranges else normalization_range(b, percentiles)
+    if ranges is not None:
+        if len(ranges) != 2:
+            raise ValueError(f"ranges must be ((lo_a, hi_a), (lo_b, hi_b)), got {ranges!r}")
+        ra, rb = check_range(ranges[0], "ranges[0] (a)"), check_range(ranges[1], "ranges[1] (b)")
+    else:
+        check_percentiles(percentiles)
+        ra, rb = normalization_range(a, percentiles), normalization_range(b, percentiles)
     ya, ca = split_luma(to_float01(a, ra))
     yb, cb = split_luma(to_float01(b, rb))
     if color_from not in ("auto", "a", "b"):
