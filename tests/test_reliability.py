@@ -139,8 +139,8 @@ def test_train_cli_diverged_exits_with_error(tmp_path, capsys):
 
 @pytest.mark.parametrize("kw,message", [
     ({"overlap": -5}, "overlap must be >= 0"),
-    ({"tile": 2}, "tile must be at least 32"),
-    ({"tile": -5}, "tile must be at least 32"),
+    ({"tile": 2}, "tile must be at least 16"),
+    ({"tile": -5}, "tile must be at least 16"),
     ({"tile": 64, "overlap": 64}, "must be smaller than the tile"),
     ({"tile": 64.5}, "tile must be an integer"),
 ])

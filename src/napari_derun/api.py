@@ -260,7 +260,7 @@ def fuse_planes(
 
 
 #: smallest tile side accepted by :func:`fuse` (smaller tiles are all border and take forever)
-MIN_TILE = 32
+MIN_TILE = 16
 
 
 def _check_tiling(tile, overlap) -> None:
