@@ -218,3 +218,18 @@ def test_nan_weights_name_the_stage():
     a, b = smooth_pair(32, 32)
     with pytest.raises(FloatingPointError, match="stage 3"):
         nd.fuse(a, b, model=m, device="cpu")
+
+
+def test_outputs_checked_before_work(tmp_path, capsys):
+    a, b = _pair_files(tmp_path)
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    for argv in (["fuse", str(a), str(b), "-o", str(blocker / "o.tif"), "-q"],
+                 ["evaluate", str(tmp_path), "-o", str(blocker / "ev"), "-q"],
+                 ["demo", "--out", str(blocker / "demo")]):
+        assert main(argv) == 1, argv
+        assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["robustness", str(tmp_path), "--levels", "a,b", "-o", str(tmp_path / "r")]) == 1
+    assert "levels must be whole numbers" in capsys.readouterr().err
+    assert main(["profile", "--repeats", "0"]) == 1
+    assert "--repeats must be >= 1" in capsys.readouterr().err

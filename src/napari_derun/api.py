@@ -359,7 +359,8 @@ def fuse(
     fuser = load_model(model, device, precision)
     if return_stages:
         if stacks._is_dask(a) or stacks._is_dask(b) or np.ndim(a) > 3 or (np.ndim(a) == 3 and axes not in (None, "YXC")):
-            raise ValueError("return_stages=True is only supported for 2-D (YX or YXC) numpy inputs")
+            raise ValueError("return_stages=True works on one 2-D plane (YX or YXC numpy); for a stack, call "
+                             "napari_derun.fuse(a[i], b[i], return_stages=True) on the plane you want to inspect")
         prep = preprocess.prepare_pair(a, b, percentiles=percentiles, color_from=color_from, ranges=ranges)
         x, stages = fuse_planes(fuser, prep.a[None], prep.b[None], return_stages=True, callback=callback)
         stages = {k: v[:, 0] for k, v in stages.items()}

@@ -518,9 +518,14 @@ def robustness(
     if input not in ("a", "b"):
         raise ValueError(f"input must be 'a' or 'b', got {input!r}")
     degs = _resolve_degradations(degradations)
-    if isinstance(levels, str):
-        levels = [int(x) for x in levels.split(",") if x.strip()]
-    levels = [int(x) for x in levels]
+    try:
+        if isinstance(levels, str):
+            levels = [int(x) for x in levels.split(",") if x.strip()]
+        levels = [int(x) for x in levels]
+    except ValueError:
+        raise ValueError(f"levels must be whole numbers in {list(degrade.LEVELS)}, e.g. 0,2,4; got {levels!r}") from None
+    if not levels:
+        raise ValueError(f"give at least one level in {list(degrade.LEVELS)}")
     for lv in levels:
         if lv not in degrade.LEVELS:
             raise ValueError(f"levels must be in {list(degrade.LEVELS)}, got {lv}")

@@ -26,8 +26,10 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import api, sample_data
 
+    from .._files import check_writable
+
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out / "summary.json")  # before any work
     models = api.list_models()
     summary = {}
     for name, make in sample_data.SAMPLES.items():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(sub) -> None:
@@ -26,6 +27,10 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out:  # before any work: the results must have somewhere to go
+        from .._files import check_writable
+
+        check_writable(Path(args.out) / "summary.md")
     from ..evaluation import evaluate
 
     rows, summary = evaluate(args.dir, methods=args.methods, out_dir=args.out, device=args.device,

@@ -241,12 +241,25 @@ def run(args: argparse.Namespace) -> int:
     opts = {"tile": args.tile, "overlap": args.overlap, "batch_size": args.batch_size, "axes": args.axes,
             "dtype": args.dtype, "overwrite": args.overwrite}
     api._check_tiling(args.tile, args.overlap)  # before loading anything
+    if len(args.inputs) == 2:  # the output must be writable before any work is done
+        from .._files import check_writable
+
+        out = Path(args.output)
+        if not out.is_dir():
+            check_writable(out, overwrite=bool(args.overwrite))
+        for p in args.inputs:
+            if not Path(p).is_file():
+                raise FileNotFoundError(f"no such image file: {p}")
     fuser = api.load_model(args.model, args.device, args.precision)
     client = None
     if args.scheduler:
         from dask.distributed import Client
 
-        client = Client(args.scheduler)
+        try:
+            client = Client(args.scheduler, timeout=10)
+        except (OSError, TimeoutError) as e:
+            raise OSError(f"cannot reach the dask scheduler at {args.scheduler} within 10 s ({e}); "
+                          "start it (dask scheduler) or check the address") from None
     try:
         if len(args.inputs) == 2:
             return _run_pair(args, fuser, opts, client)

@@ -1,0 +1,182 @@
+"""Run the reliability cases (bad inputs, hostile files, interruptions) and write docs/reliability.md.
+
+    OMP_NUM_THREADS=1 python tools/reliability_report.py [--out docs/reliability.md]
+
+Each case prints what a user sees: the error message (first line), or what was written. The regression
+tests of the same cases are in tests/test_reliability.py; this page is for reading.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _pair(d: Path):
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    a = (rng.uniform(0, 1, (48, 44)) * 255).astype(np.uint8)
+    b = (rng.uniform(0, 1, (48, 44)) * 255).astype(np.uint8)
+    tifffile.imwrite(d / "A.tif", a)
+    tifffile.imwrite(d / "B.tif", b)
+    for sub in ("a", "b"):
+        (d / "data" / sub).mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    for i in range(2):
+        Image.fromarray(a).save(d / "data" / "a" / f"p{i}.png")
+        Image.fromarray(b).save(d / "data" / "b" / f"p{i}.png")
+    return a, b
+
+
+def cli(*argv) -> str:
+    from napari_derun.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = main([str(x) for x in argv])
+    lines = [ln for ln in err.getvalue().splitlines() if "error" in ln or "interrupted" in ln] or [""]
+    return f"exit {rc}: {lines[-1].strip()}" if rc else "exit 0"
+
+
+def fake_ckpt(path: Path, change: dict | str, version=1):
+    import torch
+    from safetensors.torch import save_file
+
+    from napari_derun.model import DeRUN
+
+    cfg = {**DeRUN.from_hifm().config.to_dict(), **change} if isinstance(change, dict) else change
+    doc = {"format": "napari-derun", "format_version": version, "config": cfg}
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"napari_derun": json.dumps(doc)})
+    return path
+
+
+def cases(d: Path):
+    import torch
+
+    import napari_derun as nd
+    from napari_derun.checkpoint import load_checkpoint
+    from napari_derun.model import DeRUN
+    from napari_derun.training import TrainConfig, train
+
+    a, b = _pair(d)
+    af = a.astype(np.float64) / 255
+    victim = d / "victim.txt"
+    victim.write_text("precious")
+    (d / "out").mkdir()
+    os.symlink(victim, d / "out" / "fused.tif.part")
+    blocker = d / "afile"
+    blocker.write_text("x")
+    (d / "existing.safetensors").write_bytes(b"mine")
+
+    def symlink():
+        r = cli("fuse", d / "A.tif", d / "B.tif", "-o", d / "out" / "fused.tif", "-q")
+        return f"{r}; victim file {'unchanged' if victim.read_text() == 'precious' else 'OVERWRITTEN'}"
+
+    def diverge():
+        try:
+            train([(af, af)], config=TrainConfig(epochs=1, steps_per_epoch=2, batch=1, patch=32, lr=1e9, device="cpu",
+                                                 val_metrics=False, val_initial=False))
+        except FloatingPointError as e:
+            return f"FloatingPointError: {e}"
+        return "trained (!)"
+
+    def nan_weights():
+        m = DeRUN.from_hifm()
+        with torch.no_grad():
+            m.stages[2].raw_rho.fill_(float("nan"))
+        nd.fuse(a, b, model=m, device="cpu")
+
+    def shared_fuser():
+        fz = nd.load_model("admm", device="cpu")
+        nd.fuse(a, b, model=fz, device="cpu", precision="bf16")
+        return f"caller's Fuser precision after a bf16 call: {fz.precision}"
+
+    def big_ckpt():
+        t0 = time.perf_counter()
+        try:
+            load_checkpoint(fake_ckpt(d / "huge.safetensors", {"n_stages": 10_000_000}))
+        except ValueError as e:
+            return f"{type(e).__name__} after {time.perf_counter() - t0:.2f} s: {str(e).split(': ', 1)[-1]}"
+
+    api = [
+        ("files", "planted symlink at the old `<out>.part` name", symlink),
+        ("files", "`fuse -o` under a path whose parent is a file", lambda: cli("fuse", d / "A.tif", d / "B.tif", "-o", blocker / "o.tif", "-q")),
+        ("files", "`train --out` an existing file, no `--overwrite`", lambda: cli("train", d / "data", "--out", d / "existing.safetensors")),
+        ("files", "`evaluate -o` under a file", lambda: cli("evaluate", d / "data", "-o", blocker / "ev", "-q")),
+        ("files", "`demo --out` under a file", lambda: cli("demo", "--out", blocker / "demo")),
+        ("checkpoint", "config n_stages = 10,000,000", big_ckpt),
+        ("checkpoint", "config n_knots = -1", lambda: load_checkpoint(fake_ckpt(d / "k.safetensors", {"n_knots": -1}))),
+        ("checkpoint", "config pad = -100", lambda: load_checkpoint(fake_ckpt(d / "p.safetensors", {"pad": -100}))),
+        ("checkpoint", "format_version \"abc\"", lambda: load_checkpoint(fake_ckpt(d / "v.safetensors", {}, "abc"))),
+        ("checkpoint", "config is not a mapping", lambda: load_checkpoint(fake_ckpt(d / "c.safetensors", "oops"))),
+        ("checkpoint", "right config, foreign tensors", lambda: load_checkpoint(fake_ckpt(d / "f.safetensors", {}))),
+        ("training", "lr 1e9 (divergence)", diverge),
+        ("training", "`train --lr 1e9` from the CLI", lambda: cli("train", d / "data", "--out", d / "m1.safetensors", "--lr", "1e9", "--epochs", "1", "--steps-per-epoch", "2", "--patch", "32", "--batch", "1", "--no-val-metrics", "-q", "--device", "cpu")),
+        ("training", "`train --epochs 0`", lambda: cli("train", d / "data", "--out", d / "m2.safetensors", "--epochs", "0")),
+        ("training", "`train --batch 0`", lambda: cli("train", d / "data", "--out", d / "m3.safetensors", "--batch", "0")),
+        ("training", "`train --patch 2`", lambda: cli("train", d / "data", "--out", d / "m4.safetensors", "--patch", "2")),
+        ("fusion", "NaN weights", nan_weights),
+        ("fusion", "`fuse(model=fuser, precision='bf16')` on a shared Fuser", shared_fuser),
+        ("fusion", "overlap = -5", lambda: nd.fuse(a, b, overlap=-5, device="cpu")),
+        ("fusion", "`--overlap -5` (CLI)", lambda: cli("fuse", d / "A.tif", d / "B.tif", "-o", d / "o5.tif", "--overlap", "-5", "-q")),
+        ("fusion", "tile = 2", lambda: nd.fuse(a, b, tile=2, device="cpu")),
+        ("fusion", "tile = -5", lambda: nd.fuse(a, b, tile=-5, device="cpu")),
+        ("fusion", "float64 input × 1e39 (beyond float32)", lambda: f"max {float(nd.fuse(af * 1e39, b, device='cpu').max()):.3f}, no NaN"),
+        ("fusion", "reversed percentiles (99.9, 0.1)", lambda: nd.fuse(a.astype(np.uint16), b, percentiles=(99.9, 0.1), device="cpu")),
+        ("fusion", "NaN in `ranges`", lambda: nd.fuse(af, af, ranges=((np.nan, 1), (0, 1)), device="cpu")),
+        ("fusion", "NaN pixels in the input", lambda: nd.fuse(np.where(af > 0.5, np.nan, af), af, device="cpu")),
+        ("fusion", "0-d input", lambda: nd.fuse(np.float32(1), np.float32(2), device="cpu")),
+        ("fusion", "(Y, X, 2) image", lambda: nd.fuse(np.stack([af, af], -1), np.stack([af, af], -1), device="cpu")),
+        ("fusion", "axes = 123", lambda: nd.fuse(a, b, axes=123, device="cpu")),
+        ("fusion", "model = \".\" (a folder)", lambda: nd.fuse(a, b, model=".", device="cpu")),
+        ("fusion", "masked array with masked pixels", lambda: nd.fuse(np.ma.masked_array(af, af > 0.5), af, device="cpu")),
+        ("fusion", "`return_stages` on a stack", lambda: nd.fuse(np.stack([a, a]), np.stack([b, b]), return_stages=True, axes="ZYX", device="cpu")),
+        ("commands", "`robustness --levels a,b`", lambda: cli("robustness", d / "data", "--levels", "a,b", "-o", d / "r")),
+        ("commands", "`profile --repeats 0`", lambda: cli("profile", "--repeats", "0")),
+    ]
+    return api
+
+
+def run_case(fn) -> str:
+    try:
+        r = fn()
+    except Exception as e:  # what the user sees
+        return f"{type(e).__name__}: {str(e).splitlines()[0]}"
+    if isinstance(r, str):
+        return r
+    return "returned a result"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "reliability.md"))
+    a = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as td:
+        d = Path(td)
+        rows = [(area, case, run_case(fn).replace(td, "TMP").replace("|", "\\|")) for area, case, fn in cases(d)]
+    lines = ["# Reliability: what happens on bad input, hostile files and interruptions", "",
+             "Generated by `python tools/reliability_report.py` (every case below is run; the regression tests "
+             "are `tests/test_reliability.py`). TMP is a scratch folder.", "",
+             "| area | case | outcome |", "|---|---|---|"]
+    lines += [f"| {area} | {case} | {out} |" for area, case, out in rows]
+    lines += ["", "Also covered elsewhere: corrupt / truncated / pickle checkpoint files are refused without "
+              "unpickling (tests/test_fuse_api.py); `kill -9` then `--resume` continues bit-identically "
+              "(tests/test_training.py); Ctrl-C in `train` stops after the step and writes the best model so far.", ""]
+    Path(a.out).write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
