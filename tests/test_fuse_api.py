@@ -182,3 +182,15 @@ def test_grey_gfp_real_pair_keeps_cells_bright(shared_data):
     pos = bf >= np.quantile(bf, 0.98)
     neg = bf <= np.median(bf)
     assert f[pos].mean() > f[neg].mean() + 0.1, (f[pos].mean(), f[neg].mean())
+
+
+def test_library_fuse_has_no_process_wide_side_effects():
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, sys, napari_derun as nd, napari_derun._runtime as r; "
+            "nd.fuse(np.random.rand(40, 40), np.random.rand(40, 40), device='cpu'); "
+            "print(r._state['done'], 'triton' in sys.modules and sys.modules['triton'] is None)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "NAPARI_DERUN_MALLOPT": ""})
+    assert out.stdout.split() == ["False", "False"], out.stderr

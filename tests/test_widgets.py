@@ -320,3 +320,18 @@ def test_grey_gfp_with_green_colormap_stays_visible(make_napari_viewer, qtbot):
     pos = b > 0.5 * b.max()
     neg = b <= np.median(b)
     assert f[pos].mean() > f[neg].mean() + 0.1, (f[pos].mean(), f[neg].mean())
+
+
+def test_model_registered_from_the_console_appears_at_once(make_napari_viewer):
+    from napari_derun import api
+    from napari_derun._widgets import FuseWidget
+    from napari_derun.model import DeRUN
+
+    viewer = make_napari_viewer()
+    fw = FuseWidget(viewer)
+    viewer.window.add_dock_widget(fw)
+    try:
+        api.register_model("from-console", DeRUN.from_hifm())  # what a user types in napari's console
+        assert "from-console" in fw.model_combo.choices
+    finally:
+        api._SESSION.pop("from-console", None)

@@ -1,4 +1,11 @@
-"""Process-level tuning for large CPU workloads.
+"""Process-wide settings, all in one place and all opt-in for library use.
+
+* :func:`tune_cpu_allocator` (glibc malloc thresholds): applied by the ``napari-derun`` command line
+  (a process of its own); a script or the napari console opts in by calling it, or with
+  ``NAPARI_DERUN_MALLOPT=1`` in the environment. ``napari_derun.fuse`` never applies it by itself.
+* :func:`hide_triton_without_cuda`: used by the Fine-tune widget only (see its docstring).
+
+Process-level tuning for large CPU workloads:
 
 glibc returns every freed buffer above ``M_MMAP_THRESHOLD`` to the OS, so each
 large intermediate tensor is a fresh ``mmap``: page faults and page zeroing on
@@ -7,7 +14,7 @@ raising the threshold makes a 2048 × 2048 pass 2.1× (DeRUN) to 2.5× (ADMM) fa
 changes nothing measurable at 1024². The cost: the process keeps freed memory
 (up to its peak) for reuse instead of returning it at once.
 
-Set ``NAPARI_DERUN_NO_MALLOPT=1`` to leave the allocator alone.
+Set ``NAPARI_DERUN_NO_MALLOPT=1`` to leave the allocator alone even where it would be applied.
 """
 from __future__ import annotations
 
@@ -34,3 +41,27 @@ def tune_cpu_allocator() -> bool:
         ok = False
     _state["applied"] = bool(ok)
     return _state["applied"]
+
+
+def maybe_tune_cpu_allocator() -> bool:
+    """Apply :func:`tune_cpu_allocator` only when ``NAPARI_DERUN_MALLOPT=1`` (library opt-in)."""
+    if os.environ.get("NAPARI_DERUN_MALLOPT") == "1":
+        return tune_cpu_allocator()
+    return False
+
+
+def hide_triton_without_cuda() -> None:
+    """Run torch's lazy imports (torch._dynamo, triton) in the GUI thread, once, safely.
+
+    Creating the first optimizer imports torch._dynamo, which imports triton when it is installed.
+    Loading triton's bundled LLVM after napari has created an OpenGL context on Mesa (software GL,
+    e.g. Xvfb or remote desktops) crashes the process. Without a CUDA GPU triton is useless to
+    torch, so it is hidden from the import system in that case (``sys.modules["triton"] = None``:
+    import triton raises ImportError, which torch treats as "not installed"). With a GPU nothing
+    is changed.
+    """
+    import torch
+
+    if "triton" not in sys.modules and "torch._dynamo" not in sys.modules and not torch.cuda.is_available():
+        sys.modules["triton"] = None
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-3)

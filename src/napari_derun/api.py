@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from psygnal import Signal
 
 from . import preprocess
 
@@ -65,11 +66,24 @@ def list_models() -> list[str]:
     return [TRAINING_FREE] + sorted(_shipped()) + sorted(_SESSION)
 
 
+class _ModelRegistry:
+    """``MODELS.changed(name)`` is emitted whenever a session model is registered (from a widget,
+    a script or napari's console), so open widgets can list it at once. psygnal, no Qt."""
+
+    changed = Signal(str)
+
+
+MODELS = _ModelRegistry()
+
+
 def register_model(name: str, model, info: dict | None = None) -> str:
-    """Make an in-memory DeRUN (e.g. just fine-tuned) available by ``name`` for this session."""
+    """Make an in-memory DeRUN (e.g. just fine-tuned) available by ``name`` for this session.
+
+    Emits ``napari_derun.api.MODELS.changed(name)``: the Fuse widget lists the model at once."""
     if name == TRAINING_FREE or name in _shipped():
         raise ValueError(f"{name!r} is a built-in model name; choose another name")
     _SESSION[name] = (model, dict(info or {}))
+    MODELS.changed.emit(name)
     return name
 
 
@@ -121,9 +135,9 @@ class Fuser:
         import torch
 
         if self.device == "cpu":
-            from ._runtime import tune_cpu_allocator
+            from ._runtime import maybe_tune_cpu_allocator
 
-            tune_cpu_allocator()
+            maybe_tune_cpu_allocator()  # opt-in (NAPARI_DERUN_MALLOPT=1); the CLI applies it itself
 
         if self.precision == "bf16":
             dev_type = torch.device(self.device).type

@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from ._runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()  # a process of our own: large CPU passes without page-fault storms (_runtime.py)
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError, FloatingPointError) as e:  # OSError: missing, existing, unwritable files

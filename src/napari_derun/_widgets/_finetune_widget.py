@@ -13,7 +13,7 @@ from qtpy.QtWidgets import QFileDialog, QListWidget, QProgressBar, QVBoxLayout, 
 
 from ._common import ProgressRelay, image_layers
 from ._fuse_widget import A_LABEL, B_LABEL
-from ._state import MODEL_BUS, JobStatus
+from ._state import JobStatus
 
 #: the Objective picker: first entry = keep the start model's own objective
 OBJECTIVE_CHOICES: tuple[str, ...] = ("as the start model", "fusion", "paper")
@@ -27,20 +27,10 @@ def layer_planes(layer) -> list[np.ndarray]:
 
 
 def _warm_up_torch_imports() -> None:
-    """Run torch's lazy imports (torch._dynamo, triton) in the GUI thread, once, safely.
+    """See :func:`napari_derun._runtime.hide_triton_without_cuda` (the one place for it)."""
+    from .._runtime import hide_triton_without_cuda
 
-    Creating the first optimizer imports torch._dynamo, which imports triton when it is installed.
-    Loading triton's bundled LLVM after napari has created an OpenGL context on Mesa (software GL,
-    e.g. Xvfb or remote desktops) crashes the process. Without a CUDA GPU triton is useless to
-    torch, so it is hidden from the import system in that case.
-    """
-    import sys
-
-    import torch
-
-    if "triton" not in sys.modules and "torch._dynamo" not in sys.modules and not torch.cuda.is_available():
-        sys.modules["triton"] = None  # import triton -> ImportError: torch treats triton as absent
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    hide_triton_without_cuda()
 
 
 class LossPlot(QWidget):
@@ -316,8 +306,7 @@ class FinetuneWidget(QWidget):
         except ValueError as e:
             show_error(str(e))
             return
-        self.registered_name = name
-        MODEL_BUS.changed.emit(name)
+        self.registered_name = name  # register_model emitted MODELS.changed: the Fuse widget lists it
         self.save_button.enabled = True
         stopped = " (stopped early: best so far)" if getattr(result, "stopped", False) else ""
         best = (result.info.get("metrics") or {}).get("best") or {}

@@ -3,16 +3,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from psygnal import Signal, evented
+from psygnal import evented
 
 
-class _ModelBus:
-    """Emits ``changed(name)`` when a widget registers a session model (api.register_model)."""
+def _model_bus():
+    """The core registry's signal holder (``napari_derun.api.MODELS``), imported lazily."""
+    from ..api import MODELS
 
-    changed = Signal(str)
+    return MODELS
 
 
-MODEL_BUS = _ModelBus()
+class _LazyBus:
+    @property
+    def changed(self):
+        return _model_bus().changed
+
+
+#: widgets listen to ``MODEL_BUS.changed``: the same signal as ``napari_derun.api.MODELS.changed``
+MODEL_BUS = _LazyBus()
 
 
 @evented
