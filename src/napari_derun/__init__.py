@@ -25,7 +25,7 @@ _LAZY = {
     "finetune": "napari_derun.training",
     "train": "napari_derun.training",
     "evaluate": "napari_derun.evaluation",
-    "robustness": "napari_derun.evaluation",
+    "robustness": "napari_derun.robust",
 }
 # submodules exposed as attributes (imported on first use)
 _SUBMODULES = {"metrics", "degrade", "baselines", "sample_data"}

@@ -1,18 +1,17 @@
 """Benchmark fusion methods on a folder of image pairs.
 
 * :func:`evaluate` fuses every ``a/`` + ``b/`` pair of a data folder with each
-  method and scores the result with the eight metrics of
-  :mod:`napari_derun.metrics` (per-image CSV + a Markdown mean ± std table laid
-  out like the paper's Tables 1-2).
-* :func:`robustness` degrades one input at increasing levels
-  (:mod:`napari_derun.degrade`) and records the metrics against the *clean*
-  sources (CSV + metrics-vs-level plot, like the paper's Fig. 7).
-* :func:`profile` counts parameters and multiply-adds and times each method.
+  method and scores the result with the metrics of :mod:`napari_derun.metrics` and
+  :mod:`napari_derun.metrics_extra` (per-image CSV + a Markdown mean ± std table laid
+  out like the paper's Tables 1-2, with a mean-rank column).
+* :mod:`napari_derun.robust` (robustness: metrics vs degradation level) and
+  :mod:`napari_derun.profiling` (parameters, multiply-adds, time) build on it; their
+  functions are still importable from here.
 
 Methods are strings: ``"derun"`` (a shipped DeRUN, see :func:`resolve_methods`),
-``"admm"`` (training-free HIFM solver), ``"average"``, ``"max"``, ``"laplacian"``
-(:mod:`napari_derun.baselines`), or any other model name / checkpoint path
-accepted by :func:`napari_derun.api.load_model`.
+``"admm"`` (training-free HIFM solver), ``"average"``, ``"max"``, ``"laplacian"``,
+``"pixel_max"``, ``"overlay"``, ``"copy_a"``, ``"copy_b"`` (:mod:`napari_derun.baselines`),
+or any other model name / checkpoint path accepted by :func:`napari_derun.api.load_model`.
 
 All methods fuse the same luminance planes in [0, 1] produced by
 :func:`napari_derun.preprocess.prepare_pair` (uint8 / 255, other dtypes by the
@@ -47,12 +46,9 @@ __all__ = [
     "Method",
     "resolve_methods",
     "evaluate",
-    "robustness",
     "summarize",
     "markdown_table",
     "EVAL_METRICS",
-    "profile",
-    "profile_table",
 ]
 
 DEFAULT_METHODS: tuple[str, ...] = ("derun", "admm", "average", "max", "laplacian")
@@ -445,358 +441,14 @@ def _summary_markdown(source, meths, table, problems, messages, n_ok, ranks=None
     return "\n".join(lines) + "\n"
 
 
-# ----------------------------------------------------------------------------
-# robustness to degraded inputs
-# ----------------------------------------------------------------------------
-def _resolve_degradations(names: Iterable[str] | str) -> list[tuple[str, str]]:
-    from .degrade import DEGRADATIONS
+def __getattr__(name: str):
+    """``evaluation.robustness`` / ``profile`` and friends moved to their own modules; still importable here."""
+    if name in ("robustness", "plot_robustness", "ROBUSTNESS_FIELDS", "_resolve_degradations", "_center_crop"):
+        from . import robust as _r
 
-    if isinstance(names, str):
-        names = [n.strip() for n in names.split(",") if n.strip()]
-    out = []
-    for n in names:
-        key = DEGRADATION_ALIASES.get(n, n)
-        if key not in DEGRADATIONS:
-            raise ValueError(
-                f"unknown degradation {n!r}; choose from {sorted(set(DEGRADATIONS) | set(DEGRADATION_ALIASES))}"
-            )
-        out.append((n, key))
-    if not out:
-        raise ValueError("no degradation given")
-    return out
+        return getattr(_r, name)
+    if name in ("profile", "profile_table", "_count_torch_macs", "_baseline_macs", "_profile_pair"):
+        from . import profiling as _p
 
-
-def _center_crop(x: np.ndarray, size: int | None) -> np.ndarray:
-    if not size:
-        return x
-    h, w = x.shape[:2]
-    ch, cw = min(h, size), min(w, size)
-    y0, x0 = (h - ch) // 2, (w - cw) // 2
-    return x[y0 : y0 + ch, x0 : x0 + cw]
-
-
-ROBUSTNESS_FIELDS = ("degradation", "level", "input", "name", "method") + EVAL_METRICS + ("seconds",)
-
-
-def robustness(
-    dir_or_pairs,
-    input: str = "b",
-    degradations: Iterable[str] | str = ("haze", "rain", "low_light", "noise", "blur"),
-    levels: Iterable[int] | str = (0, 1, 2, 3, 4, 5),
-    methods: Iterable[str] | str = DEFAULT_METHODS,
-    out_dir=None,
-    *,
-    model: str | None = None,
-    limit: int | None = None,
-    seed: int = 0,
-    crop: int | None = None,
-    device: str = "auto",
-    progress: bool = True,
-    verbose: bool = True,
-) -> tuple[list[dict], dict]:
-    """Fuse with one input degraded at increasing levels and score against the clean sources.
-
-    For each pair, degradation and level, the luminance plane of ``input`` (``"a"`` or
-    ``"b"``) is degraded with :func:`napari_derun.degrade.apply` (seeded by
-    ``(seed, pair index, degradation index, level)``, so every method sees the same
-    degraded image), fused with every method, and the eight metrics are computed
-    between the *clean* A and B and the fused image (level 0 = no degradation).
-
-    Args:
-        crop: centre-crop every pair to at most ``crop`` × ``crop`` first (speed).
-        Others: as in :func:`evaluate`; ``degradations`` accepts ``noise`` for
-            ``gaussian_noise``.
-
-    Returns:
-        ``(rows, summary)``: rows with :data:`ROBUSTNESS_FIELDS`; summary
-        ``{"table": {(degradation, level, method): stats}, "problems", "messages", "n_pairs"}``.
-        With ``out_dir``: ``robustness.csv`` and ``robustness.png`` (one row of
-        subplots per degradation, one subplot per metric, one line per method).
-    """
-    from . import degrade
-
-    if input not in ("a", "b"):
-        raise ValueError(f"input must be 'a' or 'b', got {input!r}")
-    degs = _resolve_degradations(degradations)
-    try:
-        if isinstance(levels, str):
-            levels = [int(x) for x in levels.split(",") if x.strip()]
-        levels = [int(x) for x in levels]
-    except ValueError:
-        raise ValueError(f"levels must be whole numbers in {list(degrade.LEVELS)}, e.g. 0,2,4; got {levels!r}") from None
-    if not levels:
-        raise ValueError(f"give at least one level in {list(degrade.LEVELS)}")
-    for lv in levels:
-        if lv not in degrade.LEVELS:
-            raise ValueError(f"levels must be in {list(degrade.LEVELS)}, got {lv}")
-    meths, messages = resolve_methods(methods, model=model, source=dir_or_pairs)
-    pairs, problems = _iter_pairs(dir_or_pairs, limit)
-    for msg in messages if verbose else ():
-        print(msg, file=sys.stderr)
-    rows: list[dict] = []
-    n_ok = 0
-    total = len(pairs) * len(degs) * len(levels) * len(meths)
-    bar = _progress(total, "robustness", progress)
-    try:
-        for ip, (name, pa, pb) in enumerate(pairs):
-            try:
-                a, b = _load_pair(name, pa, pb)
-                a, b = _center_crop(a, crop), _center_crop(b, crop)
-                if min(a.shape) < 41:
-                    raise ValueError(f"image is {a.shape[0]}x{a.shape[1]}; the metrics need at least 41x41")
-            except (ValueError, FileNotFoundError, OSError) as exc:
-                problems.append(f"{name}: skipped, {exc}")
-                bar.update(len(degs) * len(levels) * len(meths))
-                continue
-            for idg, (label, key) in enumerate(degs):
-                for lv in levels:
-                    rng = np.random.default_rng([int(seed), ip, idg, lv])
-                    src = a if input == "a" else b
-                    d = degrade.apply(src, key, lv, seed=rng).astype(np.float32)
-                    da, db = (d, b) if input == "a" else (a, d)
-                    for meth in meths:
-                        t0 = time.perf_counter()
-                        f = meth.fuse(da, db, device)
-                        dt = time.perf_counter() - t0
-                        row = {"degradation": label, "level": lv, "input": input, "name": name,
-                               "method": meth.label}
-                        row.update(_score(a, b, f))
-                        row["seconds"] = dt
-                        rows.append(row)
-                        bar.update(1)
-            n_ok += 1
-    finally:
-        bar.close()
-    if verbose:
-        for p in problems:
-            print(f"problem: {p}", file=sys.stderr)
-    table = summarize(rows, group=("degradation", "level", "method"))
-    summary = {"table": table, "problems": problems, "messages": messages, "n_pairs": n_ok,
-               "methods": [m.label for m in meths], "degradations": [d for d, _ in degs], "levels": levels}
-    if out_dir is not None:
-        out = Path(out_dir)
-        _write_csv(out / "robustness.csv", rows, ROBUSTNESS_FIELDS)
-        if rows:
-            plot_robustness(summary, out / "robustness.png",
-                            title=f"{n_ok} pairs, input {input} degraded")
-    return rows, summary
-
-
-def plot_robustness(summary: dict, path, title: str = "") -> Path:
-    """Metrics-vs-level plot (Agg backend): one row per degradation, one column per metric."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    degs, levels, meths = summary["degradations"], summary["levels"], summary["methods"]
-    table = summary["table"]
-    nrow, ncol = len(degs), len(METRIC_NAMES)
-    fig = Figure(figsize=(2.1 * ncol, 1.9 * nrow + 0.6), dpi=80)
-    axes = fig.subplots(nrow, ncol, squeeze=False)
-    for i, dg in enumerate(degs):
-        for j, m in enumerate(METRIC_NAMES):
-            ax = axes[i][j]
-            for meth in meths:
-                ys = [table[(dg, lv, meth)][m]["mean"] if (dg, lv, meth) in table else np.nan for lv in levels]
-                ax.plot(levels, ys, marker="o", ms=3, lw=1.2, label=meth)
-            ax.set_xticks(levels)
-            ax.tick_params(labelsize=7)
-            if i == 0:
-                ax.set_title(m, fontsize=9)
-            if j == 0:
-                ax.set_ylabel(dg, fontsize=9)
-            if i == nrow - 1:
-                ax.set_xlabel("level", fontsize=8)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=len(meths), fontsize=8, frameon=False)
-    if title:
-        fig.text(0.01, 0.995, title, fontsize=8, va="top")
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (1.9 * nrow + 0.6)))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
-
-
-# ----------------------------------------------------------------------------
-# parameters, multiply-adds and run time
-# ----------------------------------------------------------------------------
-def _count_torch_macs(fn: Callable[[], Any]) -> dict[str, int]:
-    """Run ``fn`` and count multiply-adds of convolutions, matrix products and FFTs.
-
-    Convolutions: output elements × (input channels / groups) × kernel taps.
-    Matrix products: M × N × K.  FFTs (radix-2 convention): a real transform of n
-    points counts n·log2(n) real multiply-adds, a complex one 2·n·log2(n), n being
-    the product of the transformed sizes.  Element-wise operations are not counted.
-    """
-    import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    aten = torch.ops.aten
-    counts = {"conv": 0, "matmul": 0, "fft": 0}
-
-    def _fft_n(x, dims) -> int:
-        n = 1
-        for d in dims:
-            n *= int(x.shape[d])
-        return n
-
-    class Counter(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            out = func(*args, **kwargs)
-            pkt = func.overloadpacket
-            if pkt in (aten.convolution, aten._convolution, aten.conv2d):
-                x, w = args[0], args[1]
-                transposed = bool(args[6]) if pkt is not aten.conv2d and len(args) > 6 else False
-                taps = int(np.prod(w.shape[2:]))
-                if transposed:
-                    counts["conv"] += int(x.numel()) * int(w.shape[1]) * taps
-                else:
-                    counts["conv"] += int(out.numel()) * int(w.shape[1]) * taps
-            elif pkt in (aten.mm, aten.bmm, aten.addmm, aten.baddbmm):
-                x, y = (args[1], args[2]) if pkt in (aten.addmm, aten.baddbmm) else (args[0], args[1])
-                counts["matmul"] += int(x.numel()) * int(y.shape[-1])
-            elif pkt in (aten._fft_r2c, aten._fft_c2r, aten._fft_c2c):
-                dims = args[1]
-                if pkt is aten._fft_c2r:
-                    n = int(np.prod([out.shape[d] for d in dims]))
-                else:
-                    n = _fft_n(args[0], dims)
-                batch = int(out.numel()) // max(1, int(np.prod([out.shape[d] for d in dims])))
-                per = n * math.log2(max(n, 2))
-                counts["fft"] += int(batch * per * (2 if pkt is aten._fft_c2c else 1))
-            return out
-
-    with Counter():
-        fn()
-    counts["total"] = counts["conv"] + counts["matmul"] + counts["fft"]
-    return counts
-
-
-def _baseline_macs(name: str, h: int, w: int) -> int:
-    """Analytic multiply-adds of the baselines (filter taps; comparisons not counted).
-
-    average: H·W.  max: per source two separable Gaussian filters (sigma 2, 17 taps, 2
-    passes) = 68·H·W, two sources.  laplacian: per level of size h×w, per source a
-    reduce (2 passes × 5 taps) and an expand (2 passes × 5 taps on the up-sampled
-    grid) = 20·h·w, plus one expand for the reconstruction = 10·h·w: 50·Σ h·w.
-    """
-    if name == "average":
-        return h * w
-    if name == "max":
-        return 2 * 68 * h * w
-    if name == "laplacian":
-        total, hh, ww, side, n = 0, h, w, min(h, w), 0
-        while (side + 1) // 2 >= 4 and n < 4:
-            side = (side + 1) // 2
-            n += 1
-        for _ in range(n):
-            total += 50 * hh * ww
-            hh, ww = (hh + 1) // 2, (ww + 1) // 2
-        return total
-    raise ValueError(name)
-
-
-def _profile_pair(size: int) -> tuple[np.ndarray, np.ndarray]:
-    from scipy import ndimage as ndi
-
-    rng = np.random.default_rng(0)
-    a = ndi.gaussian_filter(rng.random((size, size)), 2.0)
-    b = ndi.gaussian_filter(rng.random((size, size)), 6.0)
-    a = (a - a.min()) / (np.ptp(a) + 1e-12)
-    b = (b - b.min()) / (np.ptp(b) + 1e-12)
-    return a.astype(np.float32), b.astype(np.float32)
-
-
-def profile(
-    size: int = 256,
-    methods: Iterable[str] | str = DEFAULT_METHODS,
-    device: str = "auto",
-    repeats: int = 5,
-    model: str | None = None,
-) -> list[dict]:
-    """Parameters, multiply-adds and median fusion time of each method on a ``size``² pair.
-
-    ``"derun"`` is the shipped model (as in :func:`resolve_methods`) or, when none is
-    shipped, the default DeRUN architecture initialised from HIFM (same parameter and
-    multiply-add counts as a trained one).  Model multiply-adds are counted by
-    intercepting the torch operations of one forward pass (see
-    :func:`_count_torch_macs`); baselines analytically (:func:`_baseline_macs`).
-
-    Returns:
-        rows ``{"method", "params", "macs", "conv_macs", "fft_macs", "median_ms", "note"}``.
-    """
-    from . import api
-
-    if size < 8:
-        raise ValueError(f"size must be >= 8, got {size}")
-    if isinstance(methods, str):
-        methods = [m.strip() for m in methods.split(",") if m.strip()]
-    a, b = _profile_pair(size)
-    rows = []
-    for m in methods:
-        note = ""
-        if m in BASELINE_METHODS:
-            fn = BASELINE_METHODS[m]
-            run = lambda fn=fn: fn(a, b)  # noqa: E731
-            params, macs = 0, {"total": _baseline_macs(m, size, size), "conv": 0, "fft": 0}
-            note = "analytic (filter taps)"
-        else:
-            target = m
-            if m == "derun":
-                shipped = _shipped_models()
-                if model is not None:
-                    target = model
-                elif shipped:
-                    target = shipped[0]
-                else:
-                    from .model import DeRUN
-
-                    target = DeRUN.from_hifm()
-                    note = "no shipped weights: default architecture, untrained"
-            fuser = api.load_model(target, device)
-            ta, tb = a[None], b[None]
-            run = lambda fuser=fuser: api.fuse_planes(fuser, ta, tb)  # noqa: E731
-            run()  # warm-up
-            macs = _count_torch_macs(run)
-            params = fuser.module.num_parameters() if fuser.kind == "derun" else 0
-            if fuser.kind == "admm":
-                note = f"{fuser.n_stages} ADMM iterations, fixed filters"
-            if fuser.device.startswith("cuda"):
-                import torch
-
-                def run(fuser=fuser, _sync=torch.cuda.synchronize):  # noqa: E306
-                    api.fuse_planes(fuser, ta, tb)
-                    _sync()
-        run()
-        times = []
-        for _ in range(max(1, repeats)):
-            t0 = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - t0)
-        rows.append({
-            "method": m,
-            "params": int(params),
-            "macs": int(macs["total"]),
-            "conv_macs": int(macs.get("conv", 0) + macs.get("matmul", 0)),
-            "fft_macs": int(macs.get("fft", 0)),
-            "median_ms": 1000.0 * float(np.median(times)),
-            "note": note,
-        })
-    return rows
-
-
-def profile_table(rows: Sequence[dict], size: int) -> str:
-    """Plain-text / Markdown table of :func:`profile` rows."""
-    lines = [
-        f"| Method ({size}x{size}) | Parameters | Multiply-adds (G) | conv (G) | FFT (G) | median time (ms) | note |",
-        "|---|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['method']} | {r['params']:,} | {r['macs'] / 1e9:.4f} | {r['conv_macs'] / 1e9:.4f} | "
-            f"{r['fft_macs'] / 1e9:.4f} | {r['median_ms']:.1f} | {r['note']} |"
-        )
-    return "\n".join(lines) + "\n"
+        return getattr(_p, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     if args.size < 41:
         raise ValueError(f"--size must be at least 41 pixels, got {args.size}")
     from ..api import resolve_device
-    from ..evaluation import profile, profile_table
+    from ..profiling import profile, profile_table
 
     rows = profile(size=args.size, methods=args.methods, device=args.device, repeats=args.repeats,
                    model=args.model)

@@ -27,7 +27,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation import robustness
+    from ..robust import robustness
 
     rows, summary = robustness(args.dir, input=args.input, degradations=args.degradations, levels=args.levels,
                                methods=args.methods, out_dir=args.out, model=args.model, limit=args.limit,

@@ -1,0 +1,194 @@
+"""Parameters, multiply-adds (convolutions, matrix products, FFTs) and run time of each method."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .evaluation import BASELINE_METHODS, DEFAULT_METHODS, _shipped_models
+
+__all__ = ["profile", "profile_table"]
+
+# ----------------------------------------------------------------------------
+# parameters, multiply-adds and run time
+# ----------------------------------------------------------------------------
+def _count_torch_macs(fn: Callable[[], Any]) -> dict[str, int]:
+    """Run ``fn`` and count multiply-adds of convolutions, matrix products and FFTs.
+
+    Convolutions: output elements × (input channels / groups) × kernel taps.
+    Matrix products: M × N × K.  FFTs (radix-2 convention): a real transform of n
+    points counts n·log2(n) real multiply-adds, a complex one 2·n·log2(n), n being
+    the product of the transformed sizes.  Element-wise operations are not counted.
+    """
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    aten = torch.ops.aten
+    counts = {"conv": 0, "matmul": 0, "fft": 0}
+
+    def _fft_n(x, dims) -> int:
+        n = 1
+        for d in dims:
+            n *= int(x.shape[d])
+        return n
+
+    class Counter(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            pkt = func.overloadpacket
+            if pkt in (aten.convolution, aten._convolution, aten.conv2d):
+                x, w = args[0], args[1]
+                transposed = bool(args[6]) if pkt is not aten.conv2d and len(args) > 6 else False
+                taps = int(np.prod(w.shape[2:]))
+                if transposed:
+                    counts["conv"] += int(x.numel()) * int(w.shape[1]) * taps
+                else:
+                    counts["conv"] += int(out.numel()) * int(w.shape[1]) * taps
+            elif pkt in (aten.mm, aten.bmm, aten.addmm, aten.baddbmm):
+                x, y = (args[1], args[2]) if pkt in (aten.addmm, aten.baddbmm) else (args[0], args[1])
+                counts["matmul"] += int(x.numel()) * int(y.shape[-1])
+            elif pkt in (aten._fft_r2c, aten._fft_c2r, aten._fft_c2c):
+                dims = args[1]
+                if pkt is aten._fft_c2r:
+                    n = int(np.prod([out.shape[d] for d in dims]))
+                else:
+                    n = _fft_n(args[0], dims)
+                batch = int(out.numel()) // max(1, int(np.prod([out.shape[d] for d in dims])))
+                per = n * math.log2(max(n, 2))
+                counts["fft"] += int(batch * per * (2 if pkt is aten._fft_c2c else 1))
+            return out
+
+    with Counter():
+        fn()
+    counts["total"] = counts["conv"] + counts["matmul"] + counts["fft"]
+    return counts
+
+
+def _baseline_macs(name: str, h: int, w: int) -> int:
+    """Analytic multiply-adds of the baselines (filter taps; comparisons not counted).
+
+    average: H·W.  max: per source two separable Gaussian filters (sigma 2, 17 taps, 2
+    passes) = 68·H·W, two sources.  laplacian: per level of size h×w, per source a
+    reduce (2 passes × 5 taps) and an expand (2 passes × 5 taps on the up-sampled
+    grid) = 20·h·w, plus one expand for the reconstruction = 10·h·w: 50·Σ h·w.
+    """
+    if name == "average":
+        return h * w
+    if name == "max":
+        return 2 * 68 * h * w
+    if name == "laplacian":
+        total, hh, ww, side, n = 0, h, w, min(h, w), 0
+        while (side + 1) // 2 >= 4 and n < 4:
+            side = (side + 1) // 2
+            n += 1
+        for _ in range(n):
+            total += 50 * hh * ww
+            hh, ww = (hh + 1) // 2, (ww + 1) // 2
+        return total
+    raise ValueError(name)
+
+
+def _profile_pair(size: int) -> tuple[np.ndarray, np.ndarray]:
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(0)
+    a = ndi.gaussian_filter(rng.random((size, size)), 2.0)
+    b = ndi.gaussian_filter(rng.random((size, size)), 6.0)
+    a = (a - a.min()) / (np.ptp(a) + 1e-12)
+    b = (b - b.min()) / (np.ptp(b) + 1e-12)
+    return a.astype(np.float32), b.astype(np.float32)
+
+
+def profile(
+    size: int = 256,
+    methods: Iterable[str] | str = DEFAULT_METHODS,
+    device: str = "auto",
+    repeats: int = 5,
+    model: str | None = None,
+) -> list[dict]:
+    """Parameters, multiply-adds and median fusion time of each method on a ``size``² pair.
+
+    ``"derun"`` is the shipped model (as in :func:`resolve_methods`) or, when none is
+    shipped, the default DeRUN architecture initialised from HIFM (same parameter and
+    multiply-add counts as a trained one).  Model multiply-adds are counted by
+    intercepting the torch operations of one forward pass (see
+    :func:`_count_torch_macs`); baselines analytically (:func:`_baseline_macs`).
+
+    Returns:
+        rows ``{"method", "params", "macs", "conv_macs", "fft_macs", "median_ms", "note"}``.
+    """
+    from . import api
+
+    if size < 8:
+        raise ValueError(f"size must be >= 8, got {size}")
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    a, b = _profile_pair(size)
+    rows = []
+    for m in methods:
+        note = ""
+        if m in BASELINE_METHODS:
+            fn = BASELINE_METHODS[m]
+            run = lambda fn=fn: fn(a, b)  # noqa: E731
+            params, macs = 0, {"total": _baseline_macs(m, size, size), "conv": 0, "fft": 0}
+            note = "analytic (filter taps)"
+        else:
+            target = m
+            if m == "derun":
+                shipped = _shipped_models()
+                if model is not None:
+                    target = model
+                elif shipped:
+                    target = shipped[0]
+                else:
+                    from .model import DeRUN
+
+                    target = DeRUN.from_hifm()
+                    note = "no shipped weights: default architecture, untrained"
+            fuser = api.load_model(target, device)
+            ta, tb = a[None], b[None]
+            run = lambda fuser=fuser: api.fuse_planes(fuser, ta, tb)  # noqa: E731
+            run()  # warm-up
+            macs = _count_torch_macs(run)
+            params = fuser.module.num_parameters() if fuser.kind == "derun" else 0
+            if fuser.kind == "admm":
+                note = f"{fuser.n_stages} ADMM iterations, fixed filters"
+            if fuser.device.startswith("cuda"):
+                import torch
+
+                def run(fuser=fuser, _sync=torch.cuda.synchronize):  # noqa: E306
+                    api.fuse_planes(fuser, ta, tb)
+                    _sync()
+        run()
+        times = []
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
+        rows.append({
+            "method": m,
+            "params": int(params),
+            "macs": int(macs["total"]),
+            "conv_macs": int(macs.get("conv", 0) + macs.get("matmul", 0)),
+            "fft_macs": int(macs.get("fft", 0)),
+            "median_ms": 1000.0 * float(np.median(times)),
+            "note": note,
+        })
+    return rows
+
+
+def profile_table(rows: Sequence[dict], size: int) -> str:
+    """Plain-text / Markdown table of :func:`profile` rows."""
+    lines = [
+        f"| Method ({size}x{size}) | Parameters | Multiply-adds (G) | conv (G) | FFT (G) | median time (ms) | note |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['params']:,} | {r['macs'] / 1e9:.4f} | {r['conv_macs'] / 1e9:.4f} | "
+            f"{r['fft_macs'] / 1e9:.4f} | {r['median_ms']:.1f} | {r['note']} |"
+        )
+    return "\n".join(lines) + "\n"
