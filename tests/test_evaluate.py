@@ -13,16 +13,15 @@ from PIL import Image
 
 from napari_derun import baselines, metrics
 from napari_derun.evaluation import (
-    _baseline_macs,
-    _count_torch_macs,
+    EVAL_METRICS,
     evaluate,
     markdown_table,
-    EVAL_METRICS,
     method_ranks,
     resolve_methods,
-    robustness,
     summarize,
 )
+from napari_derun.profiling import _baseline_macs, _count_torch_macs
+from napari_derun.robust import robustness
 
 from helpers import smooth_pair
 
@@ -238,7 +237,7 @@ def test_lazy_package_attribute():
 @pytest.mark.slow
 def test_profile_counts():
     from napari_derun import api
-    from napari_derun.evaluation import profile
+    from napari_derun.profiling import profile
     from napari_derun.model import DeRUN
 
     rows = {r["method"]: r for r in profile(size=32, methods="derun,admm,laplacian", device="cpu", repeats=1)}

@@ -113,14 +113,16 @@ def test_dask_in_dask_out_lazy_and_equal():
     a, b = _stack(4, 30, 26)
     A = da.from_array(a, chunks=(3, 15, 13))
     B = da.from_array(b, chunks=(1, 30, 26))
+    from napari_derun import registry
+
     calls = []
-    orig = api.fuse_planes
+    orig = registry.fuse_planes  # what the nD engine calls
 
     def spy(*args, **kw):
         calls.append(1)
         return orig(*args, **kw)
 
-    api.fuse_planes = spy
+    registry.fuse_planes = spy
     try:
         F = nd.fuse(A, B, device="cpu", batch_size=2)
         assert isinstance(F, da.Array) and F.shape == a.shape and F.dtype == np.float32
@@ -129,7 +131,7 @@ def test_dask_in_dask_out_lazy_and_equal():
         got = F.compute(scheduler="sync")
         assert calls
     finally:
-        api.fuse_planes = orig
+        registry.fuse_planes = orig
     np.testing.assert_allclose(got, nd.fuse(a, b, device="cpu"), atol=1e-6)
 
 

@@ -60,7 +60,7 @@ class ModelSpec:
         return f
 
     def _load(self):
-        from . import api
+        from . import registry as api
         from .hifm import HIFMParams
 
         if self.kind == "admm":
@@ -150,7 +150,7 @@ class PatchDataset:
 
 
 def _load_pairs(data):
-    from .training import PairDataset
+    from .datasets import PairDataset
 
     if isinstance(data, str) and data.startswith("sample"):
         from . import sample_data
@@ -220,7 +220,7 @@ def ddp_train(
         if init == "admm":
             net = DeRUN.from_hifm()
         else:
-            from .api import load_model
+            from .registry import load_model
 
             f = load_model(init, "cpu")
             if f.kind != "derun":

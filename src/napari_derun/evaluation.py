@@ -5,8 +5,7 @@
   :mod:`napari_derun.metrics_extra` (per-image CSV + a Markdown mean ± std table laid
   out like the paper's Tables 1-2, with a mean-rank column).
 * :mod:`napari_derun.robust` (robustness: metrics vs degradation level) and
-  :mod:`napari_derun.profiling` (parameters, multiply-adds, time) build on it; their
-  functions are still importable from here.
+  :mod:`napari_derun.profiling` (parameters, multiply-adds, time) build on it.
 
 Methods are strings: ``"derun"`` (a shipped DeRUN, see :func:`resolve_methods`),
 ``"admm"`` (training-free HIFM solver), ``"average"``, ``"max"``, ``"laplacian"``,
@@ -94,7 +93,7 @@ class Method:
         if self.kind == "baseline":
             f = self.target(a, b)
         else:
-            from . import api
+            from . import registry as api
 
             if self._fuser is None:
                 self._fuser = api.load_model(self.target, device)
@@ -106,7 +105,7 @@ class Method:
 
 
 def _shipped_models() -> list[str]:
-    from . import api
+    from . import registry as api
 
     return [m for m in api.list_models() if m != api.TRAINING_FREE]
 
@@ -136,7 +135,7 @@ def resolve_methods(
         ValueError: an unknown method (not a baseline, model name or checkpoint path),
             an unknown ``model``, or no method left.
     """
-    from . import api
+    from . import registry as api
 
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
@@ -439,16 +438,3 @@ def _summary_markdown(source, meths, table, problems, messages, n_ok, ranks=None
     lines += ["## Problems (skipped)", ""]
     lines += [f"- {p}" for p in problems] if problems else ["- none"]
     return "\n".join(lines) + "\n"
-
-
-def __getattr__(name: str):
-    """``evaluation.robustness`` / ``profile`` and friends moved to their own modules; still importable here."""
-    if name in ("robustness", "plot_robustness", "ROBUSTNESS_FIELDS", "_resolve_degradations", "_center_crop"):
-        from . import robust as _r
-
-        return getattr(_r, name)
-    if name in ("profile", "profile_table", "_count_torch_macs", "_baseline_macs", "_profile_pair"):
-        from . import profiling as _p
-
-        return getattr(_p, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -97,13 +97,13 @@ def check_percentiles(percentiles) -> tuple[float, float]:
 
 
 def check_range(rng, name: str = "range") -> tuple[float, float]:
-    """A finite intensity range ``(lo, hi)`` with lo < hi, or ValueError."""
+    """A finite intensity range ``(lo, hi)`` with lo <= hi (equal: a constant image), or ValueError."""
     try:
         lo, hi = (float(v) for v in rng)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be two numbers (lo, hi), got {rng!r}") from None
-    if not (np.isfinite(lo) and np.isfinite(hi)) or not lo < hi:
-        raise ValueError(f"{name} must be finite with lo < hi, got {rng!r}")
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo > hi:
+        raise ValueError(f"{name} must be finite with lo <= hi, got {rng!r}")
     return lo, hi
 
 

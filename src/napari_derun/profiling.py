@@ -120,7 +120,7 @@ def profile(
     Returns:
         rows ``{"method", "params", "macs", "conv_macs", "fft_macs", "median_ms", "note"}``.
     """
-    from . import api
+    from . import registry as api
 
     if size < 8:
         raise ValueError(f"size must be >= 8, got {size}")

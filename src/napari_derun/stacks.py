@@ -240,7 +240,7 @@ class _Progress:
 
 def _fuse_tiles_once(fuser, a, b, tile, overlap, batch_size, prog: _Progress, margin=None):
     """One attempt at fusing luminance planes ``(P, H, W)`` with the given tile/batch (may raise OOM)."""
-    from . import api
+    from . import registry as api
 
     P, H, W = a.shape
     ys, th = tile_starts(H, tile, overlap)

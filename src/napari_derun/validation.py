@@ -9,7 +9,7 @@ import numpy as np
 from .datasets import PairDataset
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .training import TrainConfig
+    from .train_config import TrainConfig
 
 __all__ = ["REFERENCE_METHODS", "reference_scores", "evaluate_pairs"]
 
@@ -20,7 +20,7 @@ def _reference_fusions(name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     from . import baselines
 
     if name == "admm":
-        from .api import fuse_planes, load_model
+        from .registry import fuse_planes, load_model
 
         return np.clip(fuse_planes(load_model("admm", device="cpu"), a[None], b[None])[0], 0.0, 1.0)
     fn = {"average": baselines.average, "laplacian": baselines.laplacian_pyramid, "max": baselines.max_abs}[name]
@@ -59,7 +59,7 @@ def evaluate_pairs(model, dataset: PairDataset, device: str = "cpu", gamma: floa
 
     from .metrics_extra import mean_ranks, rank_metrics
 
-    from .training import TrainConfig
+    from .train_config import TrainConfig
 
     cfg = config or TrainConfig(gamma=gamma)
     limit = cfg.val_limit
