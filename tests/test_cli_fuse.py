@@ -158,3 +158,20 @@ def test_small_zstack_written_plainly_is_read_as_planes(tmp_path, capsys, n):
     assert f.shape == (n, 36, 32)
     np.testing.assert_allclose(f.astype(np.float32), nd.fuse(a, b, axes="ZYX", device="cpu").astype(np.float32),
                                atol=1e-6 if f.dtype.kind == "f" else 1)
+
+
+def test_output_format_follows_the_extension(tmp_path, capsys):
+    from PIL import Image
+
+    a, b = smooth_pair(36, 32)
+    tifffile.imwrite(tmp_path / "A.tif", (a * 255).astype(np.uint8))
+    tifffile.imwrite(tmp_path / "B.tif", (b * 255).astype(np.uint8))
+    rc, _, err = cli_inproc(capsys, tmp_path / "A.tif", tmp_path / "B.tif", "-o", tmp_path / "o.png", "-q")
+    assert rc == 0, err
+    with Image.open(tmp_path / "o.png") as im:
+        assert im.format == "PNG" and im.mode == "L" and im.size == (32, 36)
+        png = np.asarray(im)
+    ref = nd.fuse((a * 255).astype(np.uint8), (b * 255).astype(np.uint8), device="cpu")
+    assert np.abs(png.astype(int) - np.rint(ref * 255).astype(int)).max() <= 1
+    rc, _, err = cli_inproc(capsys, tmp_path / "A.tif", tmp_path / "B.tif", "-o", tmp_path / "o.bmp", "-q")
+    assert rc == 1 and "use .tif" in err and not (tmp_path / "o.bmp").exists()

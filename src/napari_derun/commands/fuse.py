@@ -21,6 +21,19 @@ from pathlib import Path
 from typing import Any
 
 _TIF = (".tif", ".tiff")
+#: 8-bit previews: one grey or RGB plane
+_PREVIEW = (".png", ".jpg", ".jpeg")
+
+
+def check_output_format(path) -> str:
+    """``"tiff"`` or ``"preview"`` from the output's extension; ValueError for anything else."""
+    suf = Path(path).suffix.lower()
+    if suf in _TIF:
+        return "tiff"
+    if suf in _PREVIEW:
+        return "preview"
+    raise ValueError(f"cannot write {Path(path).name!r}: use .tif / .tiff (the data, with metadata) or "
+                     ".png / .jpg (an 8-bit preview of one plane)")
 
 
 def register(sub) -> None:
@@ -218,7 +231,15 @@ def fuse_files(a_path, b_path, out_path, model, opts: dict, callback=None, clien
     out_ax = ax_a if ("C" in ax_a or "C" not in ax_b) else ax_b
     if f.ndim < len(out_ax):  # colour inputs with grey content give a grey result
         out_ax = out_ax.replace("C", "")
-    data = _to_dtype(np.asarray(f), opts.get("dtype", "float32"), a.dtype)
+    kind = check_output_format(out_path)
+    if kind == "preview":
+        arr = np.asarray(f)
+        if arr.ndim != 2 and not (arr.ndim == 3 and out_ax.endswith("C")):
+            raise ValueError(f"{Path(out_path).name}: a PNG/JPEG preview holds one plane, the result has axes "
+                             f"{out_ax} {arr.shape}; write a .tif for stacks")
+        data = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
+    else:
+        data = _to_dtype(np.asarray(f), opts.get("dtype", "float32"), a.dtype)
     prov = fuser.provenance()
     prov.update({
         "inputs": {"a": str(a_path), "b": str(b_path)},
@@ -226,7 +247,15 @@ def fuse_files(a_path, b_path, out_path, model, opts: dict, callback=None, clien
                        "axes": out_ax, "dtype": str(data.dtype), "ranges": [list(r) for r in ranges],
                        "percentiles": list(api.preprocess.DEFAULT_PERCENTILES)},
     })
-    write_output(out_path, data, out_ax, meta, prov)
+    if kind == "preview":
+        from PIL import Image
+
+        from .._files import atomic_writer
+
+        with atomic_writer(out_path) as fh:
+            Image.fromarray(data).save(fh, format="PNG" if Path(out_path).suffix.lower() == ".png" else "JPEG")
+    else:
+        write_output(out_path, data, out_ax, meta, prov)
     return {"output": str(out_path), "shape": list(data.shape), "axes": out_ax, "dtype": str(data.dtype)}
 
 
@@ -246,6 +275,7 @@ def run(args: argparse.Namespace) -> int:
 
         out = Path(args.output)
         if not out.is_dir():
+            check_output_format(out)
             check_writable(out, overwrite=bool(args.overwrite))
         for p in args.inputs:
             if not Path(p).is_file():
