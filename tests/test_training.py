@@ -365,3 +365,19 @@ def test_finetune_gfp_does_not_worsen_validation_rank(shared_data, one_thread):
     ev = evaluate_pairs(res.best_model, va, config=TrainConfig.from_dict(res.info["training"]["config"]),
                         references=reference_scores(va))
     assert ev["rank"] == pytest.approx(best["rank"]) and ev["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
+
+
+def test_events_are_typed_and_read_as_mappings():
+    from napari_derun.events import EpochEvent, StepEvent
+
+    prs = pairs(2, 48, 48)
+    events = []
+    train(prs, val_pairs=prs[:1], init=tiny(), config=cfg(epochs=2, steps_per_epoch=2, objective="paper",
+                                                           select="loss"), callback=events.append)
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    epochs = [e for e in events if isinstance(e, EpochEvent)]
+    assert len(steps) == 4 and len(epochs) == 2
+    s = steps[0]
+    assert s.kind == "step" and s["loss"] == s.loss and s["pixel"] == s.parts["pixel"]
+    assert dict(s)["lgde"] == s.parts["lgde"] and s.get("nope") is None
+    assert [e.epoch for e in epochs] == [1, 2] and epochs[0]["val_loss"] == epochs[0].val_loss

@@ -29,6 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .datasets import PairDataset, _as_dataset
+from .events import EpochEvent, StepEvent
 from .train_config import TrainConfig
 from .validation import REFERENCE_METHODS, evaluate_pairs, reference_scores
 
@@ -187,9 +188,9 @@ def _train(
         init: ``"admm"`` (model-based start, :meth:`DeRUN.from_hifm`), a shipped or session
             model name, a checkpoint path, or a :class:`~napari_derun.model.DeRUN` (copied).
         config: :class:`TrainConfig` (paper recipe by default).
-        callback: ``callback(event)`` after every step (``kind="step"``: step, total_steps,
-            epoch, loss, pixel, lgde, lr) and every epoch (``kind="epoch"``: epoch, epochs,
-            train_loss, val_loss, metrics, lr, best).
+        callback: ``callback(event)`` with a :class:`~napari_derun.events.StepEvent` after every
+            step and an :class:`~napari_derun.events.EpochEvent` after every epoch (dataclasses
+            that also read as mappings: ``ev.loss`` or ``ev["loss"]``).
         stop: ``threading.Event`` or zero-argument callable; when set, training stops at the
             next step and the best model so far is returned.
         checkpoint_path: written (atomically) after every epoch with the optimizer state.
@@ -328,8 +329,8 @@ def _train(
             n_done += 1
             step_global += 1
             if callback is not None:
-                callback({"kind": "step", "step": step_global, "total_steps": total_steps, "epoch": epoch + 1,
-                          "loss": lv, **parts, "lr": lr})
+                callback(StepEvent(step=step_global, total_steps=total_steps, epoch=epoch + 1, loss=lv, lr=lr,
+                                   parts=dict(parts)))
         if n_done == 0:
             break
         rec: dict[str, Any] = {"epoch": epoch + 1, "epochs": cfg.epochs, "train_loss": run_loss / n_done,
@@ -351,7 +352,8 @@ def _train(
             best_record["selected_by"] = "validation mean rank" if by_rank else ("validation loss" if va is not None else "training loss")
         history.append(rec)
         if callback is not None:
-            callback({"kind": "epoch", **{k: rec[k] for k in ("epoch", "epochs", "train_loss", "val_loss", "metrics", "rank", "lr", "best")}})
+            callback(EpochEvent(**{k: rec[k] for k in ("epoch", "epochs", "train_loss", "val_loss", "metrics", "rank",
+                                                       "lr", "best")}))
         if stopped:
             break
         if checkpoint_path is not None:
