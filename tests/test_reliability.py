@@ -233,3 +233,24 @@ def test_outputs_checked_before_work(tmp_path, capsys):
     assert "levels must be whole numbers" in capsys.readouterr().err
     assert main(["profile", "--repeats", "0"]) == 1
     assert "--repeats must be >= 1" in capsys.readouterr().err
+
+
+def test_threads_option_and_environment(monkeypatch, capsys):
+    import subprocess
+    import sys
+
+    from napari_derun._runtime import default_threads
+
+    monkeypatch.setenv("NAPARI_DERUN_THREADS", "3")
+    assert default_threads() == 3
+    monkeypatch.setenv("NAPARI_DERUN_THREADS", "0")
+    with pytest.raises(ValueError, match=">= 1"):
+        default_threads()
+    monkeypatch.delenv("NAPARI_DERUN_THREADS")
+    assert 1 <= default_threads() <= (os.cpu_count() or 1)
+    assert main(["profile", "--threads", "0"]) == 1 and "--threads must be >= 1" in capsys.readouterr().err
+    code = ("import sys; from napari_derun.cli import main; main(['profile', '--size', '48', '--repeats', '1', "
+            "'--methods', 'average', '--threads', '1']); import torch; print('threads', torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert "threads 1" in out.stdout, out.stderr

@@ -19,6 +19,10 @@ def build_parser() -> argparse.ArgumentParser:
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         mod = importlib.import_module(f"{commands.__name__}.{info.name}")
         mod.register(sub)
+    for p in sub.choices.values():  # every command: --threads
+        if not any("--threads" in a.option_strings for a in p._actions):
+            p.add_argument("--threads", type=int, default=None,
+                           help="CPU threads for torch (default: NAPARI_DERUN_THREADS, else the idle cores)")
     return parser
 
 
@@ -32,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tune_cpu_allocator()  # a process of our own: large CPU passes without page-fault storms (_runtime.py)
     try:
+        _threads(args.threads)
         return int(args.func(args) or 0)
     except (ValueError, OSError, FloatingPointError) as e:  # OSError: missing, existing, unwritable files
         print(f"napari-derun {args.command}: error: {e}", file=sys.stderr)
@@ -39,6 +44,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"napari-derun {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _threads(n) -> None:
+    """torch's thread count for this command, without importing torch (so that argument errors
+    still come back at once): OMP_NUM_THREADS is set before torch is first imported, unless the
+    user set it; if torch is already imported, its pool is resized instead."""
+    import os
+
+    if n is not None and n < 1:
+        raise ValueError(f"--threads must be >= 1, got {n}")
+    from ._runtime import default_threads
+
+    if n is None and "OMP_NUM_THREADS" in os.environ:
+        return
+    n = default_threads() if n is None else n
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    else:
+        os.environ["OMP_NUM_THREADS"] = str(n)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -244,7 +244,10 @@ class FinetuneWidget(QWidget):
         _warm_up_torch_imports()
 
         def work():
-            return training.finetune(train, callback=relay.payload.emit, stop=stop, **kwargs)
+            from .._runtime import gui_threads
+
+            with gui_threads():  # leave a core for napari's GUI
+                return training.finetune(train, callback=relay.payload.emit, stop=stop, **kwargs)
 
         self.start_button.enabled = False
         self.stop_button.enabled = True

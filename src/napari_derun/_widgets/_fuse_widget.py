@@ -217,12 +217,15 @@ class FuseWidget(QWidget):
         cancel = self._cancel
 
         def work():
+            from .._runtime import gui_threads
+
             try:
-                return job.run_fusion(
-                    a.data, b.data, model, device, a_rgb=a.rgb, b_rgb=b.rgb,
-                    with_stages=self._opts["with_stages"], with_eh=self._opts["with_eh"], align_shift=shift,
-                    callback=lambda d, t, m: relay.progress.emit(d, t, m), cancel=cancel, names=(a.name, b.name),
-                )
+                with gui_threads():  # leave a core for napari's GUI
+                    return job.run_fusion(
+                        a.data, b.data, model, device, a_rgb=a.rgb, b_rgb=b.rgb,
+                        with_stages=self._opts["with_stages"], with_eh=self._opts["with_eh"], align_shift=shift,
+                        callback=lambda d, t, m: relay.progress.emit(d, t, m), cancel=cancel, names=(a.name, b.name),
+                    )
             except job.Cancelled:
                 return None
 
