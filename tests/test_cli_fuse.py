@@ -175,3 +175,22 @@ def test_output_format_follows_the_extension(tmp_path, capsys):
     assert np.abs(png.astype(int) - np.rint(ref * 255).astype(int)).max() <= 1
     rc, _, err = cli_inproc(capsys, tmp_path / "A.tif", tmp_path / "B.tif", "-o", tmp_path / "o.bmp", "-q")
     assert rc == 1 and "use .tif" in err and not (tmp_path / "o.bmp").exists()
+
+
+def test_ome_pixel_sizes_units_and_channel_names_round_trip(tmp_path, capsys):
+    planes = [smooth_pair(36, 32, seed=s) for s in range(3)]
+    a = np.stack([(p[0] * 60000).astype(np.uint16) for p in planes])
+    b = np.stack([(p[1] * 60000).astype(np.uint16) for p in planes])
+    md = {"axes": "ZYX", "PhysicalSizeX": 0.65, "PhysicalSizeY": 0.65, "PhysicalSizeXUnit": "µm",
+          "PhysicalSizeYUnit": "µm", "PhysicalSizeZ": 2.0, "Channel": {"Name": ["PC"]}}
+    tifffile.imwrite(tmp_path / "A.ome.tif", a, ome=True, metadata=md)
+    tifffile.imwrite(tmp_path / "B.ome.tif", b, ome=True, metadata={**md, "Channel": {"Name": ["GFP"]}})
+    out = tmp_path / "F.ome.tif"
+    rc, _, err = cli_inproc(capsys, tmp_path / "A.ome.tif", tmp_path / "B.ome.tif", "-o", out, "-q")
+    assert rc == 0, err
+    with tifffile.TiffFile(out) as t:
+        assert t.is_ome and t.series[0].axes == "ZYX"
+        px = tifffile.xml2dict(t.ome_metadata)["OME"]["Image"]["Pixels"]
+    assert px["PhysicalSizeX"] == 0.65 and px["PhysicalSizeY"] == 0.65 and px["PhysicalSizeZ"] == 2.0
+    assert px["PhysicalSizeXUnit"] == "µm" and px["Channel"]["Name"] == "PC"
+    assert read_provenance(out)["model"] == "admm"

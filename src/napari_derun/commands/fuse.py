@@ -25,6 +25,28 @@ _TIF = (".tif", ".tiff")
 _PREVIEW = (".png", ".jpg", ".jpeg")
 
 
+_OME_KEYS = ("PhysicalSizeX", "PhysicalSizeXUnit", "PhysicalSizeY", "PhysicalSizeYUnit", "PhysicalSizeZ",
+             "PhysicalSizeZUnit", "TimeIncrement", "TimeIncrementUnit")
+
+
+def _ome_pixels(xml: str) -> dict:
+    """Pixel sizes, units and channel names of an OME-XML header (``tifffile.xml2dict``, no regex)."""
+    import tifffile
+
+    try:
+        image = tifffile.xml2dict(xml)["OME"]["Image"]
+    except (KeyError, TypeError, ValueError):
+        return {}
+    pixels = (image[0] if isinstance(image, list) else image).get("Pixels", {})
+    out = {k: pixels[k] for k in _OME_KEYS if k in pixels}
+    ch = pixels.get("Channel")
+    chans = ch if isinstance(ch, list) else [ch] if isinstance(ch, dict) else []
+    names = [c.get("Name") for c in chans if isinstance(c, dict) and c.get("Name")]
+    if names:
+        out["ChannelNames"] = names
+    return out
+
+
 def check_output_format(path) -> str:
     """``"tiff"`` or ``"preview"`` from the output's extension; ValueError for anything else."""
     suf = Path(path).suffix.lower()
@@ -89,6 +111,8 @@ def read_input(path, axes: str | None = None) -> tuple[Any, str | None, dict]:
             if tif.is_imagej and tif.imagej_metadata:
                 meta["imagej"] = {k: v for k, v in tif.imagej_metadata.items()
                                   if k in ("unit", "spacing", "finterval", "fps", "xorigin", "yorigin", "zorigin")}
+            if tif.is_ome and tif.ome_metadata:
+                meta["ome"] = _ome_pixels(tif.ome_metadata)
             tags = page.tags
             if "XResolution" in tags and "YResolution" in tags:
                 meta["resolution"] = (tags["XResolution"].value, tags["YResolution"].value)
@@ -163,8 +187,11 @@ def write_output(path, data, axes: str, meta: dict, provenance: dict) -> None:
         md.update({"axes": order, "Info": prov})
         args = dict(imagej=True, metadata=md, **kw)
     elif kind == "ome":
+        ome = {k: v for k, v in (meta.get("ome") or {}).items() if k in _OME_KEYS}
+        if (meta.get("ome") or {}).get("ChannelNames"):
+            ome["Channel"] = {"Name": list(meta["ome"]["ChannelNames"])}
         args = dict(ome=True, photometric="rgb" if axes.endswith("C") else "minisblack",
-                    metadata={"axes": ij_axes, "Description": prov}, **kw)
+                    metadata={"axes": ij_axes, "Description": prov, **ome}, **kw)
     else:
         args = dict(photometric="rgb" if axes.endswith("C") else "minisblack",
                     metadata={"axes": ij_axes, "napari_derun": provenance}, **kw)
@@ -181,19 +208,19 @@ def _imagej_order(axes: str) -> str | None:
 
 def read_provenance(path) -> dict | None:
     """The provenance JSON written by :func:`write_output` (any of the three flavours)."""
-    import re
-
     import tifffile
 
     with tifffile.TiffFile(str(path)) as tif:
         if tif.is_imagej and tif.imagej_metadata and "Info" in tif.imagej_metadata:
             return json.loads(tif.imagej_metadata["Info"])
-        if tif.is_ome:
-            m = re.search(r"<Description>(.*?)</Description>", tif.ome_metadata or "", re.S)
-            if m:
-                import html
-
-                return json.loads(html.unescape(m.group(1)))
+        if tif.is_ome and tif.ome_metadata:
+            try:
+                image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+            except (KeyError, TypeError, ValueError):
+                image = {}
+            desc = (image[0] if isinstance(image, list) else image).get("Description")
+            if isinstance(desc, str):
+                return json.loads(desc)
         if tif.shaped_metadata:
             return tif.shaped_metadata[0].get("napari_derun")
     return None
