@@ -22,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("--out", "-o", default="derun_robustness", help="output folder (default: derun_robustness)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random degradations")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", "--no-progress", dest="no_progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
