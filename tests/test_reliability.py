@@ -254,3 +254,21 @@ def test_threads_option_and_environment(monkeypatch, capsys):
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert "threads 1" in out.stdout, out.stderr
+
+
+def test_train_resume_keeps_the_stored_schedule(tmp_path, capsys):
+    data = _train_folder(tmp_path)
+    ck, out = tmp_path / "ck.safetensors", tmp_path / "m.safetensors"
+    common = ["--patch", "32", "--batch", "1", "--steps-per-epoch", "1", "--no-val-metrics", "-q", "--device", "cpu",
+              "--threads", "1"]
+    assert main(["train", str(data), "--out", str(out), "--epochs", "2", "--checkpoint", str(ck), *common]) == 0
+    capsys.readouterr()
+    # resume without --epochs: the stored 2-epoch schedule is complete, nothing more to do
+    assert main(["train", str(data), "--out", str(tmp_path / "m2.safetensors"), "--resume", str(ck), "-q"]) == 0
+    out2 = capsys.readouterr().out
+    assert "epoch 3" not in out2 and "/150" not in out2
+    # an explicit --epochs extends it
+    assert main(["train", str(data), "--out", str(tmp_path / "m3.safetensors"), "--resume", str(ck), "--epochs", "3",
+                 "-q"]) == 0
+    out3 = capsys.readouterr().out
+    assert "changed: epochs=3" in out3 and "epoch 3/3" in out3

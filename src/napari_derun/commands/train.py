@@ -6,7 +6,28 @@ import sys
 from pathlib import Path
 
 
+_PARSER = None
+
+#: CLI option (dest) -> TrainConfig field, for options that override a resumed run's stored settings
+_RESUME_OVERRIDES = {"epochs": "epochs", "lr": "lr", "batch": "batch", "patch": "patch",
+                     "steps_per_epoch": "steps_per_epoch", "decay_start": "decay_start",
+                     "decay_every": "decay_every", "decay": "decay", "device": "device", "threads": "num_threads",
+                     "seed": "seed", "no_val_metrics": "val_metrics", "select": "select"}
+
+
+def _explicit(argv) -> set[str]:
+    """Destinations of the options written on the command line (not left at their defaults)."""
+    out = set()
+    for tok in argv or []:
+        if tok.startswith("-"):
+            act = _PARSER._option_string_actions.get(tok.split("=", 1)[0]) if _PARSER is not None else None
+            if act is not None:
+                out.add(act.dest)
+    return out
+
+
 def register(sub) -> None:
+    global _PARSER
     p = sub.add_parser(
         "train",
         help="train / fine-tune DeRUN on a folder of pairs (DIR/a, DIR/b) and write a .safetensors model",
@@ -52,6 +73,7 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+    _PARSER = p
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,6 +116,18 @@ def run(args: argparse.Namespace) -> int:
         guided=not args.plain, select=args.select,
         **(dict(zip(("w_intensity", "w_gradient", "w_ssim", "w_lgde"), args.weights)) if args.weights else {}),
     )
+    if args.resume:
+        # continue with the stored settings; only options written on this command line change them
+        from ..checkpoint import read_checkpoint_info
+
+        stored = (read_checkpoint_info(args.resume).get("training") or {}).get("config") or {}
+        over = {}
+        for dest in _explicit(getattr(args, "_argv", [])) & set(_RESUME_OVERRIDES):
+            field = _RESUME_OVERRIDES[dest]
+            over[field] = (not args.no_val_metrics) if dest == "no_val_metrics" else getattr(args, dest)
+        cfg = TrainConfig.from_dict({**stored, **over})
+        if over:
+            print(f"resuming with the stored settings, changed: {', '.join(f'{k}={v}' for k, v in over.items())}")
     print(f"training on {len(data)} pairs" + (f", validating on {len(val)}" if val is not None else "")
           + f"; init={args.init if not args.resume else 'resume ' + args.resume}")
     bar = None
@@ -128,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
 
     old = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
     try:
-        res = train(data, val, init=args.init, config=None if args.resume else cfg, callback=cb, stop=stop,
+        res = train(data, val, init=args.init, config=cfg, callback=cb, stop=stop,
                     checkpoint_path=args.checkpoint, resume=args.resume)
     finally:
         if old is not None:
