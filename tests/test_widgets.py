@@ -335,3 +335,30 @@ def test_model_registered_from_the_console_appears_at_once(make_napari_viewer):
         assert "from-console" in fw.model_combo.choices
     finally:
         api._SESSION.pop("from-console", None)
+
+
+def test_default_model_follows_the_data_then_the_last_choice(make_napari_viewer, qtbot):
+    from qtpy.QtCore import Qt
+
+    from napari_derun._widgets import FuseWidget
+    from napari_derun._widgets import _fuse_widget as fwmod
+
+    fwmod._LAST.clear()
+    assert fwmod.default_model(["phase contrast", "GFP"], ["admm", "gfp_pc", "medical"]) == "gfp_pc"
+    assert fwmod.default_model(["MRI", "PET"], ["admm", "gfp_pc", "medical"]) == "medical"
+    assert fwmod.default_model(["visible", "infrared"], ["admm", "ivf"]) == "ivf"
+    assert fwmod.default_model(["x", "y"], ["admm", "gfp_pc"]) == "admm"
+    viewer = make_napari_viewer()
+    a, b = _pair_u8(40, 40)
+    viewer.add_image(a, name="MRI")
+    viewer.add_image(b, name="PET")
+    w = FuseWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    assert w.model_combo.value == "medical"
+    w.model_combo.value = "admm"  # the user's choice wins and is remembered once used
+    w.device_combo.value = "cpu"
+    qtbot.mouseClick(w.run_button.native, Qt.LeftButton)
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT)
+    w2 = FuseWidget(viewer)
+    assert w2.model_combo.value == "admm"
+    fwmod._LAST.clear()

@@ -37,6 +37,27 @@ def _disconnect(signal, slot) -> None:
         pass
 
 
+#: the model last used in this session (the next Fuse widget starts with it)
+_LAST: dict[str, str] = {}
+
+_NAME_HINTS = (("gfp_pc", ("gfp", "fluor", "phase", "pc", "bright", "mcherry", "rfp", "dapi")),
+               ("medical", ("pet", "spect", "ct", "mri", "t1", "t2", "flair")),
+               ("ivf", ("ir", "infrared", "thermal", "visible", "vis", "rgb")))
+
+
+def default_model(names, available) -> str:
+    """The model to offer first: the one used last in this session, else the shipped model whose task
+    the layer names suggest (``"GFP"``, ``"PET"``, ``"infrared"`` …), else the training-free ``admm``."""
+    if _LAST.get("model") in available:
+        return _LAST["model"]
+    words = " ".join(n.lower() for n in names if n).replace("_", " ").replace("-", " ").split()
+    for model, hints in _NAME_HINTS:
+        if model in available and any(w in hints or any(w.startswith(h) for h in hints if len(h) > 2)
+                                      for w in words):
+            return model
+    return "admm"
+
+
 class FuseWidget(QWidget):
     """Fuse a structural and a salient image layer with DeRUN (or the training-free solver)."""
 
@@ -96,7 +117,10 @@ class FuseWidget(QWidget):
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         MODEL_BUS.changed.connect(self._on_model_registered)
         self.destroyed.connect(lambda *_: _disconnect(MODEL_BUS.changed, self._on_model_registered))
+        self._model_touched = False
         self._refresh_layers()
+        self._suggest_model()
+        self.model_combo.changed.connect(self._mark_model_touched)
         self._update_device_label()
 
     # ---------------------------------------------------------------- choices
@@ -120,6 +144,23 @@ class FuseWidget(QWidget):
         if b is None or b not in layers:
             rest = [ly for ly in layers if ly is not self.a_combo.value]
             self.b_combo.value = (rest or [None])[0]
+        if hasattr(self, "_model_touched"):
+            self._suggest_model()
+
+    def _mark_model_touched(self, *_):
+        self._model_touched = True
+
+    def _suggest_model(self) -> None:
+        """Offer the model that fits the picked layers (until the user picks one)."""
+        if self._model_touched:
+            return
+        names = [ly.name for ly in (self.a_combo.value, self.b_combo.value) if ly is not None]
+        pick = default_model(names, list(self.model_combo.choices))
+        if pick in self.model_combo.choices and pick != self.model_combo.value:
+            blocker = self.model_combo.changed.blocked()
+            with blocker:
+                self.model_combo.value = pick
+            self._on_model_changed(pick)
 
     def refresh_models(self, select: str | None = None) -> None:
         cur = select or self.model_combo.value
@@ -204,6 +245,8 @@ class FuseWidget(QWidget):
                 f"'{b.name}' looks shifted by about ({est[0]:.1f}, {est[1]:.1f}) px relative to '{a.name}'. "
                 "Tick 'Align b to a first' and run again to shift it before fusing, or register the images first."
             )
+        if self.model_combo.value != CHECKPOINT:
+            _LAST["model"] = self.model_combo.value  # the next Fuse widget of this session starts with it
         self._cancel.clear()
         self._layers = (a, b)
         self._opts = {"with_stages": self.stages_check.value, "with_eh": self.eh_check.value}
