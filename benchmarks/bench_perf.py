@@ -1,8 +1,9 @@
 """Performance benchmark: DeRUN and the training-free HIFM solver.
 
 Prints a table and writes JSON with, for each method, size and batch:
-parameters, multiply-adds (counted by intercepting every conv2d call, FFTs
-counted as 2.5·N·log2 N real multiply-adds each), median latency, peak memory,
+parameters, multiply-adds (the counter of `napari-derun profile`,
+``napari_derun.profiling._count_torch_macs``: convolutions, matrix products and FFTs at the
+aten level), median latency, peak memory,
 the bytes each stage must move at minimum, and the memory-bandwidth floor
 (bytes ÷ measured copy bandwidth) so the gap to the physical limit is visible.
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import platform
 import statistics
@@ -23,40 +23,11 @@ import threading
 import time
 
 import torch
-import torch.nn.functional as F
 
 from napari_derun import api
 from napari_derun.hifm import HIFMParams
 from napari_derun.model import DeRUN
-
-
-@contextlib.contextmanager
-def count_macs():
-    """Count multiply-adds of conv2d and FFT calls inside the block."""
-    counter = {"conv": 0, "fft": 0}
-    orig_conv, orig_rfft2, orig_irfft2 = F.conv2d, torch.fft.rfft2, torch.fft.irfft2
-
-    def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1):
-        out = orig_conv(x, w, bias, stride, padding, dilation, groups)
-        counter["conv"] += out.numel() * (w.shape[1] * w.shape[2] * w.shape[3])
-        return out
-
-    def rfft2(x, *a, **k):
-        n = x.shape[-1] * x.shape[-2]
-        counter["fft"] += int(2.5 * n * math.log2(max(n, 2))) * (x.numel() // n) // 2
-        return orig_rfft2(x, *a, **k)
-
-    def irfft2(x, *a, s=None, **k):
-        out = orig_irfft2(x, *a, s=s, **k)
-        n = out.shape[-1] * out.shape[-2]
-        counter["fft"] += int(2.5 * n * math.log2(max(n, 2))) * (out.numel() // n) // 2
-        return out
-
-    F.conv2d, torch.fft.rfft2, torch.fft.irfft2 = conv2d, rfft2, irfft2
-    try:
-        yield counter
-    finally:
-        F.conv2d, torch.fft.rfft2, torch.fft.irfft2 = orig_conv, orig_rfft2, orig_irfft2
+from napari_derun.profiling import _count_torch_macs
 
 
 def stage_bytes(kind: str, batch: int, h: int, w: int, L: int = 4, itemsize: int = 4) -> int:
@@ -124,9 +95,9 @@ def bench_one(fuser, batch, size, device, repeats, bf16=False):
     b = torch.rand(batch, 1, size, size, device=device)
     fuser.precision = "bf16" if bf16 else "fp32"
     ctx = contextlib.nullcontext()
-    with count_macs() as c, ctx:
-        fuser.run(a, b)
-    macs = c["conv"] + c["fft"]
+    with ctx:
+        c = _count_torch_macs(lambda: fuser.run(a, b))  # the same counter as `napari-derun profile`
+    macs = c["total"]
     with ctx:
         fuser.run(a, b)  # warm-up
     sync(device)
