@@ -52,6 +52,20 @@ def checks(task: str, table: dict, ranks: dict, model: str, paper: str | None) -
     return out
 
 
+COMPACT = ("EN", "SD", "SF", "AG", "SSIM", "PSNR", "UIQI", "VIF", "Qabf", "SCD", "SR")
+_ND = {"EN": 2, "SD": 1, "SF": 1, "AG": 2, "SSIM": 3, "PSNR": 2, "UIQI": 3, "VIF": 3, "Qabf": 3, "SCD": 2, "SR": 2}
+
+
+def compact_table(table: dict, ranks: dict, highlight: str) -> str:
+    """Methods sorted by mean rank; means only; the shipped model in bold."""
+    lines = ["| method | Rank | " + " | ".join(COMPACT) + " |", "|---|---|" + "---|" * len(COMPACT)]
+    for m in sorted(ranks, key=ranks.get):
+        name = f"**{m}**" if m == highlight else m
+        cells = [f"{table[m][k]['mean']:.{_ND[k]}f}" for k in COMPACT]
+        lines.append(f"| {name} | {ranks[m]:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def figure(task: str, pairs, models: dict[str, str], path: Path, n: int = 2) -> None:
     import matplotlib
 
@@ -104,6 +118,7 @@ def main(argv=None):
     models, papers = _kv(a.model), _kv(a.paper)
     summary = ["# Acceptance checks on the validation splits", "",
                "Command: `python tools/eval_shipped.py " + " ".join(sys.argv[1:] if argv is None else argv) + "`", ""]
+    compact: list[str] = []
     for task in a.tasks:
         key = TASK_MODEL[task]
         pairs = val_pairs(task, Path(a.data))[: a.limit]
@@ -114,6 +129,7 @@ def main(argv=None):
         mlabel = label[model]
         plabel = label.get(papers.get(key)) if key in papers else None
         (out / f"{task}.md").write_text(s["markdown"])
+        compact.append(f"### {task} ({s['n_pairs']} validation pairs)\n\n" + compact_table(s["table"], s["ranks"], mlabel))
         (out / f"{task}.json").write_text(json.dumps({"ranks": s["ranks"], "table": s["table"], "n": s["n_pairs"]},
                                                      indent=1, default=float))
         summary += [f"## {task} ({s['n_pairs']} validation pairs, model {mlabel})", ""]
@@ -123,6 +139,7 @@ def main(argv=None):
         if a.figures:
             figure(task, pairs, {mlabel: model}, Path(a.figures) / f"fusion_{task}.png")
     (out / "summary.md").write_text("\n".join(summary) + "\n")
+    (out / "tables.md").write_text("\n".join(compact))
     print("\n".join(summary))
 
 
