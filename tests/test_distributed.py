@@ -109,12 +109,12 @@ def _reference_training(data, steps, batch, patch, seed, world, lr=0.01, adjoint
 def _reference_training_1t(data, steps, batch, patch, seed, world, lr, adjoint_weight):
     from torch.utils.data import DistributedSampler
 
-    from napari_derun.losses import derun_loss
     from napari_derun.model import DeRUN, adjoint_loss
-    from napari_derun.training import PairDataset
+    from napari_derun.training import PairDataset, TrainConfig
 
+    cfg = TrainConfig(objective="fusion", target="max")  # what ddp_train uses by default
     torch.manual_seed(seed)
-    net = DeRUN.from_hifm().train()
+    net = DeRUN.from_hifm(guided=True).train()
     ds = ndist.PatchDataset(PairDataset(str(data)), n=steps * batch * world, patch=patch, seed=seed)
     shards = []
     for r in range(world):
@@ -129,7 +129,7 @@ def _reference_training_1t(data, steps, batch, patch, seed, world, lr, adjoint_w
         ta = torch.from_numpy(np.stack([x[0] for x in items]))
         tb = torch.from_numpy(np.stack([x[1] for x in items]))
         opt.zero_grad()
-        loss, _ = derun_loss(net(ta, tb), ta, tb)
+        loss, _ = cfg.loss(net(ta, tb), ta, tb)
         loss = loss + adjoint_weight * adjoint_loss(net, generator=gen)
         loss.backward()
         opt.step()
@@ -158,6 +158,7 @@ def test_ddp_torchrun_two_cpu_ranks(tmp_path):
     hashes = info["ddp"]["rank_state_sha256"]
     assert info["ddp"]["world_size"] == 2 and len(hashes) == 2
     assert hashes[0] == hashes[1] == ndist.state_sha256(model.state_dict())  # identical weights on both ranks
+    assert info["training"]["objective"] == "fusion" and model.config.guided  # the same objective as train()
     assert res.stdout.count("state sha256 " + hashes[0]) == 2
     # the DDP run equals one process training on the union of both shards (gradient averaging)
     ref = _reference_training(data, steps, batch, patch, seed, world=2)

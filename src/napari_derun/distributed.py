@@ -174,6 +174,9 @@ def ddp_train(
     device: str = "auto",
     log_every: int = 10,
     optimizer: str = "adam",
+    objective: str = "fusion",
+    target: str = "max",
+    guided: bool = True,
 ) -> dict[str, Any]:
     """Train DeRUN with DistributedDataParallel in a process started by ``torchrun``.
 
@@ -181,8 +184,10 @@ def ddp_train(
     environment (a single process without them: world size 1). Each step every rank takes
     ``batch`` patches from its :class:`~torch.utils.data.DistributedSampler` shard of a
     :class:`PatchDataset` (global batch ``batch × world_size``); gradients are averaged by DDP.
-    Loss: ``derun_loss`` (MSE + γ·LGDE) + ``adjoint_weight`` · ``adjoint_loss`` (same random
-    vectors on every rank). Rank 0 writes the checkpoint ``out`` (:func:`save_checkpoint`),
+    Loss: the objective of :class:`~napari_derun.train_config.TrainConfig` (``objective`` "fusion"
+    with ``target`` "max" or "lift", or "paper" with ``gamma``; the same function as ``train``) +
+    ``adjoint_weight`` · ``adjoint_loss`` (same random vectors on every rank). ``guided`` builds the
+    guided DeRUN when ``init="admm"``. Rank 0 writes the checkpoint ``out`` (:func:`save_checkpoint`),
     whose info holds ``ddp.rank_state_sha256`` — the final state hash of every rank.
 
     Args:
@@ -200,8 +205,13 @@ def ddp_train(
     from torch.utils.data import DataLoader, DistributedSampler
 
     from .checkpoint import save_checkpoint
-    from .losses import derun_loss
     from .model import DeRUN, adjoint_loss
+    from .train_config import TrainConfig
+
+    cfg = TrainConfig(objective=objective, target=target, gamma=gamma)
+    cfg.fusion_weights()  # validates the objective's settings before any process group is set up
+    if objective not in ("paper", "fusion"):
+        raise ValueError(f"objective must be 'paper' or 'fusion'; got {objective!r}")
 
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -218,7 +228,7 @@ def ddp_train(
     try:
         torch.manual_seed(seed)
         if init == "admm":
-            net = DeRUN.from_hifm()
+            net = DeRUN.from_hifm(guided=guided)
         else:
             from .registry import load_model
 
@@ -247,7 +257,7 @@ def ddp_train(
             ta, tb = ta.to(dev), tb.to(dev)
             opt.zero_grad(set_to_none=True)
             x = model(ta, tb)
-            loss, parts = derun_loss(x, ta, tb, gamma=gamma)
+            loss, parts = cfg.loss(x, ta, tb)
             if adjoint_weight:
                 loss = loss + adjoint_weight * adjoint_loss(net, generator=gen)
             loss.backward()
@@ -266,6 +276,7 @@ def ddp_train(
                 "name": Path(out).stem,
                 "training": {"method": "ddp_train", "init": str(init), "steps": steps, "batch_per_rank": batch,
                              "patch": patch, "lr": lr, "optimizer": optimizer, "gamma": gamma, "adjoint_weight": adjoint_weight,
+                             "objective": objective, "target": target, "config": cfg.to_dict(),
                              "seed": seed, "losses": losses},
                 "data": {"source": getattr(pairs, "source", str(data)), "count": len(pairs)},
                 "ddp": {"world_size": world, "backend": backend if world > 1 else None,
@@ -301,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--threads", type=int, default=None, help="torch threads per process")
     t.add_argument("--log-every", type=int, default=10)
     t.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
+    t.add_argument("--objective", default="fusion", choices=["fusion", "paper"])
+    t.add_argument("--target", default="max", choices=["max", "lift"])
+    t.add_argument("--plain", action="store_true", help="a new model without the guided extension")
     args = p.parse_args(argv)
     import torch
 
@@ -309,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     res = ddp_train(args.data, args.out, steps=args.steps, batch=args.batch, patch=args.patch, lr=args.lr,
                     gamma=args.gamma, adjoint_weight=args.adjoint_weight, seed=args.seed, init=args.init,
                     backend=args.backend, device=args.device, log_every=args.log_every,
-                    optimizer=args.optimizer)
+                    optimizer=args.optimizer, objective=args.objective, target=args.target,
+                    guided=not args.plain)
     print(f"rank {res['rank']}/{res['world_size']}: state sha256 {res['state_sha256']}"
           + (f" -> {res['checkpoint']}" if res["checkpoint"] else ""), flush=True)
     return 0
