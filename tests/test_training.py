@@ -381,3 +381,26 @@ def test_events_are_typed_and_read_as_mappings():
     assert s.kind == "step" and s["loss"] == s.loss and s["pixel"] == s.parts["pixel"]
     assert dict(s)["lgde"] == s.parts["lgde"] and s.get("nope") is None
     assert [e.epoch for e in epochs] == [1, 2] and epochs[0]["val_loss"] == epochs[0].val_loss
+
+
+def test_train_config_is_validated():
+    import pydantic
+
+    with pytest.raises(ValueError, match="batch"):
+        TrainConfig(batch=0)
+    with pytest.raises(ValueError, match="patch"):
+        TrainConfig(patch=2)
+    with pytest.raises(ValueError, match="objective"):
+        TrainConfig(objective="nope")
+    with pytest.raises(ValueError, match="betas"):
+        TrainConfig(betas=(0.9, 1.5))
+    with pytest.raises(pydantic.ValidationError):
+        TrainConfig(lr=float("nan"))
+    with pytest.raises(ValueError, match="Extra inputs|extra"):
+        TrainConfig.from_dict({**TrainConfig().to_dict(), "bogus": 1})
+    c = TrainConfig()
+    with pytest.raises(ValueError):
+        c.epochs = -1  # changes are validated too
+    assert TrainConfig.from_dict(c.to_dict()) == c
+    s = TrainConfig.for_epochs(150)
+    assert (s.decay_start, s.decay_every) == (50, 10) and TrainConfig.for_epochs(30).decay_start == 10

@@ -107,10 +107,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.val_fraction:
         data, val = data.split_fraction(args.val_fraction)
     e = args.epochs
-    cfg = TrainConfig(
-        lr=args.lr, batch=args.batch, epochs=e, patch=args.patch, steps_per_epoch=args.steps_per_epoch,
-        decay_start=args.decay_start if args.decay_start is not None else max(1, round(e / 3)),
-        decay_every=args.decay_every if args.decay_every is not None else max(1, round(e / 15)),
+    sched = {k: v for k, v in (("decay_start", args.decay_start), ("decay_every", args.decay_every)) if v is not None}
+    cfg = TrainConfig.for_epochs(
+        e, lr=args.lr, batch=args.batch, patch=args.patch, steps_per_epoch=args.steps_per_epoch, **sched,
         decay=args.decay, device=args.device, seed=args.seed, num_threads=args.threads,
         val_metrics=not args.no_val_metrics, objective=args.objective, target=args.target,
         guided=not args.plain, select=args.select,
