@@ -4,11 +4,9 @@
 """
 import sys, torch
 torch.set_num_threads(1)
-import numpy as np
 import napari
 from qtpy.QtWidgets import QApplication
 from napari_derun._widgets import FuseWidget, FinetuneWidget
-from napari_derun._sample import make_gfp_pc
 
 out = sys.argv[1]
 napari.settings.get_settings().application.gui_notification_level = "none"

@@ -24,3 +24,35 @@ def copy_units(src, kwargs: dict, extra_axes: int = 0) -> None:
     except Exception:  # older napari: no units
         return
     kwargs["units"] = ("pixel",) * extra_axes + units
+
+
+class JobWidgetMixin:
+    """What both widgets share: a :class:`~._state.JobStatus`, one background worker at a time, and a
+    status label. The widget defines ``status_label`` and the ``_on_returned`` / ``_on_errored`` /
+    ``_on_finished`` slots; ``_start_worker`` wires them and starts the thread."""
+
+    worker = None
+
+    def _init_job(self) -> None:
+        from ._state import JobStatus
+
+        self.status = JobStatus()
+        self.worker = None
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def _set_status(self, state: str, message: str) -> None:
+        self.status.state = state
+        self.status.message = message
+        self.status_label.value = message
+
+    def _start_worker(self, work) -> None:
+        from napari.qt.threading import create_worker
+
+        self.worker = create_worker(work, _start_thread=False)
+        self.worker.returned.connect(self._on_returned)
+        self.worker.errored.connect(self._on_errored)
+        self.worker.finished.connect(self._on_finished)
+        self.worker.start()

@@ -7,13 +7,11 @@ from typing import Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QFileDialog, QListWidget, QProgressBar, QVBoxLayout, QWidget
 
-from ._common import ProgressRelay, image_layers
+from ._common import JobWidgetMixin, ProgressRelay, image_layers
 from ._fuse_widget import A_LABEL, B_LABEL
-from ._state import JobStatus
 
 #: the Objective picker: first entry = keep the start model's own objective
 OBJECTIVE_CHOICES: tuple[str, ...] = ("as the start model", "fusion", "paper")
@@ -71,14 +69,13 @@ class LossPlot(QWidget):
         self.canvas.draw_idle()
 
 
-class FinetuneWidget(QWidget):
+class FinetuneWidget(JobWidgetMixin, QWidget):
     """Fine-tune DeRUN on registered (structural, salient) pairs and register the result."""
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.status = JobStatus()
-        self.worker = None
+        self._init_job()
         self.result = None
         self.registered_name: str | None = None
         self.events: list[dict] = []
@@ -186,15 +183,6 @@ class FinetuneWidget(QWidget):
             del self.pairs[r]
         self._update_list()
 
-    @property
-    def running(self) -> bool:
-        return self.worker is not None
-
-    def _set_status(self, state, message):
-        self.status.state = state
-        self.status.message = message
-        self.status_label.value = message
-
     def _collect(self):
         pairs: list[tuple[np.ndarray, np.ndarray]] = []
         for a, b in self.pairs:
@@ -254,11 +242,7 @@ class FinetuneWidget(QWidget):
         self.save_button.enabled = False
         self.progress.setRange(0, 0)
         self._set_status("running", "Preparing…")
-        self.worker = create_worker(work, _start_thread=False)
-        self.worker.returned.connect(self._on_returned)
-        self.worker.errored.connect(self._on_errored)
-        self.worker.finished.connect(self._on_finished)
-        self.worker.start()
+        self._start_worker(work)
 
     def stop(self) -> None:
         """Stop at the next step; the best model so far is kept."""

@@ -7,12 +7,12 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_warning
 from qtpy.QtWidgets import QProgressBar, QVBoxLayout, QWidget
 
 from . import _fuse_job as job
-from ._common import ProgressRelay, copy_units, image_layers
-from ._state import MODEL_BUS, JobStatus
+from ._common import JobWidgetMixin, ProgressRelay, copy_units, image_layers
+from ._state import MODEL_BUS
 
 CHECKPOINT = "Checkpoint file…"
 DEVICES = ["auto", "cuda", "mps", "cpu"]
@@ -58,14 +58,13 @@ def default_model(names, available) -> str:
     return "admm"
 
 
-class FuseWidget(QWidget):
+class FuseWidget(JobWidgetMixin, QWidget):
     """Fuse a structural and a salient image layer with DeRUN (or the training-free solver)."""
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.status = JobStatus()
-        self.worker = None
+        self._init_job()
         self.metrics_worker = None
         self.last_result: dict[str, Any] | None = None
         self.last_metrics: dict[str, float] = {}
@@ -190,15 +189,6 @@ class FuseWidget(QWidget):
             self.device_label.value = f"{self.device_combo.value} not available here: use auto or cpu"
 
     # ---------------------------------------------------------------- run
-    @property
-    def running(self) -> bool:
-        return self.worker is not None
-
-    def _set_status(self, state: str, message: str) -> None:
-        self.status.state = state
-        self.status.message = message
-        self.status_label.value = message
-
     def _fail(self, message: str, warn: bool = False) -> None:
         self._set_status("error", message)
         (show_warning if warn else show_error)(message)
@@ -272,11 +262,7 @@ class FuseWidget(QWidget):
             except job.Cancelled:
                 return None
 
-        self.worker = create_worker(work, _start_thread=False)
-        self.worker.returned.connect(self._on_returned)
-        self.worker.errored.connect(self._on_errored)
-        self.worker.finished.connect(self._on_finished)
-        self.worker.start()
+        self._start_worker(work)
 
     def cancel(self) -> None:
         """Stop the running fusion at the next stage or plane; nothing in the viewer changes."""
@@ -365,7 +351,6 @@ class FuseWidget(QWidget):
         copy_units(a, kw)
         self._upsert(out, result["fused"], **kw)
         stages = result["stages"]
-        n = result["n_stages"]
         if "X" in stages:
             x = stages["X"]
             kw = {"scale": (1.0,) + scale, "translate": (0.0,) + translate, "contrast_limits": (0.0, 1.0),
