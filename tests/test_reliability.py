@@ -272,3 +272,30 @@ def test_train_resume_keeps_the_stored_schedule(tmp_path, capsys):
                  "-q"]) == 0
     out3 = capsys.readouterr().out
     assert "changed: epochs=3" in out3 and "epoch 3/3" in out3
+
+
+def test_stale_temporary_files_are_cleaned(tmp_path):
+    import time
+
+    from napari_derun._files import atomic_write_bytes
+
+    target = tmp_path / "m.safetensors"
+    stale = tmp_path / ".m.safetensors.abc123.tmp"
+    fresh = tmp_path / ".m.safetensors.def456.tmp"  # maybe another writer, still at work
+    stale.write_bytes(b"left by kill -9")
+    fresh.write_bytes(b"in progress")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    atomic_write_bytes(target, b"data")
+    assert target.read_bytes() == b"data" and not stale.exists() and fresh.exists()
+
+
+def test_without_validation_the_latest_weights_are_kept():
+    prs = [smooth_pair(40, 40, seed=s) for s in range(2)]
+    cfg = TrainConfig(epochs=2, steps_per_epoch=2, batch=2, patch=32, lr=1e-3, device="cpu", val_metrics=False,
+                      val_initial=False)
+    res = train(prs, init=DeRUN.from_hifm(), config=cfg)
+    best = res.info["metrics"]["best"]
+    assert best["epoch"] == 2 and best["selected_by"].startswith("latest epoch")
+    sb, sl = res.best_model.state_dict(), res.model.state_dict()
+    assert all(torch.equal(sb[k], sl[k]) for k in sb)

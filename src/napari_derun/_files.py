@@ -18,11 +18,35 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
+STALE_SECONDS = 3600
+
+
+def _remove_stale(path: Path) -> None:
+    """Remove this target's temporary files left by a killed writer (older than an hour; regular files only)."""
+    import time
+
+    now = time.time()
+    for p in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        try:
+            st = p.lstat()
+            if p.is_file() and not p.is_symlink() and now - st.st_mtime > STALE_SECONDS:
+                p.unlink()
+        except OSError:
+            pass
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
 @contextmanager
 def atomic_writer(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """``with atomic_writer(p) as fh: ...`` writes ``p`` atomically through a new temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.close(fd)  # reopened by name (the file we just created exclusively): writers such as tifffile want .name

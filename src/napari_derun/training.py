@@ -341,7 +341,9 @@ def _train(
             ev = validate()
             rec["val_loss"], rec["metrics"], rec["rank"] = ev["loss"], ev.get("metrics"), ev.get("rank")
         if va is None:
-            score = rec["train_loss"]
+            # no held-back pairs: nothing scores the weights as they are after the epoch (the training
+            # loss was measured before each step), so the latest weights are kept, not a "best"
+            score = -float(epoch + 1)
         else:
             score = rec["rank"] if by_rank else rec["val_loss"]
         rec["best"] = False
@@ -349,7 +351,8 @@ def _train(
             best_loss, best_state = score, snapshot()
             rec["best"] = True
             best_record = {k: rec[k] for k in ("epoch", "train_loss", "val_loss", "metrics", "rank")}
-            best_record["selected_by"] = "validation mean rank" if by_rank else ("validation loss" if va is not None else "training loss")
+            best_record["selected_by"] = ("validation mean rank" if by_rank else
+                                          "validation loss" if va is not None else "latest epoch (no validation pairs)")
         history.append(rec)
         if callback is not None:
             callback(EpochEvent(**{k: rec[k] for k in ("epoch", "epochs", "train_loss", "val_loss", "metrics", "rank",
