@@ -322,8 +322,9 @@ def markdown_table(summary: dict, ranks: dict[str, float] | None = None) -> str:
 
 
 def _write_csv(path: Path, rows: Sequence[dict], fields: Sequence[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
+    from ._files import atomic_writer
+
+    with atomic_writer(path, "w") as fh:
         w = csv.DictWriter(fh, fieldnames=list(fields))
         w.writeheader()
         for r in rows:
@@ -416,7 +417,9 @@ def evaluate(
     if out_dir is not None:
         out = Path(out_dir)
         _write_csv(out / "per_image.csv", rows, ("name", "method") + names + ("seconds",))
-        (out / "summary.md").write_text(md)
+        from ._files import atomic_write_text
+
+        atomic_write_text(out / "summary.md", md)
     return rows, summary
 
 

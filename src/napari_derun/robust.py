@@ -184,9 +184,11 @@ def plot_robustness(summary: dict, path, title: str = "") -> Path:
     if title:
         fig.text(0.01, 0.995, title, fontsize=8, va="top")
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (1.9 * nrow + 0.6)))
+    from ._files import atomic_writer
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with atomic_writer(path) as fh:
+        fig.savefig(fh, format=path.suffix.lstrip(".") or "png")
     return path
 
 

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import api, sample_data
 
-    from .._files import check_writable
+    from .._files import atomic_write_text, atomic_writer, check_writable
 
     out = Path(args.out)
     check_writable(out / "summary.json")  # before any work
@@ -40,9 +40,11 @@ def run(args: argparse.Namespace) -> int:
         dt = time.perf_counter() - t0
         for tag, img in (("a", a), ("b", b), ("fused", fused)):
             arr = img if img.dtype == np.uint8 else (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
-            Image.fromarray(arr).save(out / f"{name}_{tag}.png")
-        tifffile.imwrite(out / f"{name}_fused.tif", fused.astype(np.float32))
+            with atomic_writer(out / f"{name}_{tag}.png") as fh:
+                Image.fromarray(arr).save(fh, format="PNG")
+        with atomic_writer(out / f"{name}_fused.tif") as fh:
+            tifffile.imwrite(fh, fused.astype(np.float32))
         summary[name] = {"model": model, "seconds": round(dt, 3), "shape": list(fused.shape)}
         print(f"{name}: fused {a.shape[:2]} with model={model} in {dt:.2f} s -> {out / (name + '_fused.png')}")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return 0
