@@ -53,6 +53,8 @@ def main(argv=None):
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint when it exists")
     p.add_argument("--out", default=None)
+    p.add_argument("--init", default="admm", help="admm or a model / checkpoint to continue from")
+    p.add_argument("--grad-clip", type=float, default=None)
     a = p.parse_args(argv)
     import torch
 
@@ -67,7 +69,7 @@ def main(argv=None):
                       val_every=a.val_every, val_metrics=True, val_initial=True, max_seconds=a.seconds,
                       num_threads=a.threads, device="cpu", seed=0, checkpointing=False,
                       objective=a.objective, target=a.target, guided=a.guided, train_pad=a.train_pad,
-                      select=a.select, val_limit=a.val_limit, **w)
+                      select=a.select, val_limit=a.val_limit, grad_clip=a.grad_clip, **w)
 
     def cb(e):
         if e["kind"] == "epoch":
@@ -78,7 +80,7 @@ def main(argv=None):
 
     resume = a.checkpoint if (a.resume and a.checkpoint and Path(a.checkpoint).exists()) else None
     t0 = time.perf_counter()
-    res = train(tr, va, init="admm", config=None if resume else cfg, callback=cb,
+    res = train(tr, va, init=a.init, config=None if resume else cfg, callback=cb,
                 checkpoint_path=a.checkpoint, resume=resume)
     out = Path(a.out) if a.out else WEIGHTS / f"{a.name}.safetensors"
     res.info["data"]["tasks"] = a.tasks
