@@ -107,7 +107,25 @@ def cases(d: Path):
         except ValueError as e:
             return f"{type(e).__name__} after {time.perf_counter() - t0:.2f} s: {str(e).split(': ', 1)[-1]}"
 
+    def stale_tmp():
+        from napari_derun._files import atomic_write_bytes
+
+        t = d / "target.bin"
+        stale = d / ".target.bin.abc.tmp"
+        stale.write_bytes(b"left by kill -9")
+        old = time.time() - 7200
+        os.utime(stale, (old, old))
+        atomic_write_bytes(t, b"x")
+        return f"temporary file of a killed writer {'removed' if not stale.exists() else 'KEPT'}"
+
+    def no_val():
+        res = train([(af, af)], init=DeRUN.from_hifm(), config=TrainConfig(
+            epochs=2, steps_per_epoch=1, batch=1, patch=32, device="cpu", val_metrics=False, val_initial=False))
+        return f"kept: {res.info['metrics']['best']['selected_by']}, epoch {res.info['metrics']['best']['epoch']}"
+
     api = [
+        ("files", "stale temporary file of a killed writer (older than 1 h)", stale_tmp),
+        ("training", "no validation pairs: which weights are kept", no_val),
         ("files", "planted symlink at the old `<out>.part` name", symlink),
         ("files", "`fuse -o` under a path whose parent is a file", lambda: cli("fuse", d / "A.tif", d / "B.tif", "-o", blocker / "o.tif", "-q")),
         ("files", "`train --out` an existing file, no `--overwrite`", lambda: cli("train", d / "data", "--out", d / "existing.safetensors")),
