@@ -29,36 +29,41 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    lr: float = Field(1e-4, gt=0, allow_inf_nan=False)
+    lr: float = Field(1e-4, gt=0, allow_inf_nan=False, description="learning rate (Adam)")
     betas: tuple[float, float] = (0.9, 0.999)
-    batch: int = Field(4, ge=1)
-    epochs: int = Field(150, ge=1)
+    batch: int = Field(4, ge=1, description="patches per step")
+    epochs: int = Field(150, ge=1, description="epochs")
     decay_start: int = Field(50, ge=0)
     decay_every: int = Field(10, ge=1)
-    decay: float = Field(0.9, gt=0, le=1)
+    decay: float = Field(0.9, gt=0, le=1, description="lr factor per decay step")
     gamma: float = Field(10.0, ge=0, allow_inf_nan=False)
     adjoint_weight: float = Field(0.01, ge=0, allow_inf_nan=False)
-    patch: int = Field(128, ge=16)
-    steps_per_epoch: int | None = Field(None, ge=1)
+    patch: int = Field(128, ge=16, description="patch side in pixels (>= 16)")
+    steps_per_epoch: int | None = Field(None, ge=1, description="steps per epoch (default: pairs / batch)")
     augment: bool = True
-    seed: int = 0
-    device: str = "auto"
+    seed: int = Field(0, description="seed of the patch sampling and initialisation")
+    device: str = Field("auto", description="auto, cpu, cuda or mps")
     amp: bool = False
     num_threads: int | None = Field(None, ge=1)
     val_every: int = Field(1, ge=1)
     val_metrics: bool = True
     val_initial: bool = True
     max_seconds: float | None = Field(None, gt=0)
-    grad_clip: float | None = Field(None, gt=0)
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
     checkpointing: bool = True
-    objective: Literal["paper", "fusion"] = "fusion"
-    target: Literal["max", "lift"] = "max"
+    objective: Literal["paper", "fusion"] = Field(
+        "fusion", description="fusion: intensity + max-gradient + SSIM + LGDE; paper: Eq. 14 (MSE + 10 LGDE), "
+        "which prefers a copy of the structural image (docs/model.md)")
+    target: Literal["max", "lift"] = Field(
+        "max", description="intensity target of the fusion objective: max(a, b), or lift = a + (b above its "
+        "median), for a salient image on a dark background over a bright structural image (GFP on phase contrast)")
     w_intensity: float = Field(5.0, ge=0, allow_inf_nan=False)
     w_gradient: float = Field(10.0, ge=0, allow_inf_nan=False)
     w_ssim: float = Field(1.0, ge=0, allow_inf_nan=False)
     w_lgde: float = Field(0.1, ge=0, allow_inf_nan=False)
     train_pad: int | None = Field(None, ge=0)
-    select: Literal["rank", "loss"] = "rank"
+    select: Literal["rank", "loss"] = Field(
+        "rank", description="keep the epoch with the best validation mean rank over 9 metrics, or the lowest loss")
     val_limit: int | None = Field(None, ge=1)
     guided: bool = True
 

@@ -8,11 +8,37 @@ from pathlib import Path
 
 _PARSER = None
 
+#: TrainConfig fields offered as options: type, default, choices and help come from the config itself
+CLI_FIELDS = ("epochs", "lr", "batch", "patch", "steps_per_epoch", "decay", "objective", "target", "select",
+              "device", "seed", "grad_clip")
+
+
+def add_config_options(parser: argparse.ArgumentParser, names) -> None:
+    """``--field-name`` options derived from :class:`~napari_derun.train_config.TrainConfig` (not re-typed)."""
+    import typing
+
+    from ..train_config import TrainConfig
+
+    for name in names:
+        info = TrainConfig.model_fields[name]
+        ann = info.annotation
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        choices = None
+        if typing.get_origin(ann) is typing.Literal:
+            typ, choices = str, list(typing.get_args(ann))
+        else:
+            typ = args[0] if args else ann
+        default = info.default
+        text = info.description or name
+        if default is not None:
+            text += f" (default: {default})"
+        parser.add_argument("--" + name.replace("_", "-"), type=typ, default=default, choices=choices, help=text)
+
 #: CLI option (dest) -> TrainConfig field, for options that override a resumed run's stored settings
 _RESUME_OVERRIDES = {"epochs": "epochs", "lr": "lr", "batch": "batch", "patch": "patch",
                      "steps_per_epoch": "steps_per_epoch", "decay_start": "decay_start",
                      "decay_every": "decay_every", "decay": "decay", "device": "device", "threads": "num_threads",
-                     "seed": "seed", "no_val_metrics": "val_metrics", "select": "select"}
+                     "seed": "seed", "no_val_metrics": "val_metrics", "select": "select", "grad_clip": "grad_clip"}
 
 
 def _explicit(argv) -> set[str]:
@@ -39,33 +65,18 @@ def register(sub) -> None:
     p.add_argument("--out", "-o", required=True,
                    help="output .safetensors file (best model by validation mean rank, or loss with --select loss)")
     p.add_argument("--init", default="admm", help="admm (model-based start), a shipped model name or a checkpoint path")
-    p.add_argument("--epochs", type=int, default=150)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--patch", type=int, default=128)
-    p.add_argument("--steps-per-epoch", type=int, default=None, help="default: number of pairs / batch")
+    add_config_options(p, CLI_FIELDS)
     p.add_argument("--decay-start", type=int, default=None, help="epochs before the lr decay (default: epochs/3, 50 for 150)")
     p.add_argument("--decay-every", type=int, default=None, help="epochs between lr decays (default: epochs/15, 10 for 150)")
-    p.add_argument("--decay", type=float, default=0.9, help="lr factor per decay step")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--val", default=None, help="validation folder (a/, b/)")
     g.add_argument("--val-fraction", type=float, default=None,
                    help="hold back this fraction of DIR's pairs (evenly over the sorted names) for validation")
     p.add_argument("--no-val-metrics", action="store_true", help="validation loss only (skip the fusion metrics)")
-    p.add_argument("--objective", choices=("fusion", "paper"), default="fusion",
-                   help="fusion: intensity + max-gradient + SSIM + LGDE (default); paper: Eq. 14 (MSE + 10 LGDE), "
-                   "which prefers a copy of the structural image (docs/model.md)")
-    p.add_argument("--target", choices=("max", "lift"), default="max",
-                   help="intensity target of the fusion objective: max(a, b), or lift = a + (b above its median), "
-                   "for salient images on a dark background over a bright structural image (GFP on phase contrast)")
     p.add_argument("--weights", nargs=4, type=float, default=None, metavar=("INT", "GRAD", "SSIM", "LGDE"),
                    help="weights of the fusion objective's terms (default 5 10 1 0.1)")
     p.add_argument("--plain", action="store_true",
                    help="a new model without the guided extension (the paper's V + f(U - V) form)")
-    p.add_argument("--select", choices=("rank", "loss"), default="rank",
-                   help="keep the epoch with the best validation mean rank over 9 metrics (default) or loss")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--checkpoint", default=None, help="write a resumable checkpoint here after every epoch")
     p.add_argument("--resume", default=None, help="continue from a checkpoint written with --checkpoint")
@@ -112,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         e, lr=args.lr, batch=args.batch, patch=args.patch, steps_per_epoch=args.steps_per_epoch, **sched,
         decay=args.decay, device=args.device, seed=args.seed, num_threads=args.threads,
         val_metrics=not args.no_val_metrics, objective=args.objective, target=args.target,
-        guided=not args.plain, select=args.select,
+        guided=not args.plain, select=args.select, grad_clip=args.grad_clip,
         **(dict(zip(("w_intensity", "w_gradient", "w_ssim", "w_lgde"), args.weights)) if args.weights else {}),
     )
     if args.resume:
