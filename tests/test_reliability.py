@@ -299,3 +299,14 @@ def test_without_validation_the_latest_weights_are_kept():
     assert best["epoch"] == 2 and best["selected_by"].startswith("latest epoch")
     sb, sl = res.best_model.state_dict(), res.model.state_dict()
     assert all(torch.equal(sb[k], sl[k]) for k in sb)
+
+
+@pytest.mark.parametrize("kw,field", [({"n_iter": 10_000_000}, "n_iter"), ({"lam": -1.0}, "lam"),
+                                      ({"rho": 0.0}, "rho"), ({"theta": float("inf")}, "theta")])
+def test_hifm_parameters_are_bounded(kw, field):
+    from napari_derun.hifm import HIFMParams
+
+    with pytest.raises(ValueError, match=field):
+        HIFMParams(**kw)
+    with pytest.raises(ValueError, match="unknown HIFM"):
+        HIFMParams.from_dict({"bogus": 1})

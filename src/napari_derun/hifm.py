@@ -25,7 +25,7 @@ exactly these iterations; an untrained DeRUN reproduces this solver.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from pydantic import BaseModel, ConfigDict, Field
 from typing import Any
 
 import numpy as np
@@ -36,9 +36,11 @@ from . import ops
 __all__ = ["HIFMParams", "hifm_energy", "hifm_admm", "admm_iterations", "soft_threshold"]
 
 
-@dataclass
-class HIFMParams:
+class HIFMParams(BaseModel):
     """Parameters of the HIFM model and its ADMM solver (images scaled to [0, 1]).
+
+    A pydantic model: types and ranges are checked on creation (a checkpoint's or a dask worker's
+    parameters included), and unknown keys are refused.
 
     Attributes:
         lam: λ, weight of the ℓ1 texture/denoising term (all ∇_l).
@@ -50,24 +52,33 @@ class HIFMParams:
         omega: ω, step of the G multiplier (``None``: τ).
         sigma: σ, gradient step of the H update (``None``: 1 / (τ + 2μθ), the
             inverse of the Lipschitz constant of the H objective).
-        n_iter: number of ADMM iterations (DeRUN's stage number N).
+        n_iter: number of ADMM iterations (DeRUN's stage number N), 1–64.
         pad: reflect padding (pixels) before the periodic solve.
     """
 
-    lam: float = 0.3
-    mu: float = 0.005
-    theta: float = 100.0
-    rho: float = 1.0
-    tau: float = 1.0
-    zeta: float | None = None
-    omega: float | None = None
-    sigma: float | None = None
-    n_iter: int = 9
-    pad: int = 16
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lam: float = Field(0.3, ge=0, allow_inf_nan=False)
+    mu: float = Field(0.005, ge=0, allow_inf_nan=False)
+    theta: float = Field(100.0, gt=0, allow_inf_nan=False)
+    rho: float = Field(1.0, gt=0, allow_inf_nan=False)
+    tau: float = Field(1.0, gt=0, allow_inf_nan=False)
+    zeta: float | None = Field(None, gt=0, allow_inf_nan=False)
+    omega: float | None = Field(None, gt=0, allow_inf_nan=False)
+    sigma: float | None = Field(None, gt=0, allow_inf_nan=False)
+    n_iter: int = Field(9, ge=1, le=64)
+    pad: int = Field(16, ge=0, le=4096)
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        names = list(type(self).model_fields)
+        if len(args) > len(names):
+            raise TypeError(f"HIFMParams takes at most {len(names)} positional arguments")
+        kw.update(zip(names, args))  # positional order as the dataclass had
+        super().__init__(**kw)
 
     def resolved(self) -> "HIFMParams":
         """A copy with ``zeta``, ``omega`` and ``sigma`` filled in."""
-        d = asdict(self)
+        d = self.to_dict()
         if d["zeta"] is None:
             d["zeta"] = d["rho"]
         if d["omega"] is None:
@@ -77,12 +88,13 @@ class HIFMParams:
         return HIFMParams(**d)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "HIFMParams":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
+        if not isinstance(d, dict):
+            raise ValueError(f"HIFM parameters must be a mapping, got {type(d).__name__}")
+        unknown = set(d) - set(cls.model_fields)
         if unknown:
             raise ValueError(f"unknown HIFM parameters: {sorted(unknown)}")
         return cls(**d)
