@@ -28,12 +28,12 @@ DeRUN computes exactly ``N`` iterations of :func:`napari_derun.hifm.hifm_admm`.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from . import ops
 from .hifm import HIFMParams, soft_threshold
@@ -41,8 +41,7 @@ from .hifm import HIFMParams, soft_threshold
 __all__ = ["DeRUNConfig", "DeRUN", "PiecewiseLinearMap", "adjoint_loss"]
 
 
-@dataclass
-class DeRUNConfig:
+class DeRUNConfig(BaseModel):
     """Architecture of DeRUN (stored with every checkpoint).
 
     Attributes:
@@ -59,25 +58,34 @@ class DeRUNConfig:
             specific branches). Both leave the untrained network equal to ADMM. ``False``
             is the plain unfolding (and what files without the key load as).
         lift_hidden: channels of ``T`` when ``guided``.
+
+    A pydantic model (strict types, unknown keys refused, changes validated): a checkpoint's config
+    is checked before anything is built.
     """
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
 
     n_stages: int = 9
     hidden: int = 8
     n_knots: int = 101
     n_filters: int = 4
     pad: int = 16
-    hifm: dict[str, Any] = field(default_factory=lambda: HIFMParams().to_dict())
+    hifm: dict[str, Any] = Field(default_factory=lambda: HIFMParams().to_dict())
     guided: bool = False
     lift_hidden: int = 16
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
     #: allowed ranges of the integer fields (a checkpoint's config is checked before anything is built)
-    LIMITS = {"n_stages": (1, 64), "hidden": (1, 256), "n_knots": (2, 10001), "n_filters": (1, 4),
+    LIMITS: ClassVar[dict[str, tuple[int, int]]] = {"n_stages": (1, 64), "hidden": (1, 256), "n_knots": (2, 10001), "n_filters": (1, 4),
               "pad": (0, 4096), "lift_hidden": (1, 256)}
 
-    def validate(self) -> "DeRUNConfig":
+    @model_validator(mode="after")
+    def _check(self) -> "DeRUNConfig":
+        return self.check()
+
+    def check(self) -> "DeRUNConfig":
         """Check types and ranges; raises ValueError naming the field."""
         for name, (lo, hi) in self.LIMITS.items():
             v = getattr(self, name)
@@ -96,11 +104,10 @@ class DeRUNConfig:
     def from_dict(cls, d: dict[str, Any]) -> "DeRUNConfig":
         if not isinstance(d, dict):
             raise ValueError(f"a DeRUN config must be a mapping, got {type(d).__name__}")
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
+        unknown = set(d) - set(cls.model_fields)
         if unknown:
             raise ValueError(f"unknown DeRUN config keys: {sorted(unknown)}")
-        return cls(**d).validate()
+        return cls(**d)
 
 
 class PiecewiseLinearMap(nn.Module):
