@@ -103,13 +103,13 @@ def test_admm_iterates_and_shapes():
         hifm_admm(a, b[:-1])
 
 
-@pytest.mark.parametrize("shape", [(37, 29), (64, 64)])
-def test_untrained_derun_equals_admm(shape):
+@pytest.mark.parametrize("shape,guided", [((37, 29), False), ((64, 64), False), ((37, 29), True)])
+def test_untrained_derun_equals_admm(shape, guided):
     a, b = smooth_pair(*shape, seed=3)
     a2, b2 = smooth_pair(*shape, seed=4)
     A = torch.tensor(np.stack([a, a2]))[:, None]
     B = torch.tensor(np.stack([b, b2]))[:, None]
-    net = DeRUN.from_hifm(HIFMParams())
+    net = DeRUN.from_hifm(HIFMParams(), guided=guided)  # the guided extension starts at zero effect too
     with torch.no_grad():
         x, stages = net(A, B, return_stages=True)
     ref, ys = hifm_admm(A, B, return_iterates=True)
