@@ -1,4 +1,4 @@
-"""Scale-out: fusion on a dask.distributed LocalCluster, DDP training under torchrun (gloo, CPU)."""
+"""Scale-out: fusion on a dask.distributed LocalCluster; the ddp training strategy under torchrun (gloo, CPU)."""
 from __future__ import annotations
 
 import json
@@ -94,81 +94,67 @@ def _write_pairs(root: Path, n=3, size=40):
         tifffile.imwrite(root / "b" / f"p{i}.tif", (b * 255).astype(np.uint8))
 
 
-def _reference_training(data, steps, batch, patch, seed, world, lr=0.01, adjoint_weight=0.01):
-    """Single-process training on the union of the ranks' shards (what DDP must reproduce)."""
-    # one thread, like the ranks (--threads 1): with several threads, float summation order moves
-    # values across the piecewise-linear knots of S and the comparison below would blur
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _reference_training_1t(data, steps, batch, patch, seed, world, lr, adjoint_weight)
-    finally:
-        torch.set_num_threads(n_threads)
+def _train_args(data, out, batch, *extra):
+    return ["train", str(data), "-o", str(out), "--epochs", "1", "--steps-per-epoch", "2", "--batch", str(batch),
+            "--patch", "32", "--lr", "0.01", "--optimizer", "sgd", "--seed", "0", "--device", "cpu",
+            "--threads", "1", "--val", str(data), "--no-val-metrics", "-q", *extra]
 
 
-def _reference_training_1t(data, steps, batch, patch, seed, world, lr, adjoint_weight):
-    from torch.utils.data import DistributedSampler
+def test_ddp_strategy_without_torchrun_is_the_single_process_run(tmp_path):
+    """Outside a torchrun job the ddp strategy is a world of one: the same draws, the same weights."""
+    from napari_derun.checkpoint import state_sha256
+    from napari_derun.training import TrainConfig, train
 
-    from napari_derun.model import DeRUN, adjoint_loss
-    from napari_derun.training import PairDataset, TrainConfig
-
-    cfg = TrainConfig(objective="fusion", target="max")  # what ddp_train uses by default
-    torch.manual_seed(seed)
-    net = DeRUN.from_hifm(guided=True).train()
-    ds = ndist.PatchDataset(PairDataset(str(data)), n=steps * batch * world, patch=patch, seed=seed)
-    shards = []
-    for r in range(world):
-        s = DistributedSampler(ds, num_replicas=world, rank=r, shuffle=True, seed=seed, drop_last=True)
-        s.set_epoch(0)
-        shards.append(list(s))
-    opt = torch.optim.SGD(net.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    for step in range(steps):
-        idx = [i for r in range(world) for i in shards[r][step * batch : (step + 1) * batch]]
-        items = [ds[i] for i in idx]
-        ta = torch.from_numpy(np.stack([x[0] for x in items]))
-        tb = torch.from_numpy(np.stack([x[1] for x in items]))
-        opt.zero_grad()
-        loss, _ = cfg.loss(net(ta, tb), ta, tb)
-        loss = loss + adjoint_weight * adjoint_loss(net, generator=gen)
-        loss.backward()
-        opt.step()
-    return net
+    data = tmp_path / "data"
+    _write_pairs(data, n=2, size=36)
+    cfg = dict(epochs=1, steps_per_epoch=2, batch=2, patch=32, lr=0.01, optimizer="sgd", device="cpu", num_threads=1,
+               val_metrics=False, val_initial=False, checkpointing=False)
+    one = train(str(data), config=TrainConfig(**cfg))
+    dd = train(str(data), config=TrainConfig(strategy="ddp", **cfg))
+    assert state_sha256(one.model.state_dict()) == state_sha256(dd.model.state_dict())
+    assert dd.info["ddp"]["world_size"] == 1 and "ddp" not in one.info
+    assert dd.info["ddp"]["rank_state_sha256"] == [state_sha256(dd.model.state_dict())]
 
 
 @pytest.mark.slow  # ~30 s: two torchrun processes
-def test_ddp_torchrun_two_cpu_ranks(tmp_path):
+def test_ddp_strategy_under_torchrun_equals_one_process_with_the_global_batch(tmp_path):
+    """``napari-derun train --strategy ddp`` on two CPU ranks (gloo) x batch 2 = one process x batch 4."""
+    from napari_derun.checkpoint import load_checkpoint, state_sha256
+    from napari_derun.cli import main
+    from napari_derun.model import DeRUN
+
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun not found")
+    assert torchrun is not None, "torchrun ships with torch: it must be next to the interpreter"
     data = tmp_path / "data"
     _write_pairs(data)
-    out = tmp_path / "ddp.safetensors"
-    steps, batch, patch, seed = 2, 2, 32, 0
+    out, ck = tmp_path / "ddp.safetensors", tmp_path / "ddp.ckpt.safetensors"
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", MASTER_ADDR="127.0.0.1")
-    cmd = [torchrun, "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "napari_derun.distributed", "train", "--data", str(data),
-           "--out", str(out), "--steps", str(steps), "--batch", str(batch), "--patch", str(patch),
-           "--lr", "0.01", "--optimizer", "sgd", "--seed", str(seed), "--backend", "gloo", "--device", "cpu", "--threads", "1"]
+    cmd = [torchrun, "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+           "-m", "napari_derun.cli", *_train_args(data, out, 2, "--strategy", "ddp", "--checkpoint", str(ck))]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    from napari_derun.checkpoint import load_checkpoint
-
-    model, info, _ = load_checkpoint(out)
-    hashes = info["ddp"]["rank_state_sha256"]
-    assert info["ddp"]["world_size"] == 2 and len(hashes) == 2
-    assert hashes[0] == hashes[1] == ndist.state_sha256(model.state_dict())  # identical weights on both ranks
-    assert info["training"]["objective"] == "fusion" and model.config.guided  # the same objective as train()
-    assert res.stdout.count("state sha256 " + hashes[0]) == 2
-    # the DDP run equals one process training on the union of both shards (gradient averaging)
-    ref = _reference_training(data, steps, batch, patch, seed, world=2)
-    init = _reference_training(data, 0, batch, patch, seed, world=2)
-    # (plain SGD, so that the comparison is not blurred by Adam's normalisation of tiny gradients)
+    assert res.stdout.count("wrote ") == 1  # rank 0 talks and writes; rank 1 only trains
+    _, info, _ = load_checkpoint(out)
+    ddp = info["ddp"]
+    assert ddp["world_size"] == 2 and ddp["backend"] == "gloo" and ddp["global_batch"] == 4
+    assert ddp["rank_state_sha256"][0] == ddp["rank_state_sha256"][1]  # both ranks end with the same weights
+    assert info["training"]["config"]["strategy"] == "ddp" and info["training"]["objective"] == "fusion"
+    # rank 0 validated (the other rank waited at the barrier)
+    assert [h["steps"] for h in info["history"]] == [2] and info["history"][0]["val_loss"] is not None
+    last, _, _ = load_checkpoint(ck)  # the resumable checkpoint holds the latest weights
+    assert state_sha256(last.state_dict()) == ddp["rank_state_sha256"][0]
+    # the same command in one process with the global batch: the DDP run must equal it
+    ref_ck = tmp_path / "one.ckpt.safetensors"
+    assert main(_train_args(data, tmp_path / "one.safetensors", 4, "--checkpoint", str(ref_ck))) == 0
+    ref, _, _ = load_checkpoint(ref_ck)
+    torch.manual_seed(0)
+    start = DeRUN.from_hifm(guided=True).state_dict()
     moved, worst = 0.0, 0.0
-    for k, v in model.state_dict().items():
-        worst = max(worst, float((v - ref.state_dict()[k].detach()).abs().max()))
-        moved = max(moved, float((v - init.state_dict()[k]).abs().max()))
+    for k, v in last.state_dict().items():
+        worst = max(worst, float((v - ref.state_dict()[k]).abs().max()))
+        moved = max(moved, float((v - start[k]).abs().max()))
     assert moved > 1e-4  # training did change the weights
-    # float32 summation order differs (DDP all-reduce vs one batch): about 1e-3 relative after a step
+    # float32 summation order differs (all-reduce of two halves vs one batch); plain SGD, since Adam's
+    # normalisation would blow these differences up for tiny gradients
     assert worst < 5e-3 * moved
     json.dumps(info)  # provenance is JSON

@@ -404,3 +404,23 @@ def test_train_config_is_validated():
     assert TrainConfig.from_dict(c.to_dict()) == c
     s = TrainConfig.for_epochs(150)
     assert (s.decay_start, s.decay_every) == (50, 10) and TrainConfig.for_epochs(30).decay_start == 10
+
+
+def test_selection_floor_on_salient_contrast():
+    """``min_sr``: an epoch that loses the salient image's contrast ranks behind every epoch that
+    keeps at least ``min_sr`` of it, whatever its mean rank; without a floor the rank decides."""
+    from napari_derun.training import _selected_by, _selection_score
+
+    keeps, hides = ({"SR": 0.7}, 3.0), ({"SR": 0.4}, 1.5)
+    plain = TrainConfig()
+    assert _selection_score(*hides, plain) < _selection_score(*keeps, plain)
+    floor = TrainConfig(min_sr=0.6)
+    assert _selection_score(*keeps, floor) == 3.0
+    assert _selection_score(*keeps, floor) < _selection_score(*hides, floor)
+    # below the floor, the better rank still wins (when no epoch reaches it)
+    assert _selection_score({"SR": 0.5}, 2.0, floor) < _selection_score({"SR": 0.1}, 2.5, floor)
+    assert _selection_score({"SR": float("nan")}, 1.0, floor) > _selection_score(*keeps, floor)
+    assert _selection_score({}, None, floor) is None
+    assert _selected_by(True, floor) == "validation mean rank among epochs with SR >= 0.6"
+    with pytest.raises(ValueError):
+        TrainConfig(min_sr=-0.1)

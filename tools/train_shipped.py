@@ -55,6 +55,7 @@ def main(argv=None):
     p.add_argument("--out", default=None)
     p.add_argument("--init", default="admm", help="admm or a model / checkpoint to continue from")
     p.add_argument("--grad-clip", type=float, default=None)
+    p.add_argument("--min-sr", type=float, default=None, help="selection floor on validation SR")
     a = p.parse_args(argv)
     import torch
 
@@ -69,7 +70,7 @@ def main(argv=None):
                       val_every=a.val_every, val_metrics=True, val_initial=True, max_seconds=a.seconds,
                       num_threads=a.threads, device="cpu", seed=0, checkpointing=False,
                       objective=a.objective, target=a.target, guided=a.guided, train_pad=a.train_pad,
-                      select=a.select, val_limit=a.val_limit, grad_clip=a.grad_clip, **w)
+                      select=a.select, val_limit=a.val_limit, grad_clip=a.grad_clip, min_sr=a.min_sr, **w)
 
     def cb(e):
         if e["kind"] == "epoch":

@@ -19,7 +19,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_checkpoint_info", "file_sha256"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_checkpoint_info", "file_sha256",
+           "state_sha256"]
 
 FORMAT = "napari-derun"
 FORMAT_VERSION = 1
@@ -152,3 +153,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu"):
     except RuntimeError as e:
         raise CheckpointError(f"{path} does not match the DeRUN architecture in its config: {e}") from None
     return model, doc, extra
+
+
+def state_sha256(state: dict) -> str:
+    """SHA-256 of a state dict (names, shapes and bytes, in name order): equal weights, equal hash."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for k in sorted(state):
+        v = state[k]
+        v = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+        h.update(k.encode())
+        h.update(str(v.shape).encode())
+        h.update(np.ascontiguousarray(v).tobytes())
+    return h.hexdigest()

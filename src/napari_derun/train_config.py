@@ -64,8 +64,16 @@ class TrainConfig(BaseModel):
     train_pad: int | None = Field(None, ge=0)
     select: Literal["rank", "loss"] = Field(
         "rank", description="keep the epoch with the best validation mean rank over 9 metrics, or the lowest loss")
+    min_sr: float | None = Field(
+        None, ge=0, le=2, allow_inf_nan=False,
+        description="with select='rank': prefer epochs whose validation SR (the share of the salient image's "
+        "contrast kept, docs/metrics.md) is at least this; an epoch below it is kept only if none reaches it")
     val_limit: int | None = Field(None, ge=1)
     guided: bool = True
+    optimizer: Literal["adam", "sgd"] = Field("adam", description="Adam (the paper's, with betas) or plain SGD")
+    strategy: Literal["single", "ddp"] = Field(
+        "single", description="single: this process; ddp: every process of a torchrun job, gradients averaged "
+        "by DistributedDataParallel (batch is per process)")
 
     @field_validator("betas")
     @classmethod

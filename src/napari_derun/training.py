@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import _ddp
 from .datasets import PairDataset, _as_dataset
 from .events import EpochEvent, StepEvent
 from .train_config import TrainConfig
@@ -199,9 +200,8 @@ def _train(
     """
     import torch
 
+    from .checkpoint import load_checkpoint
     from .registry import resolve_device
-    from .checkpoint import load_checkpoint, save_checkpoint
-    from .model import adjoint_loss
 
     t_start = time.perf_counter()
     cfg = copy.deepcopy(config) if config is not None else TrainConfig()
@@ -237,7 +237,23 @@ def _train(
 
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
-    device = resolve_device(cfg.device)
+    ddp = _ddp.setup(cfg.device) if cfg.strategy == "ddp" else _ddp.DDPContext(device=resolve_device(cfg.device))
+    try:
+        return _loop(model, cfg, ddp, train_pairs, val_pairs, callback, stop, checkpoint_path, t_start, history,
+                     start_epoch, best_state, best_loss, best_record, resumed_from, extra, prev_info, source)
+    finally:
+        ddp.close()
+
+
+def _loop(model, cfg, ddp, train_pairs, val_pairs, callback, stop, checkpoint_path, t_start, history, start_epoch,
+          best_state, best_loss, best_record, resumed_from, extra, prev_info, source) -> TrainResult:
+    """The epochs of :func:`_train` (every rank of a ``ddp`` job runs it; rank 0 validates and writes)."""
+    import torch
+
+    from .checkpoint import save_checkpoint
+    from .model import adjoint_loss
+
+    device = ddp.device
     use_amp = bool(cfg.amp) and device.startswith("cuda")
     tr = _as_dataset(train_pairs, "train")
     va = _as_dataset(val_pairs, "val")
@@ -247,8 +263,12 @@ def _train(
     total_steps = steps * cfg.epochs
 
     model = model.to(device).float().train()
+    net = ddp.wrap(model)  # what the step calls: DistributedDataParallel when there are several ranks
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr_at(start_epoch), betas=tuple(cfg.betas))
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr_at(start_epoch))
+    else:
+        opt = torch.optim.Adam(params, lr=cfg.lr_at(start_epoch), betas=tuple(cfg.betas))
     if extra:
         _load_optimizer_tensors(opt, params, extra, device)
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
@@ -259,6 +279,8 @@ def _train(
         raise ValueError(f"select must be 'rank' or 'loss', got {cfg.select!r}")
     cfg.fusion_weights()  # validates the weights and the target
     refs = None
+    if not ddp.is_main:
+        va = None  # rank 0 validates and selects; the other ranks only train
     if va is not None and cfg.val_metrics and cfg.select == "rank":
         refs = reference_scores(va, cfg.val_limit)
     by_rank = refs is not None and any(refs.values())
@@ -270,16 +292,16 @@ def _train(
         return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
     info_init = None
-    if va is not None and cfg.val_initial and resume is None:
+    if va is not None and cfg.val_initial and resumed_from is None:
         ev = validate()
         info_init = {"val_loss": ev["loss"], "metrics": ev.get("metrics"), "rank": ev.get("rank")}
         # the starting model is a candidate too: training never returns something that scores worse
-        init_score = ev.get("rank") if by_rank else ev["loss"]
+        init_score = _selection_score(ev.get("metrics"), ev.get("rank"), cfg) if by_rank else ev["loss"]
         if init_score is not None and math.isfinite(init_score):
             best_loss, best_state = init_score, snapshot()
             best_record = {"epoch": 0, "train_loss": None, "val_loss": ev["loss"], "metrics": ev.get("metrics"),
                            "rank": ev.get("rank"),
-                           "selected_by": "validation mean rank" if by_rank else "validation loss"}
+                           "selected_by": _selected_by(by_rank, cfg)}
 
     stopped = False
     step_global = start_epoch * steps
@@ -292,16 +314,20 @@ def _train(
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         run_loss, n_done = 0.0, 0
         for s in range(steps):
-            if _stop_requested(stop) or (cfg.max_seconds and time.perf_counter() - t_start > cfg.max_seconds):
+            if ddp.any(_stop_requested(stop) or bool(cfg.max_seconds and time.perf_counter() - t_start > cfg.max_seconds)):
                 stopped = True
                 break
-            na, nb, nf = tr.batch(rng, cfg.batch, cfg.patch, cfg.augment, return_floor=True)
+            # the global batch (the same draws on every rank); this rank trains on its slice of it
+            na, nb, nf = tr.batch(rng, cfg.batch * ddp.world_size, cfg.patch, cfg.augment, return_floor=True)
+            if ddp.active:
+                part = slice(ddp.rank * cfg.batch, (ddp.rank + 1) * cfg.batch)
+                na, nb, nf = na[part], nb[part], nf[part]
             ta = torch.from_numpy(na).to(device)
             tb = torch.from_numpy(nb).to(device)
             opt.zero_grad(set_to_none=True)
             with torch.autocast("cuda", enabled=use_amp), _padding(model, cfg.train_pad):
                 try:
-                    x = model(ta, tb, checkpoint=cfg.checkpointing)
+                    x = net(ta, tb, checkpoint=cfg.checkpointing)
                 except FloatingPointError as e:
                     raise FloatingPointError(f"training diverged at epoch {epoch + 1}, step {s + 1} ({e}); "
                                              f"lower the learning rate (lr {lr:g})") from None
@@ -328,7 +354,7 @@ def _train(
             run_loss += lv
             n_done += 1
             step_global += 1
-            if callback is not None:
+            if callback is not None and ddp.is_main:
                 callback(StepEvent(step=step_global, total_steps=total_steps, epoch=epoch + 1, loss=lv, lr=lr,
                                    parts=dict(parts)))
         if n_done == 0:
@@ -345,27 +371,28 @@ def _train(
             # loss was measured before each step), so the latest weights are kept, not a "best"
             score = -float(epoch + 1)
         else:
-            score = rec["rank"] if by_rank else rec["val_loss"]
+            score = _selection_score(rec["metrics"], rec["rank"], cfg) if by_rank else rec["val_loss"]
         rec["best"] = False
         if score is not None and score < best_loss:
             best_loss, best_state = score, snapshot()
             rec["best"] = True
             best_record = {k: rec[k] for k in ("epoch", "train_loss", "val_loss", "metrics", "rank")}
-            best_record["selected_by"] = ("validation mean rank" if by_rank else
-                                          "validation loss" if va is not None else "latest epoch (no validation pairs)")
+            best_record["selected_by"] = (_selected_by(by_rank, cfg) if va is not None
+                                          else "latest epoch (no validation pairs)")
         history.append(rec)
-        if callback is not None:
+        if callback is not None and ddp.is_main:
             callback(EpochEvent(**{k: rec[k] for k in ("epoch", "epochs", "train_loss", "val_loss", "metrics", "rank",
                                                        "lr", "best")}))
         if stopped:
             break
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and ddp.is_main:
             ex = _optimizer_tensors(opt, params)
             if best_state is not None:
                 ex.update({"best/" + k: v for k, v in best_state.items()})
             ck_info = _info(cfg, source, tr, va, history, best_record, info_init, t_start, device, resumed_from, prev_info)
             ck_info["training_state"] = {"epoch": epoch + 1, "best_loss": best_loss, "best": best_record}
             save_checkpoint(checkpoint_path, model, ck_info, ex)
+        ddp.barrier()  # the others wait while rank 0 validates and writes
 
     model.eval()
     best_model = copy.deepcopy(model)
@@ -374,7 +401,33 @@ def _train(
     best_model.eval()
     info = _info(cfg, source, tr, va, history, best_record, info_init, t_start, device, resumed_from, prev_info)
     info["training"]["stopped_early"] = stopped
+    if cfg.strategy == "ddp":
+        info["ddp"] = {"world_size": ddp.world_size, "rank": ddp.rank, "backend": ddp.backend,
+                       "global_batch": cfg.batch * ddp.world_size,
+                       "rank_state_sha256": ddp.gather_hashes(model.state_dict())}
     return TrainResult(model=model, best_model=best_model, history=history, info=info, stopped=stopped)
+
+
+# an epoch whose validation SR is under ``min_sr`` ranks behind every epoch that reaches it
+_SR_PENALTY = 1000.0
+
+
+def _selected_by(by_rank: bool, cfg: TrainConfig) -> str:
+    if not by_rank:
+        return "validation loss"
+    return "validation mean rank" + (f" among epochs with SR >= {cfg.min_sr:g}" if cfg.min_sr is not None else "")
+
+
+def _selection_score(metrics: dict[str, float] | None, rank: float | None, cfg: TrainConfig) -> float | None:
+    """The score ``select='rank'`` minimises: the validation mean rank, behind every epoch that
+    keeps at least ``cfg.min_sr`` of the salient image's contrast when a floor is set."""
+    if rank is None:
+        return None
+    if cfg.min_sr is not None:
+        sr = (metrics or {}).get("SR")
+        if sr is None or not math.isfinite(sr) or sr < cfg.min_sr:
+            return rank + _SR_PENALTY
+    return rank
 
 
 def _info(cfg, source, tr, va, history, best_record, info_init, t_start, device, resumed_from, prev_info):

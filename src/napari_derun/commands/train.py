@@ -10,7 +10,8 @@ _PARSER = None
 
 #: TrainConfig fields offered as options: type, default, choices and help come from the config itself
 CLI_FIELDS = ("epochs", "lr", "batch", "patch", "steps_per_epoch", "decay", "objective", "target", "select",
-              "device", "seed", "grad_clip")
+              "min_sr", "device", "seed", "grad_clip",
+              "optimizer", "strategy")
 
 
 def add_config_options(parser: argparse.ArgumentParser, names) -> None:
@@ -38,7 +39,8 @@ def add_config_options(parser: argparse.ArgumentParser, names) -> None:
 _RESUME_OVERRIDES = {"epochs": "epochs", "lr": "lr", "batch": "batch", "patch": "patch",
                      "steps_per_epoch": "steps_per_epoch", "decay_start": "decay_start",
                      "decay_every": "decay_every", "decay": "decay", "device": "device", "threads": "num_threads",
-                     "seed": "seed", "no_val_metrics": "val_metrics", "select": "select", "grad_clip": "grad_clip"}
+                     "seed": "seed", "no_val_metrics": "val_metrics", "select": "select", "grad_clip": "grad_clip",
+                     "min_sr": "min_sr", "strategy": "strategy"}
 
 
 def _explicit(argv) -> set[str]:
@@ -59,7 +61,8 @@ def register(sub) -> None:
         help="train / fine-tune DeRUN on a folder of pairs (DIR/a, DIR/b) and write a .safetensors model",
         description="Train DeRUN on registered pairs: DIR/a (structural) and DIR/b (salient), same file names. "
         "Schedule defaults follow the paper (Adam, lr 1e-4, batch 4, 150 epochs, x0.9 every 10 epochs after 50); "
-        "the objective defaults to the fusion objective (--objective paper for Eq. 14).",
+        "the objective defaults to the fusion objective (--objective paper for Eq. 14). "
+        "On several GPUs or machines: torchrun --nproc_per_node=N -m napari_derun.cli train ... --strategy ddp.",
     )
     p.add_argument("dir", help="training folder with a/ and b/ sub-folders")
     p.add_argument("--out", "-o", required=True,
@@ -105,13 +108,21 @@ def run(args: argparse.Namespace) -> int:
     if not args.lr > 0:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
 
+    import os
+
     from tqdm import tqdm
+
+    # in a torchrun job (--strategy ddp) every process runs this; rank 0 talks and writes the model
+    main_rank = args.strategy != "ddp" or int(os.environ.get("RANK", 0)) == 0
+    if not main_rank:
+        args.quiet = True
 
     from ..training import PairDataset, TrainConfig, peak_rss_mb, train
 
     data = PairDataset(args.dir)
+    say = print if main_rank else (lambda *a, **k: None)
     for msg in data.problems:
-        print(f"warning: {msg}")
+        say(f"warning: {msg}")
     val = None
     if args.val:
         val = PairDataset(args.val)
@@ -123,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
         e, lr=args.lr, batch=args.batch, patch=args.patch, steps_per_epoch=args.steps_per_epoch, **sched,
         decay=args.decay, device=args.device, seed=args.seed, num_threads=args.threads,
         val_metrics=not args.no_val_metrics, objective=args.objective, target=args.target,
-        guided=not args.plain, select=args.select, grad_clip=args.grad_clip,
+        guided=not args.plain, select=args.select, grad_clip=args.grad_clip, min_sr=args.min_sr,
+        optimizer=args.optimizer, strategy=args.strategy,
         **(dict(zip(("w_intensity", "w_gradient", "w_ssim", "w_lgde"), args.weights)) if args.weights else {}),
     )
     if args.resume:
@@ -137,8 +149,8 @@ def run(args: argparse.Namespace) -> int:
             over[field] = (not args.no_val_metrics) if dest == "no_val_metrics" else getattr(args, dest)
         cfg = TrainConfig.from_dict({**stored, **over})
         if over:
-            print(f"resuming with the stored settings, changed: {', '.join(f'{k}={v}' for k, v in over.items())}")
-    print(f"training on {len(data)} pairs" + (f", validating on {len(val)}" if val is not None else "")
+            say(f"resuming with the stored settings, changed: {', '.join(f'{k}={v}' for k, v in over.items())}")
+    say(f"training on {len(data)} pairs" + (f", validating on {len(val)}" if val is not None else "")
           + f"; init={args.init if not args.resume else 'resume ' + args.resume}")
     bar = None
 
@@ -179,6 +191,8 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGINT, old)
         if bar is not None:
             bar.close()
+    if not main_rank:
+        return 0
     if not res.history:
         print("stopped before the first epoch finished: nothing was trained, no model written", file=sys.stderr)
         return 1
@@ -187,5 +201,7 @@ def run(args: argparse.Namespace) -> int:
     res.save(out, best=True, name=name)
     print(f"wrote {out} (name {name!r}, {res.info['training']['epochs_done']} epochs, "
           f"{res.info['training']['seconds']:.0f} s on {res.info['training']['device']}, "
-          f"peak RSS {peak_rss_mb():.0f} MiB)")
+          f"peak RSS {peak_rss_mb():.0f} MiB"
+          + (f"; {res.info['ddp']['world_size']} processes, global batch {res.info['ddp']['global_batch']}"
+             if "ddp" in res.info else "") + ")")
     return 0
