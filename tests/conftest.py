@@ -20,6 +20,12 @@ def _seed():
         pass
 
 
+@pytest.fixture(autouse=True)
+def _own_prefs(tmp_path, monkeypatch):
+    """Widgets remember choices in a preferences file: each test gets its own, never the user's."""
+    monkeypatch.setenv("NAPARI_DERUN_CONFIG_DIR", str(tmp_path / "napari-derun-config"))
+
+
 @pytest.fixture
 def one_thread():
     """Run a test with one torch thread (bitwise reproducible reductions; no oversubscription

@@ -1,6 +1,10 @@
 """Drive the Fuse and Fine-tune widgets through a real napari viewer (headless under Xvfb)."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -89,8 +93,12 @@ def test_fuse_widget_rgb_matches_api_and_reruns_in_place(make_napari_viewer, qtb
     ya = preprocess.split_luma(preprocess.to_float01(a))[0]
     yb = preprocess.split_luma(preprocess.to_float01(b))[0]
     f_l = np.clip(nd.fuse(a, b, device="cpu", return_stages=True)[1]["X"][-1], 0, 1)
-    assert set(w.last_metrics) == {"EN", "AG", "SSIM", "PSNR"}
+    assert set(w.last_metrics) == {"EN", "AG", "SSIM", "PSNR", "SR"}
     assert w.last_metrics["SSIM"] == pytest.approx(metrics.ssim(ya, yb, f_l, data_range=1.0), rel=1e-5)
+    # SR by its definition: b's contrast (top 5 % vs darker half of b) as it appears in the result
+    hi, lo = yb >= np.quantile(yb, 0.95), yb <= np.quantile(yb, 0.5)
+    sr = (f_l[hi].mean() - f_l[lo].mean()) / (yb[hi].mean() - yb[lo].mean())
+    assert w.last_metrics["SR"] == pytest.approx(sr, rel=1e-4)
     assert "SSIM" in w.metrics_label.value
 
     # re-run: same layer objects updated in place, no new layers
@@ -343,7 +351,6 @@ def test_default_model_follows_the_data_then_the_last_choice(make_napari_viewer,
     from napari_derun._widgets import FuseWidget
     from napari_derun._widgets import _fuse_widget as fwmod
 
-    fwmod._LAST.clear()
     assert fwmod.default_model(["phase contrast", "GFP"], ["admm", "gfp_pc", "medical"]) == "gfp_pc"
     assert fwmod.default_model(["MRI", "PET"], ["admm", "gfp_pc", "medical"]) == "medical"
     assert fwmod.default_model(["visible", "infrared"], ["admm", "ivf"]) == "ivf"
@@ -361,4 +368,52 @@ def test_default_model_follows_the_data_then_the_last_choice(make_napari_viewer,
     qtbot.waitUntil(lambda: not w.running, timeout=WAIT)
     w2 = FuseWidget(viewer)
     assert w2.model_combo.value == "admm"
-    fwmod._LAST.clear()
+    # remembered across napari sessions: in the preferences file, read by a fresh process
+    from napari_derun._widgets._prefs import prefs_path
+
+    assert json.loads(prefs_path().read_text())["model"] == "admm"
+    out = subprocess.run([sys.executable, "-c", "from napari_derun._widgets._prefs import default_model;"
+                          "print(default_model(['MRI', 'PET'], ['admm', 'medical']))"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "admm"
+
+
+def _controls(container):
+    from magicgui.widgets import Container, Label
+
+    for wdg in container:
+        if isinstance(wdg, Container):
+            yield from _controls(wdg)
+        elif not isinstance(wdg, Label) or wdg.label:
+            yield wdg
+
+
+def test_layer_pickers_follow_the_layer_list_and_every_control_has_a_tooltip(make_napari_viewer):
+    import napari
+
+    from napari_derun._widgets import FinetuneWidget, FuseWidget
+
+    viewer = make_napari_viewer()
+    a, b = _pair_u8(32, 32)
+    viewer.add_image(a, name="pc")
+    lb = viewer.add_image(b, name="gfp")
+    viewer.add_labels(np.zeros((32, 32), np.uint8), name="labels")  # not an image: never offered
+    fw, tw = FuseWidget(viewer), FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(fw)
+    viewer.window.add_dock_widget(tw)
+    for picker in (fw.a_combo, fw.b_combo, tw.a_combo, tw.b_combo, tw.val_a, tw.val_b):
+        assert picker.annotation is napari.layers.Image  # napari's own layer picker widget
+        assert [n for n in picker.choices if n is not None] == [viewer.layers["pc"], lb]
+    # napari keeps them in step: a new layer, a renamed one, a removed one
+    lc = viewer.add_image(a, name="dapi")
+    assert lc in fw.b_combo.choices and lc in tw.val_b.choices
+    lb.name = "GFP channel"
+    assert fw.b_combo.native.findText("GFP channel") >= 0
+    assert tw.a_combo.native.findText("GFP channel") >= 0
+    viewer.layers.remove(lc)
+    assert lc not in fw.a_combo.choices and lc not in tw.b_combo.choices
+    # tooltips on every control of both widgets (form fields and buttons)
+    missing = [w.label or w.text for c in (fw.form, fw.buttons, tw.form1, tw.pair_buttons, tw.form2, tw.buttons)
+               for w in _controls(c) if not w.tooltip]
+    assert not missing, f"controls without a tooltip: {missing}"
+    assert fw.metrics_label.tooltip and "SR" in fw.metrics_label.tooltip and tw.pair_list.toolTip()

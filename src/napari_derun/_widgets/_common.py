@@ -17,6 +17,22 @@ def image_layers(viewer):
     return [ly for ly in viewer.layers if isinstance(ly, napari.layers.Image)]
 
 
+def layer_picker(viewer, label: str, tooltip: str = ""):
+    """A picker of the viewer's image layers: napari's own magicgui widget for a
+    ``napari.layers.Image`` annotation (``create_widget``), bound to ``viewer`` so that it also lists
+    the layers before the widget is docked (napari's default choices only look for a viewer among
+    the widget's Qt parents). The widgets' ``reset_choices`` refresh it; napari calls that when a
+    layer is added, removed, moved or renamed."""
+    import napari
+    from magicgui.widgets import create_widget
+
+    def choices(_w=None):
+        return [(ly.name, ly) for ly in image_layers(viewer)]
+
+    return create_widget(annotation=napari.layers.Image, label=label,
+                         options={"nullable": True, "choices": choices, "tooltip": tooltip or None})
+
+
 def copy_units(src, kwargs: dict, extra_axes: int = 0) -> None:
     """Copy ``units`` of ``src`` into layer kwargs where napari supports them (napari >= 0.6)."""
     try:

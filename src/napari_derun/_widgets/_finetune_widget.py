@@ -10,11 +10,39 @@ from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label,
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QFileDialog, QListWidget, QProgressBar, QVBoxLayout, QWidget
 
-from ._common import JobWidgetMixin, ProgressRelay, image_layers
+from ._common import JobWidgetMixin, ProgressRelay, image_layers, layer_picker
 from ._fuse_widget import A_LABEL, B_LABEL
 
 #: the Objective picker: first entry = keep the start model's own objective
 OBJECTIVE_CHOICES: tuple[str, ...] = ("as the start model", "fusion", "paper")
+
+
+#: tooltips, one per control
+TIPS = {
+    "a": "Structural image of a training pair (phase contrast, MRI, visible).",
+    "b": "Salient image of the same pair (GFP, PET, SPECT, infrared); same shape as the structural one.",
+    "add": "Add the two layers above as a training pair (z-stacks and time series add every plane).",
+    "remove": "Remove the pairs selected in the list.",
+    "pairs": "Training pairs taken from open layers.",
+    "folder": "A folder with a/ (structural) and b/ (salient) sub-folders holding pairs with the same file names.",
+    "val": "Optional held-back pair: with it, the epoch with the best validation mean rank over the fusion "
+           "metrics is kept; without it, the last epoch.",
+    "start": "The model to start from: a shipped model of the same kind of data is the usual choice.",
+    "objective": "What training minimises. 'as the start model' continues with the objective the model was "
+                 "trained with (the shipped models: the fusion objective). 'fusion' keeps both images "
+                 "(intensity, max gradient, SSIM, LGDE); 'paper' is Eq. 14 of the DeRUN paper, which prefers a "
+                 "copy of the structural image.",
+    "epochs": "Passes over the training patches; validation after each.",
+    "steps": "Optimiser steps per epoch; 0 picks enough to see every pair.",
+    "batch": "Patches per step (more: smoother, slower).",
+    "lr": "Adam learning rate; 1e-4 is gentle enough to fine-tune a shipped model.",
+    "patch": "Side of the random square patches cut from the pairs (pixels).",
+    "name": "The tuned model is registered under this name: it appears in the Fuse widget and in "
+            "napari_derun.list_models().",
+    "start_button": "Train in the background; the plot shows the loss as it goes.",
+    "stop": "Stop after the current step and keep the best model so far.",
+    "save": "Write the tuned model as a .safetensors file (weights, settings and training history; no code).",
+}
 
 
 def layer_planes(layer) -> list[np.ndarray]:
@@ -85,32 +113,30 @@ class FinetuneWidget(JobWidgetMixin, QWidget):
         self._relay = ProgressRelay(self)
         self._relay.payload.connect(self._on_event)
 
-        choices = lambda _w=None: [(ly.name, ly) for ly in image_layers(self.viewer)]  # noqa: E731
-        self.a_combo = ComboBox(label=A_LABEL, choices=choices, nullable=True)
-        self.b_combo = ComboBox(label=B_LABEL, choices=choices, nullable=True)
-        self.add_button = PushButton(text="Add pair")
-        self.remove_button = PushButton(text="Remove selected")
+        self.a_combo = layer_picker(self.viewer, A_LABEL, TIPS["a"])
+        self.b_combo = layer_picker(self.viewer, B_LABEL, TIPS["b"])
+        self.add_button = PushButton(text="Add pair", tooltip=TIPS["add"])
+        self.remove_button = PushButton(text="Remove selected", tooltip=TIPS["remove"])
         self.pair_list = QListWidget()
         self.pair_list.setMaximumHeight(90)
-        self.folder = FileEdit(label="and/or folder (a/, b/)", mode="d", value="")
-        self.val_a = ComboBox(label="Validation structural", choices=choices, nullable=True, value=None)
-        self.val_b = ComboBox(label="Validation salient", choices=choices, nullable=True, value=None)
-        self.start_model = ComboBox(label="Start from", choices=self._start_choices)
+        self.pair_list.setToolTip(TIPS["pairs"])
+        self.folder = FileEdit(label="and/or folder (a/, b/)", mode="d", value="", tooltip=TIPS["folder"])
+        self.val_a = layer_picker(self.viewer, "Validation structural", TIPS["val"])
+        self.val_b = layer_picker(self.viewer, "Validation salient", TIPS["val"])
+        self.val_a.value = self.val_b.value = None
+        self.start_model = ComboBox(label="Start from", choices=self._start_choices, tooltip=TIPS["start"])
         self.objective = ComboBox(label="Objective", choices=list(OBJECTIVE_CHOICES), value=OBJECTIVE_CHOICES[0],
-                                  tooltip="What training minimises. 'as the start model' continues with the "
-                                  "objective the model was trained with (the shipped models: the fusion objective). "
-                                  "'fusion' keeps both images (intensity, max gradient, SSIM, LGDE); 'paper' is "
-                                  "Eq. 14 of the DeRUN paper, which prefers a copy of the structural image.")
-        self.epochs = SpinBox(label="Epochs", value=10, min=1, max=10000)
-        self.steps = SpinBox(label="Steps per epoch (0 = auto)", value=0, min=0, max=100000)
-        self.batch = SpinBox(label="Batch", value=4, min=1, max=64)
-        self.lr = FloatSpinBox(label="Learning rate", value=1e-4, min=1e-7, max=1.0, step=1e-5)
+                                  tooltip=TIPS["objective"])
+        self.epochs = SpinBox(label="Epochs", value=10, min=1, max=10000, tooltip=TIPS["epochs"])
+        self.steps = SpinBox(label="Steps per epoch (0 = auto)", value=0, min=0, max=100000, tooltip=TIPS["steps"])
+        self.batch = SpinBox(label="Batch", value=4, min=1, max=64, tooltip=TIPS["batch"])
+        self.lr = FloatSpinBox(label="Learning rate", value=1e-4, min=1e-7, max=1.0, step=1e-5, tooltip=TIPS["lr"])
         self.lr.native.setDecimals(6)
-        self.patch = SpinBox(label="Patch size", value=128, min=16, max=1024, step=16)
-        self.name = LineEdit(label="Name of the tuned model", value="finetuned-1")
-        self.start_button = PushButton(text="Start")
-        self.stop_button = PushButton(text="Stop (keep best)", enabled=False)
-        self.save_button = PushButton(text="Save…", enabled=False)
+        self.patch = SpinBox(label="Patch size", value=128, min=16, max=1024, step=16, tooltip=TIPS["patch"])
+        self.name = LineEdit(label="Name of the tuned model", value="finetuned-1", tooltip=TIPS["name"])
+        self.start_button = PushButton(text="Start", tooltip=TIPS["start_button"])
+        self.stop_button = PushButton(text="Stop (keep best)", enabled=False, tooltip=TIPS["stop"])
+        self.save_button = PushButton(text="Save…", enabled=False, tooltip=TIPS["save"])
         self.status_label = Label(value="Add training pairs, then press Start.")
         self.status_label.native.setWordWrap(True)
         self.form1 = Container(widgets=[self.a_combo, self.b_combo])
@@ -133,9 +159,14 @@ class FinetuneWidget(JobWidgetMixin, QWidget):
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop)
         self.save_button.clicked.connect(lambda: self.save())
-        self.viewer.layers.events.inserted.connect(self._refresh)
-        self.viewer.layers.events.removed.connect(self._refresh)
+        for ev in ("inserted", "removed", "renamed"):  # napari also calls reset_choices once docked
+            getattr(self.viewer.layers.events, ev).connect(self._refresh)
         self._refresh()
+
+    def reset_choices(self, *_) -> None:
+        """Refresh the layer and model pickers (napari calls this on layer-list changes)."""
+        self._refresh()
+        self.start_model.reset_choices()
 
     def _start_choices(self, _w=None):
         from .. import api

@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 #: metrics shown live after each run (cheap ones); the "All eight metrics" button adds the rest
-FAST_METRICS = ("EN", "AG", "SSIM", "PSNR")
+FAST_METRICS = ("EN", "AG", "SSIM", "PSNR", "SR")
 #: a pair whose estimated shift exceeds this many pixels is reported as misaligned
 MISALIGN_PX = 3.0
 
@@ -149,10 +149,12 @@ def shift_plane(x: np.ndarray, shift: tuple[float, float], rgb: bool) -> np.ndar
 
 
 def fast_metrics(a_l: np.ndarray, b_l: np.ndarray, f_l: np.ndarray) -> dict[str, float]:
-    """EN, AG, SSIM, PSNR of luminance planes in [0, 1] (see :mod:`napari_derun.metrics`)."""
+    """EN, AG, SSIM, PSNR (:mod:`napari_derun.metrics`) and SR, the share of the salient image's
+    contrast kept (:mod:`napari_derun.metrics_extra`), of luminance planes in [0, 1]."""
     from .. import metrics as m
+    from .. import metrics_extra as mx
 
-    fns = {"EN": m.en, "AG": m.ag, "SSIM": m.ssim, "PSNR": m.psnr}
+    fns = {"EN": m.en, "AG": m.ag, "SSIM": m.ssim, "PSNR": m.psnr, "SR": mx.sr}
     return {k: float(fns[k](a_l, b_l, f_l, data_range=1.0)) for k in FAST_METRICS}
 
 

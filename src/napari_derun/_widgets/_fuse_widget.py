@@ -11,13 +11,43 @@ from napari.utils.notifications import show_error, show_warning
 from qtpy.QtWidgets import QProgressBar, QVBoxLayout, QWidget
 
 from . import _fuse_job as job
-from ._common import JobWidgetMixin, ProgressRelay, copy_units, image_layers
+from ._common import JobWidgetMixin, ProgressRelay, copy_units, image_layers, layer_picker
+from ._prefs import default_model, save_pref
 from ._state import MODEL_BUS
 
 CHECKPOINT = "Checkpoint file…"
 DEVICES = ["auto", "cuda", "mps", "cpu"]
 A_LABEL = "Structural (phase contrast / MRI / visible)"
 B_LABEL = "Salient (GFP / PET / SPECT / infrared)"
+
+
+#: tooltips, one per control
+TIPS = {
+    "a": "The image that carries the structure: phase contrast, MRI, visible light. "
+         "Grey or RGB, 2D or nD (z, t); the same shape as the salient layer.",
+    "b": "The image whose bright signal must survive: GFP or another fluorescence channel, PET, SPECT, infrared.",
+    "model": "gfp_pc: fluorescence on phase contrast; medical: PET/SPECT/CT with MRI; ivf: infrared with visible; "
+             "admm: the training-free solver. Models registered from the console or the Fine-tune widget appear "
+             "here. See 'Which model, which metric' in the docs.",
+    "checkpoint": "A .safetensors model written by napari-derun (train, Fine-tune → Save). Loaded without "
+                  "unpickling code.",
+    "device": "auto: a CUDA or Apple GPU when there is one, else the CPU.",
+    "in_use": "The device the next run will use.",
+    "stages": "Also add one layer per unfolding stage (the fused image after each of the 9 stages), to see "
+              "how the network gets there.",
+    "eh": "Also add the extracted feature maps E and H of every stage and filter (large: stages × filters planes).",
+    "align": "Estimate a translation of the salient image onto the structural one (phase correlation) and "
+             "apply it before fusing. For pairs that are nearly, but not exactly, registered.",
+    "run": "Fuse in the background; the result is a new layer '<salient>_<structural>_derun', updated in "
+           "place when you run again.",
+    "cancel": "Stop after the current plane or tile; nothing is added.",
+    "metrics": "Of the middle plane. EN: information (entropy); AG: sharpness (average gradient); SSIM: "
+               "structure kept from both inputs; PSNR: closeness to both; "
+               "SR: share of the salient image's contrast kept (1 = all). A copy of one input scores well on "
+               "several metrics, so read them together (docs: 'Which model, which metric').",
+    "all_metrics": "Compute all eight fusion metrics of the paper (EN, SSIM, PSNR, AG, FMI, VIF, UIQI, Qp) "
+                   "for the last result, in the background.",
+}
 
 
 def output_name(a_name: str, b_name: str) -> str:
@@ -37,25 +67,6 @@ def _disconnect(signal, slot) -> None:
         pass
 
 
-#: the model last used in this session (the next Fuse widget starts with it)
-_LAST: dict[str, str] = {}
-
-_NAME_HINTS = (("gfp_pc", ("gfp", "fluor", "phase", "pc", "bright", "mcherry", "rfp", "dapi")),
-               ("medical", ("pet", "spect", "ct", "mri", "t1", "t2", "flair")),
-               ("ivf", ("ir", "infrared", "thermal", "visible", "vis", "rgb")))
-
-
-def default_model(names, available) -> str:
-    """The model to offer first: the one used last in this session, else the shipped model whose task
-    the layer names suggest (``"GFP"``, ``"PET"``, ``"infrared"`` …), else the training-free ``admm``."""
-    if _LAST.get("model") in available:
-        return _LAST["model"]
-    words = " ".join(n.lower() for n in names if n).replace("_", " ").replace("-", " ").split()
-    for model, hints in _NAME_HINTS:
-        if model in available and any(w in hints or any(w.startswith(h) for h in hints if len(h) > 2)
-                                      for w in words):
-            return model
-    return "admm"
 
 
 class FuseWidget(JobWidgetMixin, QWidget):
@@ -72,20 +83,22 @@ class FuseWidget(JobWidgetMixin, QWidget):
         self._relay = ProgressRelay(self)
         self._relay.progress.connect(self._on_progress)
 
-        self.a_combo = ComboBox(label=A_LABEL, choices=self._layer_choices, nullable=True)
-        self.b_combo = ComboBox(label=B_LABEL, choices=self._layer_choices, nullable=True)
-        self.model_combo = ComboBox(label="Model", choices=self._model_choices)
-        self.ckpt_file = FileEdit(label="Checkpoint", mode="r", filter="*.safetensors", visible=False)
-        self.device_combo = ComboBox(label="Device", choices=DEVICES, value="auto")
-        self.device_label = Label(label="In use", value="")
-        self.stages_check = CheckBox(text="Add per-stage layers", value=False)
-        self.eh_check = CheckBox(text="E/H maps (per stage and filter)", value=False)
-        self.align_check = CheckBox(text="Align b to a first (shift salient onto structural)", value=False)
-        self.run_button = PushButton(text="Run")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.a_combo = layer_picker(self.viewer, A_LABEL, TIPS["a"])
+        self.b_combo = layer_picker(self.viewer, B_LABEL, TIPS["b"])
+        self.model_combo = ComboBox(label="Model", choices=self._model_choices, tooltip=TIPS["model"])
+        self.ckpt_file = FileEdit(label="Checkpoint", mode="r", filter="*.safetensors", visible=False,
+                                  tooltip=TIPS["checkpoint"])
+        self.device_combo = ComboBox(label="Device", choices=DEVICES, value="auto", tooltip=TIPS["device"])
+        self.device_label = Label(label="In use", value="", tooltip=TIPS["in_use"])
+        self.stages_check = CheckBox(text="Add per-stage layers", value=False, tooltip=TIPS["stages"])
+        self.eh_check = CheckBox(text="E/H maps (per stage and filter)", value=False, tooltip=TIPS["eh"])
+        self.align_check = CheckBox(text="Align b to a first (shift salient onto structural)", value=False,
+                                    tooltip=TIPS["align"])
+        self.run_button = PushButton(text="Run", tooltip=TIPS["run"])
+        self.cancel_button = PushButton(text="Cancel", enabled=False, tooltip=TIPS["cancel"])
         self.status_label = Label(value="Pick two image layers and press Run.")
-        self.metrics_label = Label(value="")
-        self.all_metrics_button = PushButton(text="All eight metrics", enabled=False)
+        self.metrics_label = Label(value="", tooltip=TIPS["metrics"])
+        self.all_metrics_button = PushButton(text="All eight metrics", enabled=False, tooltip=TIPS["all_metrics"])
         self.form = Container(
             widgets=[
                 self.a_combo, self.b_combo, self.model_combo, self.ckpt_file, self.device_combo,
@@ -112,8 +125,10 @@ class FuseWidget(JobWidgetMixin, QWidget):
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.all_metrics_button.clicked.connect(self.compute_all_metrics)
-        self.viewer.layers.events.inserted.connect(self._refresh_layers)
-        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        # napari also calls reset_choices once the widget is docked (a layer added, removed, moved or
+        # renamed); these keep an undocked widget (console, scripts) in step too
+        for ev in ("inserted", "removed", "renamed"):
+            getattr(self.viewer.layers.events, ev).connect(self._refresh_layers)
         MODEL_BUS.changed.connect(self._on_model_registered)
         self.destroyed.connect(lambda *_: _disconnect(MODEL_BUS.changed, self._on_model_registered))
         self._model_touched = False
@@ -123,8 +138,10 @@ class FuseWidget(JobWidgetMixin, QWidget):
         self._update_device_label()
 
     # ---------------------------------------------------------------- choices
-    def _layer_choices(self, _w=None):
-        return [(ly.name, ly) for ly in image_layers(self.viewer)]
+    def reset_choices(self, *_) -> None:
+        """Refresh the layer and model pickers (napari calls this on layer-list changes)."""
+        self._refresh_layers()
+        self.refresh_models()
 
     def _model_choices(self, _w=None):
         from .. import api
@@ -236,7 +253,7 @@ class FuseWidget(JobWidgetMixin, QWidget):
                 "Tick 'Align b to a first' and run again to shift it before fusing, or register the images first."
             )
         if self.model_combo.value != CHECKPOINT:
-            _LAST["model"] = self.model_combo.value  # the next Fuse widget of this session starts with it
+            save_pref("model", self.model_combo.value)  # the next Fuse widget starts with it, in any session
         self._cancel.clear()
         self._layers = (a, b)
         self._opts = {"with_stages": self.stages_check.value, "with_eh": self.eh_check.value}

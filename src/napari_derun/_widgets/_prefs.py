@@ -1,0 +1,66 @@
+"""What the widgets remember (and the model they offer first) between napari sessions: a small JSON file in the user's config folder
+(``platformdirs.user_config_dir("napari-derun")``; ``NAPARI_DERUN_CONFIG_DIR`` overrides the folder).
+
+Remembering is a convenience: an unreadable, corrupt or read-only file is ignored, never an error.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+FILE_NAME = "widgets.json"
+
+
+def prefs_path() -> Path:
+    """The preferences file (it may not exist yet)."""
+    folder = os.environ.get("NAPARI_DERUN_CONFIG_DIR")
+    if not folder:
+        import platformdirs
+
+        folder = platformdirs.user_config_dir("napari-derun", appauthor=False)
+    return Path(folder) / FILE_NAME
+
+
+def load_prefs() -> dict[str, Any]:
+    """The remembered preferences (an empty dict when there are none or the file is unreadable)."""
+    try:
+        data = json.loads(prefs_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def save_pref(key: str, value: Any) -> bool:
+    """Remember ``key = value`` (JSON-serialisable); ``False`` when the file cannot be written."""
+    from .._files import atomic_writer
+
+    prefs = load_prefs()
+    prefs[key] = value
+    try:
+        with atomic_writer(prefs_path(), "w") as fh:
+            json.dump(prefs, fh, indent=1, sort_keys=True)
+    except OSError:
+        return False
+    return True
+
+
+_NAME_HINTS = (("gfp_pc", ("gfp", "fluor", "phase", "pc", "bright", "mcherry", "rfp", "dapi")),
+               ("medical", ("pet", "spect", "ct", "mri", "t1", "t2", "flair")),
+               ("ivf", ("ir", "infrared", "thermal", "visible", "vis", "rgb")))
+
+
+def default_model(names: Iterable[str | None], available: Sequence[str]) -> str:
+    """The model to offer first: the one the user last fused with (remembered across napari sessions
+    in :func:`prefs_path`), else the shipped model whose task the layer names suggest (``"GFP"``, ``"PET"``,
+    ``"infrared"`` …), else the training-free ``admm``."""
+    last = load_prefs().get("model")
+    if isinstance(last, str) and last in available:
+        return last
+    words = " ".join(n.lower() for n in names if n).replace("_", " ").replace("-", " ").split()
+    for model, hints in _NAME_HINTS:
+        if model in available and any(w in hints or any(w.startswith(h) for h in hints if len(h) > 2)
+                                      for w in words):
+            return model
+    return "admm"
