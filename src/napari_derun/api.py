@@ -6,11 +6,16 @@ of :mod:`napari_derun.stacks`.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import threading
+from typing import TYPE_CHECKING, Any, Callable
+
+from numpy.typing import ArrayLike
 
 import numpy as np
 
 from . import preprocess
+if TYPE_CHECKING:  # dask is imported only when a dask array comes in
+    from dask.array import Array as DaskArray
 from .registry import (  # noqa: F401  (the public API, and names the tests and widgets use)
     _SESSION,
     MODELS,
@@ -76,8 +81,8 @@ def _check_inputs(a, b, axes) -> None:
 
 
 def fuse(
-    a,
-    b,
+    a: ArrayLike | DaskArray,
+    b: ArrayLike | DaskArray,
     model: Any = TRAINING_FREE,
     device: str = "auto",
     return_stages: bool = False,
@@ -89,11 +94,11 @@ def fuse(
     tile: int | None = 1024,
     overlap: int | None = None,
     batch_size: int | None = None,
-    cancel=None,
+    cancel: threading.Event | None = None,
     ranges: tuple[tuple[float, float], tuple[float, float]] | None = None,
     client: Any = None,
     precision: str | None = None,
-):
+) -> np.ndarray | DaskArray | tuple[np.ndarray | DaskArray, dict[str, np.ndarray]]:
     """Fuse two registered images or stacks with DeRUN or the training-free HIFM solver.
 
     Args:
@@ -101,8 +106,10 @@ def fuse(
             ``YX``, ``YXC`` (RGB/RGBA), ``ZYX``, ``TYX``, ``TZYX`` (``…C``) or as given by ``axes``;
             uint8, uint16 or float (see :mod:`napari_derun.preprocess` for the normalisation).
         b: salient image (GFP, PET, SPECT, CT, infrared), same size (may be colour when ``a`` is not).
-        model: see :func:`load_model` (default ``"admm"``, training-free).
-        device: ``"auto"`` (GPU when there is one), ``"cpu"``, ``"cuda"``, ``"mps"``.
+        model: ``admm`` (the training-free solver), a shipped model (``gfp_pc``, ``medical``,
+            ``ivf``), a name registered in this session or a ``.safetensors`` checkpoint; see
+            :func:`load_model`.
+        device: ``auto`` (a GPU when there is one), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         return_stages: also return per-stage intermediates (2-D inputs only; not tiled).
         percentiles: robust range for non-uint8 inputs, computed once for the whole stack.
         color_from: chroma source when both inputs are colour (``"auto"``: ``b``).
@@ -112,7 +119,7 @@ def fuse(
             stack of shape ``(Z, Y, 3)``); a pair ``(axes_a, axes_b)`` for different layouts.
         tile: planes larger than ``tile`` pixels (either side) are fused in overlapping tiles
             (``None``/``0``: never tile).
-        overlap: tile overlap in pixels (default :data:`napari_derun.stacks.DEFAULT_OVERLAP`).
+        overlap: tile overlap in pixels (default 128, :data:`napari_derun.stacks.DEFAULT_OVERLAP`).
         batch_size: planes/tiles per device batch (default 8 on CUDA, 1 otherwise); halved
             (then the tile) on GPU out-of-memory.
         cancel: a :class:`threading.Event`; when set, fusion stops with

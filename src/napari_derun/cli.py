@@ -17,6 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"napari-derun {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):  # helpers, not commands
+            continue
         mod = importlib.import_module(f"{commands.__name__}.{info.name}")
         mod.register(sub)
     for p in sub.choices.values():  # every command: --threads

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -31,8 +31,9 @@ class PairDataset:
         problems: messages about files that were skipped; source: folder or ``"arrays"``.
     """
 
-    def __init__(self, pairs, names: Sequence[str] | None = None, select=None,
-                 percentiles=preprocess.DEFAULT_PERCENTILES):
+    def __init__(self, pairs: str | os.PathLike | Sequence[tuple[np.ndarray, np.ndarray]],
+                 names: Sequence[str] | None = None, select: Callable[[int, str], bool] | None = None,
+                 percentiles: tuple[float, float] = preprocess.DEFAULT_PERCENTILES):
         self.a: list[np.ndarray] = []
         self.b: list[np.ndarray] = []
         self.names: list[str] = []

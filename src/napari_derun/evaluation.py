@@ -332,9 +332,9 @@ def _write_csv(path: Path, rows: Sequence[dict], fields: Sequence[str]) -> None:
 
 
 def evaluate(
-    dir_or_pairs,
+    dir_or_pairs: str | os.PathLike | Sequence[tuple[str, Any, Any]],
     methods: Iterable[str] | str = DEFAULT_METHODS,
-    out_dir=None,
+    out_dir: str | os.PathLike | None = None,
     device: str = "auto",
     progress: bool = True,
     *,
@@ -348,16 +348,20 @@ def evaluate(
     Args:
         dir_or_pairs: a data folder with ``a/`` and ``b/`` (same file stem = pair; png,
             jpg, tif; 8/16-bit; grey or RGB), or a list of ``(name, a, b)`` with paths or arrays.
-        methods: method strings (see module docstring) or one comma-separated string.
+        methods: derun (the shipped model of the data's task), admm (training-free), average, max,
+            laplacian, pixel_max, overlay, copy_a, copy_b, or model names / checkpoint paths; a list or
+            one comma-separated string.
         out_dir: if given, writes ``per_image.csv`` (name, method, 8 metrics, seconds)
             and ``summary.md`` (mean ± std table, the problems list).
-        device: for model-based methods.
+        device: for model-based methods: auto (a GPU when there is one), cpu, cuda or mps.
         progress: show a tqdm progress bar (on stderr).
-        model: the model behind ``"derun"`` (default: see :func:`resolve_methods`).
+        model: the model behind ``derun`` (default: the shipped model of the folder's task,
+            see :func:`resolve_methods`).
         limit: only the first ``limit`` pairs (sorted by name).
         verbose: print problems and skipped methods.
-        metrics: the metric columns to compute (default all of :data:`EVAL_METRICS`; FMI and Qp
-            take most of the time and are not part of the mean rank).
+        metrics: the metric columns to compute, a list or one comma-separated string (default all
+            14: SSIM, PSNR, AG, FMI, VIF, EN, UIQI, Qp, SD, SF, MI, Qabf, SCD, SR; FMI and Qp take most
+            of the time and are not part of the mean rank).
 
     Returns:
         ``(rows, summary)``: ``rows`` is a list of dicts with the CSV fields;

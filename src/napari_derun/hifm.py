@@ -201,7 +201,7 @@ def hifm_admm(
     params: HIFMParams | None = None,
     return_iterates: bool = False,
     **overrides: Any,
-):
+) -> np.ndarray | torch.Tensor | tuple[np.ndarray | torch.Tensor, list[np.ndarray | torch.Tensor]]:
     """Training-free HIFM fusion by ADMM.
 
     Args:

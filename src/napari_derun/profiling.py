@@ -117,6 +117,13 @@ def profile(
     intercepting the torch operations of one forward pass (see
     :func:`_count_torch_macs`); baselines analytically (:func:`_baseline_macs`).
 
+    Args:
+        size: side of the square test pair in pixels (at least 41).
+        methods: as in :func:`napari_derun.evaluation.evaluate`.
+        device: auto (a GPU when there is one), cpu, cuda or mps.
+        repeats: timed runs per method; the median is reported.
+        model: the model behind ``derun`` (default: the shipped one).
+
     Returns:
         rows ``{"method", "params", "macs", "conv_macs", "fft_macs", "median_ms", "note"}``.
     """

@@ -3,10 +3,11 @@ fuse with each method and score against the *clean* sources (CSV + metrics-vs-le
 paper's Fig. 7). Uses the method and scoring machinery of :mod:`napari_derun.evaluation`."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -50,12 +51,12 @@ ROBUSTNESS_FIELDS = ("degradation", "level", "input", "name", "method") + EVAL_M
 
 
 def robustness(
-    dir_or_pairs,
+    dir_or_pairs: str | os.PathLike | Sequence[tuple[str, Any, Any]],
     input: str = "b",
     degradations: Iterable[str] | str = ("haze", "rain", "low_light", "noise", "blur"),
     levels: Iterable[int] | str = (0, 1, 2, 3, 4, 5),
     methods: Iterable[str] | str = DEFAULT_METHODS,
-    out_dir=None,
+    out_dir: str | os.PathLike | None = None,
     *,
     model: str | None = None,
     limit: int | None = None,
@@ -74,9 +75,20 @@ def robustness(
     between the *clean* A and B and the fused image (level 0 = no degradation).
 
     Args:
-        crop: centre-crop every pair to at most ``crop`` × ``crop`` first (speed).
-        Others: as in :func:`evaluate`; ``degradations`` accepts ``noise`` for
-            ``gaussian_noise``.
+        dir_or_pairs: as in :func:`evaluate`.
+        input: which input to degrade: ``a`` (structural) or ``b`` (salient).
+        degradations: haze, rain, low_light, noise (gaussian_noise) and/or blur; a list or one
+            comma-separated string.
+        levels: degradation levels 0-5 (0: clean); a list or one comma-separated string.
+        methods: as in :func:`evaluate`.
+        out_dir: writes ``robustness.csv`` and ``robustness.png`` here.
+        model: as in :func:`evaluate`.
+        limit: only the first ``limit`` pairs (sorted by name).
+        seed: seed of the random degradations (rain streaks, noise).
+        crop: centre-crop every pair to at most ``crop`` × ``crop`` pixels first (speed).
+        device: as in :func:`evaluate`.
+        progress: show a progress bar (on stderr).
+        verbose: print problems and skipped methods.
 
     Returns:
         ``(rows, summary)``: rows with :data:`ROBUSTNESS_FIELDS`; summary

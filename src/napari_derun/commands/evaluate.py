@@ -6,6 +6,9 @@ from pathlib import Path
 
 
 def register(sub) -> None:
+    from ..evaluation import evaluate
+    from ._options import add_options
+
     p = sub.add_parser(
         "evaluate",
         help="fuse every a/ + b/ pair of a folder with several methods and tabulate the 8 fusion metrics",
@@ -13,15 +16,8 @@ def register(sub) -> None:
         "with SSIM PSNR AG FMI VIF EN UIQI Qp, write per_image.csv and summary.md (mean ± std).",
     )
     p.add_argument("dir", help="data folder with a/ (structural) and b/ (salient) sub-folders")
-    p.add_argument("--methods", default="derun,admm,average,max,laplacian",
-                   help="comma-separated: derun, admm, average, max, laplacian, model names or checkpoint paths")
-    p.add_argument("--model", default=None, help="model behind 'derun' (default: shipped model of the folder's task)")
     p.add_argument("--out", "-o", default=None, help="output folder for per_image.csv and summary.md")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--limit", type=int, default=None, help="only the first N pairs (sorted by name)")
-    p.add_argument("--metrics", default=None,
-                   help="comma-separated metric columns (default all 14: SSIM,PSNR,AG,FMI,VIF,EN,UIQI,Qp,SD,SF,MI,"
-                   "Qabf,SCD,SR); FMI and Qp are the slow ones")
+    add_options(p, evaluate, ("methods", "model", "device", "limit", "metrics"))
     p.add_argument("-q", "--quiet", "--no-progress", dest="no_progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

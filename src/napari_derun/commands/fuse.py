@@ -59,6 +59,8 @@ def check_output_format(path) -> str:
 
 
 def register(sub) -> None:
+    from ._options import add_options
+
     p = sub.add_parser(
         "fuse",
         help="fuse an image pair (A B -o OUT.tif) or a folder of pairs (DIR -o OUTDIR)",
@@ -68,14 +70,11 @@ def register(sub) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="A B (two images) or DIR (with a/ and b/)")
     p.add_argument("-o", "--output", required=True, help="output .tif (pair) or folder (batch)")
-    p.add_argument("--model", default="admm", help="admm (training-free), a shipped/session name or a checkpoint")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="fp32 (reference) or bf16 autocast (faster on AVX512-BF16 CPUs and GPUs, ~1e-2 relative)")
-    p.add_argument("--tile", type=int, default=1024, help="tile size for large planes (0: never tile)")
-    p.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default 128)")
-    p.add_argument("--batch-size", type=int, default=None, help="planes/tiles per device batch")
-    p.add_argument("--axes", default=None, help="axes of the inputs when not stored in the file, e.g. ZYX, TZYX")
+    from ..api import fuse
+
+    add_options(p, fuse, ("model", "device", "precision", "tile", "overlap", "batch_size", "axes"),
+                precision={"choices": ["fp32", "bf16"], "default": "fp32"},
+                axes={"help": "axes of both inputs when the files do not store them, e.g. ZYX, TZYX"})
     p.add_argument("--dtype", choices=["float32", "input"], default="float32",
                    help="float32 in [0, 1] (default) or the dtype of A (integers scaled to their full range)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")

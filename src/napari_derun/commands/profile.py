@@ -5,17 +5,17 @@ import argparse
 
 
 def register(sub) -> None:
+    from ..evaluation import evaluate
+    from ..profiling import profile
+    from ._options import add_options
+
     p = sub.add_parser(
         "profile",
         help="parameters, multiply-adds and median fusion time of DeRUN, ADMM and the baselines",
         description="Count parameters and multiply-adds (convolutions + FFTs) and time each method on a "
         "size x size pair.",
     )
-    p.add_argument("--size", type=int, default=256, help="image side in pixels (default: 256)")
-    p.add_argument("--methods", default="derun,admm,average,max,laplacian", help="comma-separated methods")
-    p.add_argument("--model", default=None, help="model behind 'derun'")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per method (median reported)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    add_options(p, profile, ("size", "methods", "model", "repeats", "device"), docs_from=(evaluate,))
     p.set_defaults(func=run)
 
 

@@ -5,6 +5,10 @@ import argparse
 
 
 def register(sub) -> None:
+    from ..evaluation import evaluate
+    from ..robust import robustness
+    from ._options import add_options
+
     p = sub.add_parser(
         "robustness",
         help="degrade one input at increasing levels, fuse with each method, plot metrics vs. level",
@@ -12,21 +16,15 @@ def register(sub) -> None:
         "with each method and score against the clean sources; writes robustness.csv and robustness.png.",
     )
     p.add_argument("dir", help="data folder with a/ and b/ sub-folders")
-    p.add_argument("--input", choices=("a", "b"), default="b", help="which input to degrade (default: b)")
-    p.add_argument("--degradations", default="haze,rain,low_light,noise,blur", help="comma-separated")
-    p.add_argument("--levels", default="0,1,2,3,4,5", help="comma-separated levels 0..5")
-    p.add_argument("--methods", default="derun,admm,average,max,laplacian", help="comma-separated methods")
-    p.add_argument("--model", default=None, help="model behind 'derun'")
-    p.add_argument("--limit", type=int, default=None, help="only the first N pairs")
-    p.add_argument("--crop", type=int, default=None, help="centre-crop pairs to at most N x N pixels (speed)")
+    add_options(p, robustness, ("input", "degradations", "levels", "methods", "model", "limit", "crop", "seed",
+                                "device"), docs_from=(evaluate,), input={"choices": ["a", "b"]})
     p.add_argument("--out", "-o", default="derun_robustness", help="output folder (default: derun_robustness)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random degradations")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("-q", "--quiet", "--no-progress", dest="no_progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..evaluation import evaluate
     from ..robust import robustness
 
     rows, summary = robustness(args.dir, input=args.input, degradations=args.degradations, levels=args.levels,
