@@ -100,3 +100,35 @@ def test_core_has_no_qt_or_napari_imports():
 def test_no_module_over_600_lines():
     long = {n: len(p.read_text(encoding="utf-8").splitlines()) for n, p in _modules().items()}
     assert {n: k for n, k in long.items() if k > 600} == {}
+
+
+
+def _numpy_sections(source: str) -> list[str]:
+    """(name, heading) of every NumPy/reST-style section (a heading underlined with dashes) in the
+    module, class and function docstrings of ``source``."""
+    import re
+
+    underline = re.compile(r"^\s*[-=~^]{3,}\s*$")
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            lines = (ast.get_docstring(node, clean=True) or "").splitlines()
+            for i, line in enumerate(lines[1:], 1):
+                if underline.match(line) and lines[i - 1].strip():
+                    out.append(f"{getattr(node, 'name', '<module>')}: {lines[i - 1].strip()!r}")
+    return out
+
+
+def test_docstring_checker_tells_numpy_from_google():
+    numpy_doc = 'def f(x):\n    """Sum.\n\n    Parameters\n    ----------\n    x : int\n    """\n'
+    google_doc = 'def f(x):\n    """Sum.\n\n    Args:\n        x: an int.\n    """\n    # ----------\n'
+    assert _numpy_sections(numpy_doc) == ["f: 'Parameters'"]
+    assert _numpy_sections(google_doc) == []
+
+
+def test_one_docstring_style_google():
+    """Docstrings use Google sections (``Args:``, ``Returns:``), as mkdocstrings renders them
+    (mkdocs.yml): no NumPy/reST section underlines."""
+    bad = [f"{p.relative_to(PKG)}:{x}" for p in sorted(PKG.rglob("*.py"))
+           for x in _numpy_sections(p.read_text(encoding="utf-8"))]
+    assert not bad, "NumPy/reST-style sections (use Google style: 'Args:', 'Returns:'):\n" + "\n".join(bad)

@@ -80,14 +80,12 @@ def _gauss1d(size: int, sigma: float) -> np.ndarray:
 def _filter_valid(x: np.ndarray, k: np.ndarray) -> np.ndarray:
     """Separable correlation with the 2-D kernel ``outer(k, k)``, 'valid' region only.
 
-    Parameters
-    ----------
-    x : (H, W) float64
-    k : (n,) float64, n odd
+    Args:
+        x: (H, W) float64 array.
+        k: (n,) float64 array, n odd.
 
-    Returns
-    -------
-    (H - n + 1, W - n + 1) float64
+    Returns:
+        (H - n + 1, W - n + 1) float64 array.
     """
     r = len(k) // 2
     y = ndi.correlate1d(x, k, axis=0, mode="constant")

@@ -181,16 +181,15 @@ def fmi_pair(x, f, *, feature: str = "pixel", window: int = 3, data_range: float
     [0, 1]; the reference uses the discrete Meyer wavelet, not available in
     numpy/scipy).
 
-    Parameters
-    ----------
-    x, f : (H, W) array_like, H, W >= window
-    feature : {"pixel", "gradient", "dct", "wavelet"}
-    window : int (odd)
-    data_range : float
+    Args:
+        x: (H, W) array_like, source X; H, W >= window.
+        f: (H, W) array_like, fused F, same shape as ``x``.
+        feature: one of "pixel", "gradient", "dct", "wavelet".
+        window: int (odd), side of the square windows in pixels.
+        data_range: float, scale of the inputs (rescaled to 0-255).
 
-    Returns
-    -------
-    float, 1 when X = F
+    Returns:
+        float, 1 when X = F.
     """
     feature = _check_feature(feature)
     _check_window(window)
@@ -205,16 +204,16 @@ def fmi(a, b, f, *, feature: str = "pixel", window: int = 3, data_range: float =
     Equal to the mean of the reference code's per-window map
     (fmi_af + fmi_bf) / 2.  See :func:`fmi_pair` for the method and features.
 
-    Parameters
-    ----------
-    a, b, f : (H, W) array_like, H, W >= window
-    feature : {"pixel", "gradient", "dct", "wavelet"}
-    window : int (odd)
-    data_range : float
+    Args:
+        a: (H, W) array_like, source A; H, W >= window.
+        b: (H, W) array_like, source B, same shape as ``a``.
+        f: (H, W) array_like, fused F, same shape as ``a``.
+        feature: one of "pixel", "gradient", "dct", "wavelet".
+        window: int (odd), side of the square windows in pixels.
+        data_range: float, scale of the inputs (rescaled to 0-255).
 
-    Returns
-    -------
-    float, 1 when A = B = F
+    Returns:
+        float, 1 when A = B = F.
     """
     feature = _check_feature(feature)
     _check_window(window)

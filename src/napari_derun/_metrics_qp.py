@@ -19,14 +19,14 @@ def _pc_filters(rows: int, cols: int, nscale: int, norient: int, min_wavelength:
                 mult: float, sigma_onf: float, dtheta_on_sigma: float):
     """Log-Gabor filter bank (frequency domain, DC at [0, 0]) and noise constants.
 
-    Returns
-    -------
-    filters : (norient, nscale, rows, cols) float64
-    em_n : (norient,) float64, sum of the squared smallest-scale filter
-    noise_an2, noise_aiaj : (norient,) float64
-        sum over pixels of sum_s f_s^2 and of sum_{s<t} f_s f_t, where f_s is the
-        real part of the inverse FFT of filter s times sqrt(rows * cols)
-        (computed by Parseval, without FFTs).
+    Returns:
+        filters: (norient, nscale, rows, cols) float64.
+        em_n: (norient,) float64, sum of the squared smallest-scale filter.
+        noise_an2: (norient,) float64, sum over pixels of sum_s f_s^2, where f_s is
+            the real part of the inverse FFT of filter s times sqrt(rows * cols)
+            (computed by Parseval, without FFTs).
+        noise_aiaj: (norient,) float64, sum over pixels of sum_{s<t} f_s f_t, f_s
+            as for ``noise_an2`` (computed by Parseval, without FFTs).
     """
     if cols % 2:
         xr = np.arange(-(cols - 1) / 2, (cols - 1) / 2 + 1) / (cols - 1)
@@ -98,23 +98,29 @@ def phase_congruency(img, *, nscale: int = 4, norient: int = 6, min_wavelength: 
     without it, which gives NaN on constant images); a constant image gives
     PC = 0 and M = -m = 5e-5 (half that epsilon, from the moment formula).
 
-    Parameters
-    ----------
-    img : (H, W) array_like
-    nscale, norient : int
-        Number of wavelet scales (4) and orientations (6).
-    min_wavelength, mult, sigma_onf, dtheta_on_sigma, k, cutoff, g : float
-        Kovesi's defaults.
-    data_range : float
+    Args:
+        img: (H, W) array_like.
+        nscale: int, number of wavelet scales (4).
+        norient: int, number of orientations (6).
+        min_wavelength: float, wavelength of the smallest-scale filter (Kovesi's
+            default).
+        mult: float, scaling factor between successive filters (Kovesi's default).
+        sigma_onf: float, ratio of the log-Gabor bandwidth to the centre frequency
+            (Kovesi's default).
+        dtheta_on_sigma: float, ratio of the angle between orientations to the
+            angular spread of the filters (Kovesi's default).
+        k: float, number of noise standard deviations in the noise threshold
+            (Kovesi's default).
+        cutoff: float, frequency-spread cut-off of the sigmoid weight (Kovesi's
+            default).
+        g: float, gain of the frequency-spread sigmoid (Kovesi's default).
+        data_range: float, scale of the input (rescaled to 0-255).
 
-    Returns
-    -------
-    pc : (H, W) float64 in [0, 1]
-        Overall phase congruency sum_o W_o E_o / (sum_o sum_s A_so + eps).
-    M : (H, W) float64
-        Maximum moment of the PC covariance (edge strength).
-    m : (H, W) float64
-        Minimum moment (corner strength).
+    Returns:
+        pc: (H, W) float64 in [0, 1], overall phase congruency
+            sum_o W_o E_o / (sum_o sum_s A_so + eps).
+        M: (H, W) float64, maximum moment of the PC covariance (edge strength).
+        m: (H, W) float64, minimum moment (corner strength).
     """
     (x,) = _prepare((img, "img"), data_range=data_range, min_size=2)
     return _phasecong(x, nscale, norient, min_wavelength, mult, sigma_onf, dtheta_on_sigma, k, cutoff, g)
@@ -238,18 +244,16 @@ def qp(a, b, f, *, threshold: float = 0.1, data_range: float = 255.0, return_com
     without structure (s_F = 0) scores C / C = 1 in each window, so Qp must be
     read together with the other metrics.
 
-    Parameters
-    ----------
-    a, b, f : (H, W) array_like, H, W >= 2
-    threshold : float
-        Phase-congruency threshold of the feature masks (0.1).
-    data_range : float
-    return_components : bool
-        Also return (P_pc, P_M, P_m).
+    Args:
+        a: (H, W) array_like, source A; H, W >= 2.
+        b: (H, W) array_like, source B, same shape as ``a``.
+        f: (H, W) array_like, fused F, same shape as ``a``.
+        threshold: float, phase-congruency threshold of the feature masks (0.1).
+        data_range: float, scale of the inputs (rescaled to 0-255).
+        return_components: bool, also return (P_pc, P_M, P_m).
 
-    Returns
-    -------
-    float, or (float, (float, float, float)) with ``return_components``.
+    Returns:
+        float, or (float, (float, float, float)) with ``return_components``.
     """
     a, b, f = _prepare((a, "a"), (b, "b"), (f, "f"), data_range=data_range, min_size=2)
     pc1, m1_big, m1 = _phasecong(a)

@@ -45,13 +45,12 @@ def _out(x: np.ndarray) -> np.ndarray:
 def average(a, b) -> np.ndarray:
     """Average fusion F = (A + B) / 2.
 
-    Parameters
-    ----------
-    a, b : (H, W) array_like, values in [0, 1]
+    Args:
+        a: (H, W) array_like, values in [0, 1].
+        b: (H, W) array_like, values in [0, 1], same shape as ``a``.
 
-    Returns
-    -------
-    (H, W) float32 in [0, 1]
+    Returns:
+        (H, W) float32 in [0, 1].
     """
     xa, xb = _check_pair(a, b)
     return _out(0.5 * (xa + xb))
@@ -62,14 +61,12 @@ def activity(x, sigma: float = 2.0) -> np.ndarray:
 
     activity = G_sigma * |x - G_sigma * x|, Gaussian filters with reflected borders.
 
-    Parameters
-    ----------
-    x : (H, W) array_like
-    sigma : float > 0
+    Args:
+        x: (H, W) array_like.
+        sigma: float > 0, Gaussian scale in pixels.
 
-    Returns
-    -------
-    (H, W) float64 >= 0
+    Returns:
+        (H, W) float64 >= 0.
     """
     x = np.asarray(x, dtype=np.float64)
     detail = np.abs(x - ndi.gaussian_filter(x, sigma, mode="reflect"))
@@ -84,15 +81,14 @@ def max_abs(a, b, sigma: float = 2.0) -> np.ndarray:
     texture / edges / small bright targets rather than single noisy pixels.  Where
     both activities are equal (e.g. both sources flat) the two pixels are averaged.
 
-    Parameters
-    ----------
-    a, b : (H, W) array_like, values in [0, 1]
-    sigma : float > 0
-        Scale of the local mean and of the activity averaging, in pixels.
+    Args:
+        a: (H, W) array_like, values in [0, 1].
+        b: (H, W) array_like, values in [0, 1], same shape as ``a``.
+        sigma: float > 0, scale of the local mean and of the activity averaging, in
+            pixels.
 
-    Returns
-    -------
-    (H, W) float32 in [0, 1]
+    Returns:
+        (H, W) float32 in [0, 1].
     """
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma!r}")
@@ -146,14 +142,13 @@ def laplacian_pyramid(a, b, levels: int = 4) -> np.ndarray:
     Decomposition + reconstruction is exact, so fusing an image with itself
     returns it unchanged.
 
-    Parameters
-    ----------
-    a, b : (H, W) array_like, values in [0, 1]
-    levels : int >= 0
+    Args:
+        a: (H, W) array_like, values in [0, 1].
+        b: (H, W) array_like, values in [0, 1], same shape as ``a``.
+        levels: int >= 0, number of detail levels (reduced as described above).
 
-    Returns
-    -------
-    (H, W) float32 in [0, 1]
+    Returns:
+        (H, W) float32 in [0, 1].
     """
     if int(levels) != levels or levels < 0:
         raise ValueError(f"levels must be a non-negative integer, got {levels!r}")

@@ -111,15 +111,13 @@ def haze(img, level: int, seed=None) -> np.ndarray:
     seed t decreases with the level at every pixel, so |I - A| = t |J - A| (the
     contrast against the airlight) decreases monotonically.
 
-    Parameters
-    ----------
-    img : (H, W) or (H, W, 3) float array in [0, 1]
-    level : int, 0..5
-    seed : None, int or numpy.random.Generator
+    Args:
+        img: (H, W) or (H, W, 3) float array in [0, 1].
+        level: int, severity 0..5 (0 = identity).
+        seed: None, int or numpy.random.Generator.
 
-    Returns
-    -------
-    float32 array of ``img``'s shape, in [0, 1]
+    Returns:
+        float32 array of ``img``'s shape, in [0, 1].
     """
     x = _check(img, level)
     if level == 0:
@@ -161,17 +159,15 @@ def rain(img, level: int, seed=None, angle: float = RAIN_ANGLE) -> np.ndarray:
     ``RAIN_STRENGTH[level]``, which only brightens and stays in [0, 1].  The same
     streak layer is used for the three channels of a colour image.
 
-    Parameters
-    ----------
-    img : (H, W) or (H, W, 3) float array in [0, 1]
-    level : int, 0..5
-    seed : None, int or numpy.random.Generator
-    angle : float
-        Streak direction in degrees from the horizontal (75 = nearly vertical).
+    Args:
+        img: (H, W) or (H, W, 3) float array in [0, 1].
+        level: int, severity 0..5 (0 = identity).
+        seed: None, int or numpy.random.Generator.
+        angle: float, streak direction in degrees from the horizontal (75 = nearly
+            vertical).
 
-    Returns
-    -------
-    float32 array of ``img``'s shape, in [0, 1]
+    Returns:
+        float32 array of ``img``'s shape, in [0, 1].
     """
     x = _check(img, level)
     if level == 0:
@@ -199,15 +195,13 @@ def low_light(img, level: int, seed=None) -> np.ndarray:
     grows as the level rises) and Gaussian read noise of std
     ``LOW_LIGHT_READ[level]``.  Noise is independent per channel.
 
-    Parameters
-    ----------
-    img : (H, W) or (H, W, 3) float array in [0, 1]
-    level : int, 0..5
-    seed : None, int or numpy.random.Generator
+    Args:
+        img: (H, W) or (H, W, 3) float array in [0, 1].
+        level: int, severity 0..5 (0 = identity).
+        seed: None, int or numpy.random.Generator.
 
-    Returns
-    -------
-    float32 array of ``img``'s shape, in [0, 1]
+    Returns:
+        float32 array of ``img``'s shape, in [0, 1].
     """
     x = _check(img, level)
     if level == 0:
@@ -225,15 +219,13 @@ def gaussian_noise(img, level: int, seed=None) -> np.ndarray:
 
     Independent per pixel and channel; the result is clipped to [0, 1].
 
-    Parameters
-    ----------
-    img : (H, W) or (H, W, 3) float array in [0, 1]
-    level : int, 0..5
-    seed : None, int or numpy.random.Generator
+    Args:
+        img: (H, W) or (H, W, 3) float array in [0, 1].
+        level: int, severity 0..5 (0 = identity).
+        seed: None, int or numpy.random.Generator.
 
-    Returns
-    -------
-    float32 array of ``img``'s shape, in [0, 1]
+    Returns:
+        float32 array of ``img``'s shape, in [0, 1].
     """
     x = _check(img, level)
     if level == 0:
@@ -248,15 +240,13 @@ def blur(img, level: int, seed=None) -> np.ndarray:
     Each channel separately, reflected borders.  Deterministic (``seed`` is
     accepted for a uniform signature and ignored).
 
-    Parameters
-    ----------
-    img : (H, W) or (H, W, 3) float array in [0, 1]
-    level : int, 0..5
-    seed : ignored
+    Args:
+        img: (H, W) or (H, W, 3) float array in [0, 1].
+        level: int, severity 0..5 (0 = identity).
+        seed: ignored.
 
-    Returns
-    -------
-    float32 array of ``img``'s shape, in [0, 1]
+    Returns:
+        float32 array of ``img``'s shape, in [0, 1].
     """
     x = _check(img, level)
     if level == 0:
@@ -278,16 +268,14 @@ DEGRADATIONS: dict[str, Callable[..., np.ndarray]] = {
 def apply(img, name: str, level: int, seed=None) -> np.ndarray:
     """Apply the degradation ``name`` (a key of :data:`DEGRADATIONS`) at ``level``.
 
-    Parameters
-    ----------
-    img : (H, W) or (H, W, 3) float array in [0, 1]
-    name : str
-    level : int, 0..5
-    seed : None, int or numpy.random.Generator
+    Args:
+        img: (H, W) or (H, W, 3) float array in [0, 1].
+        name: str, a key of :data:`DEGRADATIONS`.
+        level: int, severity 0..5 (0 = identity).
+        seed: None, int or numpy.random.Generator.
 
-    Returns
-    -------
-    float32 array of ``img``'s shape, in [0, 1]
+    Returns:
+        float32 array of ``img``'s shape, in [0, 1].
     """
     try:
         fn = DEGRADATIONS[name]

@@ -76,21 +76,16 @@ def read_image(path) -> np.ndarray:
     channels are identical stays ``(H, W, 3)``: the caller decides.  Pillow reads
     16-bit *colour* PNGs as 8 bits; a warning says so (store 16-bit colour as TIFF).
 
-    Parameters
-    ----------
-    path : str or os.PathLike
+    Args:
+        path: str or os.PathLike, the image file.
 
-    Returns
-    -------
-    (H, W) or (H, W, 3) ndarray
-        dtype as stored (uint8, uint16, float32, ...).
+    Returns:
+        (H, W) or (H, W, 3) ndarray, dtype as stored (uint8, uint16, float32, ...).
 
-    Raises
-    ------
-    FileNotFoundError
-        If the file does not exist.
-    ValueError
-        If the file cannot be decoded or is not a single 2-D grey/RGB image.
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        ValueError: If the file cannot be decoded or is not a single 2-D grey/RGB
+            image.
     """
     p = Path(path)
     if not p.is_file():
@@ -185,17 +180,15 @@ def find_pairs(directory) -> tuple[list[tuple[str, Path, Path]], list[str]]:
     are compared exactly.  Hidden files (starting with ``.``) are skipped; every
     other file that cannot be paired is reported.
 
-    Parameters
-    ----------
-    directory : str or os.PathLike
+    Args:
+        directory: str or os.PathLike, the data folder holding ``a/`` and ``b/``.
 
-    Returns
-    -------
-    pairs : list of (name, path_a, path_b)
-        Sorted by name; ``name`` is the common stem.
-    problems : list of str
-        Human-readable reports: missing/unreadable folders, files without a
-        partner, non-image files, ambiguous names.  Empty if everything paired.
+    Returns:
+        pairs: list of (name, path_a, path_b), sorted by name; ``name`` is the
+            common stem.
+        problems: list of str, human-readable reports: missing/unreadable folders,
+            files without a partner, non-image files, ambiguous names.  Empty if
+            everything paired.
     """
     root = Path(directory)
     problems: list[str] = []
@@ -229,18 +222,14 @@ def to_gray01(img) -> np.ndarray:
     * colour ``(H, W, 3)`` (or ``(H, W, 4)``, alpha dropped) -> luminance
       Y = 0.299 R + 0.587 G + 0.114 B (ITU-R BT.601); ``(H, W, 1)`` is squeezed.
 
-    Parameters
-    ----------
-    img : (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array_like
+    Args:
+        img: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array_like.
 
-    Returns
-    -------
-    (H, W) float32 in [0, 1]
+    Returns:
+        (H, W) float32 in [0, 1].
 
-    Raises
-    ------
-    ValueError
-        For other shapes, non-numeric dtypes or NaN / Inf values.
+    Raises:
+        ValueError: For other shapes, non-numeric dtypes or NaN / Inf values.
     """
     arr = np.asarray(img)
     if arr.dtype == bool:

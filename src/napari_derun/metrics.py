@@ -4,10 +4,8 @@ All metrics follow the two-source conventions of the fusion literature: ``a`` is
 source A (the structural modality: visible, MRI, phase contrast), ``b`` is source
 B (the salient modality: IR, PET, SPECT, CT, GFP) and ``f`` is the fused image F.
 
-Scale
------
-Every metric works on **grey images on the 0-255 scale**, as the published
-MATLAB/Python toolboxes do (the constants of SSIM, VIF, PSNR and the 256-bin
+**Scale.** Every metric works on **grey images on the 0-255 scale**, as the
+published MATLAB/Python toolboxes do (the constants of SSIM, VIF, PSNR and the 256-bin
 histogram of EN depend on it).  Each public function takes 2-D arrays of shape
 ``(H, W)`` (any real dtype) and a keyword ``data_range`` (default ``255.0``): the
 inputs are multiplied by ``255 / data_range`` before anything else, so images in
@@ -98,15 +96,13 @@ def ssim_index(x, y, *, data_range: float = 255.0) -> float:
     data_range=255)`` on 0-255 data.  Constant windows are handled by the
     stabilising constants (no NaN): two equal constant images score 1.
 
-    Parameters
-    ----------
-    x, y : (H, W) array_like, H, W >= 11
-    data_range : float
-        Scale of the inputs (rescaled to 0-255).
+    Args:
+        x: (H, W) array_like, H, W >= 11.
+        y: (H, W) array_like, same shape as ``x``.
+        data_range: float, scale of the inputs (rescaled to 0-255).
 
-    Returns
-    -------
-    float in [-1, 1]
+    Returns:
+        float in [-1, 1].
     """
     x, y = _prepare((x, "x"), (y, "y"), data_range=data_range, min_size=11)
     return _ssim(x, y)
@@ -128,15 +124,16 @@ def _ssim(x: np.ndarray, y: np.ndarray) -> float:
 def ssim(a, b, f, *, data_range: float = 255.0) -> float:
     """Fusion SSIM: (SSIM(A, F) + SSIM(B, F)) / 2, see :func:`ssim_index`.
 
-    Parameters
-    ----------
-    a, b, f : (H, W) array_like
-        Source A, source B, fused F on the scale ``[0, data_range]``; H, W >= 11.
-    data_range : float
+    Args:
+        a: (H, W) array_like, source A on the scale ``[0, data_range]``; H, W >= 11.
+        b: (H, W) array_like, source B on the scale ``[0, data_range]``, same shape
+            as ``a``.
+        f: (H, W) array_like, fused F on the scale ``[0, data_range]``, same shape
+            as ``a``.
+        data_range: float, scale of the inputs (rescaled to 0-255).
 
-    Returns
-    -------
-    float in [-1, 1] (1 when A = B = F)
+    Returns:
+        float in [-1, 1] (1 when A = B = F).
     """
     a, b, f = _prepare((a, "a"), (b, "b"), (f, "f"), data_range=data_range, min_size=11)
     return 0.5 * (_ssim(a, f) + _ssim(b, f))
@@ -148,14 +145,14 @@ def ssim(a, b, f, *, data_range: float = 255.0) -> float:
 def psnr(a, b, f, *, data_range: float = 255.0) -> float:
     """Fusion PSNR: 10 log10(255^2 / MSE) with MSE = (MSE(A, F) + MSE(B, F)) / 2.
 
-    Parameters
-    ----------
-    a, b, f : (H, W) array_like
-    data_range : float
+    Args:
+        a: (H, W) array_like, source A.
+        b: (H, W) array_like, source B, same shape as ``a``.
+        f: (H, W) array_like, fused F, same shape as ``a``.
+        data_range: float, scale of the inputs (rescaled to 0-255).
 
-    Returns
-    -------
-    float, in dB; ``inf`` when F equals both A and B (MSE = 0).
+    Returns:
+        float, in dB; ``inf`` when F equals both A and B (MSE = 0).
     """
     a, b, f = _prepare((a, "a"), (b, "b"), (f, "f"), data_range=data_range)
     mse = 0.5 * (np.mean((a - f) ** 2) + np.mean((b - f) ** 2))
@@ -174,14 +171,12 @@ def average_gradient(img, *, data_range: float = 255.0) -> float:
     (x[i+1] - x[i-1]) / 2 inside, one-sided differences on the first/last row and
     column), on the 0-255 scale.  A constant image scores 0.
 
-    Parameters
-    ----------
-    img : (H, W) array_like, H, W >= 2
-    data_range : float
+    Args:
+        img: (H, W) array_like, H, W >= 2.
+        data_range: float, scale of the input (rescaled to 0-255).
 
-    Returns
-    -------
-    float >= 0
+    Returns:
+        float >= 0.
     """
     (x,) = _prepare((img, "img"), data_range=data_range, min_size=2)
     return _ag(x)
@@ -198,14 +193,14 @@ def ag(a, b, f, *, data_range: float = 255.0) -> float:
     The (a, b, f) signature is shared by all eight metrics; see
     :func:`average_gradient` for the single-image form.
 
-    Parameters
-    ----------
-    a, b, f : (H, W) array_like, H, W >= 2
-    data_range : float
+    Args:
+        a: (H, W) array_like, source A; H, W >= 2.
+        b: (H, W) array_like, source B, same shape as ``a``.
+        f: (H, W) array_like, fused F, same shape as ``a``.
+        data_range: float, scale of the inputs (rescaled to 0-255).
 
-    Returns
-    -------
-    float >= 0
+    Returns:
+        float >= 0.
     """
     _, _, f = _prepare((a, "a"), (b, "b"), (f, "f"), data_range=data_range, min_size=2)
     return _ag(f)
@@ -218,14 +213,12 @@ def entropy(img, *, data_range: float = 255.0) -> float:
     [0, 255] (what saving it as 8-bit would do); bin k counts the pixels of value k.
     A constant image scores 0.
 
-    Parameters
-    ----------
-    img : (H, W) array_like
-    data_range : float
+    Args:
+        img: (H, W) array_like.
+        data_range: float, scale of the input (rescaled to 0-255).
 
-    Returns
-    -------
-    float in [0, 8]
+    Returns:
+        float in [0, 8].
     """
     (x,) = _prepare((img, "img"), data_range=data_range)
     return _en(x)
@@ -243,14 +236,14 @@ def en(a, b, f, *, data_range: float = 255.0) -> float:
 
     See :func:`entropy`.
 
-    Parameters
-    ----------
-    a, b, f : (H, W) array_like
-    data_range : float
+    Args:
+        a: (H, W) array_like, source A.
+        b: (H, W) array_like, source B, same shape as ``a``.
+        f: (H, W) array_like, fused F, same shape as ``a``.
+        data_range: float, scale of the inputs (rescaled to 0-255).
 
-    Returns
-    -------
-    float in [0, 8]
+    Returns:
+        float in [0, 8].
     """
     _, _, f = _prepare((a, "a"), (b, "b"), (f, "f"), data_range=data_range)
     return _en(f)
@@ -271,15 +264,14 @@ def uiqi_index(x, y, *, window: int = 8, data_range: float = 255.0) -> float:
     A window is constant when its values span at most ``FLAT_TOL`` = 1e-3 grey levels
     (0–255 scale), so float round-off in a flat background does not flip the special cases.
 
-    Parameters
-    ----------
-    x, y : (H, W) array_like, H, W >= window
-    window : int
-    data_range : float
+    Args:
+        x: (H, W) array_like, H, W >= window.
+        y: (H, W) array_like, same shape as ``x``.
+        window: int, side of the square sliding window in pixels.
+        data_range: float, scale of the inputs (rescaled to 0-255).
 
-    Returns
-    -------
-    float in [-1, 1]
+    Returns:
+        float in [-1, 1].
     """
     x, y = _prepare((x, "x"), (y, "y"), data_range=data_range, min_size=window)
     return float(_uiqi_map(x, y, window).mean())
@@ -322,14 +314,14 @@ def uiqi(a, b, f, *, data_range: float = 255.0) -> float:
     See :func:`uiqi_index`.  (Not sewar's ``uqi``, which mixes window sums and
     means and scores two independent noise images about 0.75 instead of 0.)
 
-    Parameters
-    ----------
-    a, b, f : (H, W) array_like, H, W >= 8
-    data_range : float
+    Args:
+        a: (H, W) array_like, source A; H, W >= 8.
+        b: (H, W) array_like, source B, same shape as ``a``.
+        f: (H, W) array_like, fused F, same shape as ``a``.
+        data_range: float, scale of the inputs (rescaled to 0-255).
 
-    Returns
-    -------
-    float in [-1, 1] (1 when A = B = F)
+    Returns:
+        float in [-1, 1] (1 when A = B = F).
     """
     a, b, f = _prepare((a, "a"), (b, "b"), (f, "f"), data_range=data_range, min_size=8)
     return 0.5 * (float(_uiqi_map(a, f, 8).mean()) + float(_uiqi_map(b, f, 8).mean()))
@@ -352,15 +344,14 @@ def vifp(ref, dist, *, sigma_nsq: float = 2.0, data_range: float = 255.0) -> flo
     (a constant image) both sums are 0 whatever ``dist`` is; the ratio 0/0 is
     then defined as 1 (nothing to preserve, so nothing lost).
 
-    Parameters
-    ----------
-    ref, dist : (H, W) array_like, H, W >= 41
-    sigma_nsq : float
-    data_range : float
+    Args:
+        ref: (H, W) array_like, the reference image; H, W >= 41.
+        dist: (H, W) array_like, the distorted image, same shape as ``ref``.
+        sigma_nsq: float, HVS noise variance.
+        data_range: float, scale of the inputs (rescaled to 0-255).
 
-    Returns
-    -------
-    float >= 0 (1 when dist = ref; can exceed 1 for contrast-enhanced images)
+    Returns:
+        float >= 0 (1 when dist = ref; can exceed 1 for contrast-enhanced images).
     """
     r, d = _prepare((ref, "ref"), (dist, "dist"), data_range=data_range, min_size=_VIF_MIN_SIZE)
     return _vifp(r, d, sigma_nsq)
@@ -411,14 +402,14 @@ def _vifp(ref: np.ndarray, dist: np.ndarray, sigma_nsq: float = 2.0) -> float:
 def vif(a, b, f, *, data_range: float = 255.0) -> float:
     """Fusion VIF: VIF(A, F) + VIF(B, F), pixel domain, see :func:`vifp`.
 
-    Parameters
-    ----------
-    a, b, f : (H, W) array_like, H, W >= 41
-    data_range : float
+    Args:
+        a: (H, W) array_like, source A; H, W >= 41.
+        b: (H, W) array_like, source B, same shape as ``a``.
+        f: (H, W) array_like, fused F, same shape as ``a``.
+        data_range: float, scale of the inputs (rescaled to 0-255).
 
-    Returns
-    -------
-    float >= 0 (2 when A = B = F)
+    Returns:
+        float >= 0 (2 when A = B = F).
     """
     a, b, f = _prepare(
         (a, "a"), (b, "b"), (f, "f"), data_range=data_range, min_size=_VIF_MIN_SIZE
@@ -445,21 +436,19 @@ METRICS: dict[str, Callable[..., float]] = {
 def all_metrics(a, b, f, *, data_range: float = 255.0, fmi_feature: str = "pixel") -> dict[str, float]:
     """All eight fusion metrics of one (A, B, F) triple, in :data:`METRIC_NAMES` order.
 
-    Parameters
-    ----------
-    a, b, f : (H, W) array_like
-        Source A (structural), source B (salient) and the fused image, grey, on the
-        scale [0, data_range]; H, W >= 41 (VIF needs four scales).
-    data_range : float
-        255 for 0-255 data (default), 1.0 for images in [0, 1] (they are then
-        multiplied by 255), 65535 for 16-bit data, ...
-    fmi_feature : {"pixel", "gradient", "dct", "wavelet"}
+    Args:
+        a: (H, W) array_like, source A (structural), grey, on the scale
+            [0, data_range]; H, W >= 41 (VIF needs four scales).
+        b: (H, W) array_like, source B (salient), grey, same shape and scale as ``a``.
+        f: (H, W) array_like, the fused image, grey, same shape and scale as ``a``.
+        data_range: float, 255 for 0-255 data (default), 1.0 for images in [0, 1]
+            (they are then multiplied by 255), 65535 for 16-bit data, ...
+        fmi_feature: one of "pixel", "gradient", "dct", "wavelet"; the feature
+            extractor of FMI (see :func:`fmi`).
 
-    Returns
-    -------
-    dict
-        ``{"SSIM": .., "PSNR": .., "AG": .., "FMI": .., "VIF": .., "EN": ..,
-        "UIQI": .., "Qp": ..}`` (Python floats).
+    Returns:
+        dict ``{"SSIM": .., "PSNR": .., "AG": .., "FMI": .., "VIF": .., "EN": ..,
+            "UIQI": .., "Qp": ..}`` (Python floats).
     """
     a, b, f = _prepare(
         (a, "a"), (b, "b"), (f, "f"), data_range=data_range, min_size=_VIF_MIN_SIZE
