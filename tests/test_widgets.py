@@ -215,7 +215,7 @@ def _finetune_widget(viewer, qtbot, epochs, steps):
     return w
 
 
-def test_finetune_plots_registers_saves_and_reloads(make_napari_viewer, qtbot, tmp_path):
+def test_finetune_plots_registers_saves_and_reloads(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     from napari_derun import api
     from napari_derun._widgets import FuseWidget
 
@@ -252,6 +252,15 @@ def test_finetune_plots_registers_saves_and_reloads(make_napari_viewer, qtbot, t
     f_file = nd.fuse(a1, b1, model=str(path), device="cpu")
     f_mem = nd.fuse(a1, b1, model=name, device="cpu")
     np.testing.assert_allclose(f_file, f_mem, atol=1e-5)
+    # "Export for bioimage.io…" through Qt (the file dialog answered): a package that loads back
+    from qtpy.QtWidgets import QFileDialog
+
+    pkg = tmp_path / "tuned.zip"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(pkg), ""))
+    assert w.export_button.enabled
+    qtbot.mouseClick(w.export_button.native, Qt.LeftButton)
+    assert pkg.is_file() and "bioimage.io" in w.status_label.value
+    np.testing.assert_array_equal(nd.fuse(a1, b1, model=str(pkg), device="cpu"), f_mem)
     api._SESSION.pop(name, None)
 
 

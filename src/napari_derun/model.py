@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from . import ops
 from .hifm import HIFMParams, soft_threshold
 
-__all__ = ["DeRUNConfig", "DeRUN", "PiecewiseLinearMap", "adjoint_loss"]
+__all__ = ["DeRUNConfig", "DeRUN", "DeRUNPair", "PiecewiseLinearMap", "adjoint_loss"]
 
 
 class DeRUNConfig(BaseModel):
@@ -414,3 +414,18 @@ def adjoint_loss(model: DeRUN, shape: tuple[int, int] = (32, 32), generator: tor
             rhs = (u * adj(v)).sum()
             total = total + (lhs - rhs) ** 2 / ((gu**2).sum() * (v**2).sum() + 1e-8)
     return total / (2 * len(model.stages) - 1)
+
+
+class DeRUNPair(DeRUN):
+    """DeRUN with the bioimage.io interface (:mod:`napari_derun.bioimage_io`).
+
+    Built from its configuration's keyword arguments; ``forward(structural, salient)`` on
+    ``(B, 1, H, W)`` tensors in [0, 1] returns the fused image clipped to [0, 1]. Same parameters
+    (and state-dict keys) as :class:`DeRUN`.
+    """
+
+    def __init__(self, **config: Any):
+        super().__init__(DeRUNConfig.from_dict(config))
+
+    def forward(self, structural: torch.Tensor, salient: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(structural, salient).clamp(0.0, 1.0)

@@ -174,7 +174,8 @@ def load_model(model: Any = TRAINING_FREE, device: str = "auto", precision: str 
     Args:
         model: ``"admm"`` (training-free HIFM solver), a shipped weight name (see
             :func:`list_models`), a session model name, a path to a ``.safetensors``
-            checkpoint, a :class:`~napari_derun.hifm.HIFMParams`, a
+            checkpoint or to a bioimage.io package exported by napari-derun (``.zip``, folder or
+            ``rdf.yaml``, see :mod:`napari_derun.bioimage_io`), a :class:`~napari_derun.hifm.HIFMParams`, a
             :class:`~napari_derun.model.DeRUN`, or a :class:`Fuser` (moved to ``device``).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
         precision: ``"fp32"`` (the reference; default) or ``"bf16"`` (faster on CPUs with
@@ -229,8 +230,17 @@ def _load(model: Any, dev: str) -> Fuser:
             raise ValueError(
                 f"unknown model {name!r}: use one of {list_models()} or the path of a .safetensors checkpoint"
             )
+        from .bioimage_io import is_bioimageio_package
+
+        if is_bioimageio_package(path):  # a package written by napari-derun export (zip, folder or rdf.yaml)
+            from .bioimage_io import load_bioimageio
+
+            net, info = load_bioimageio(path)
+            return Fuser(info.get("name") or path.stem, "derun", net.eval().to(dev), dev, source=str(path),
+                         sha256=file_sha256(path) if path.is_file() else None, info=info)
         if path.is_dir():
-            raise ValueError(f"model {name!r} is a folder; give a .safetensors checkpoint file or one of {list_models()}")
+            raise ValueError(f"model {name!r} is a folder without a bioimage.io package (rdf.yaml); give a "
+                             f".safetensors checkpoint file, a bioimage.io package or one of {list_models()}")
     net, info, _ = load_checkpoint(path)
     return Fuser(info.get("name") or path.stem, "derun", net.eval().to(dev), dev, source=str(path),
                  sha256=file_sha256(path), info=info)

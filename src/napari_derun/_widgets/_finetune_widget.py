@@ -42,6 +42,8 @@ TIPS = {
     "start_button": "Train in the background; the plot shows the loss as it goes.",
     "stop": "Stop after the current step and keep the best model so far.",
     "save": "Write the tuned model as a .safetensors file (weights, settings and training history; no code).",
+    "export": "Write the tuned model as a bioimage.io model package (.zip) that bioimage.io tools run and "
+              "napari-derun loads back (needs pip install 'napari-derun[bioimageio]').",
 }
 
 
@@ -137,6 +139,7 @@ class FinetuneWidget(JobWidgetMixin, QWidget):
         self.start_button = PushButton(text="Start", tooltip=TIPS["start_button"])
         self.stop_button = PushButton(text="Stop (keep best)", enabled=False, tooltip=TIPS["stop"])
         self.save_button = PushButton(text="Save…", enabled=False, tooltip=TIPS["save"])
+        self.export_button = PushButton(text="Export for bioimage.io…", enabled=False, tooltip=TIPS["export"])
         self.status_label = Label(value="Add training pairs, then press Start.")
         self.status_label.native.setWordWrap(True)
         self.form1 = Container(widgets=[self.a_combo, self.b_combo])
@@ -145,13 +148,14 @@ class FinetuneWidget(JobWidgetMixin, QWidget):
                                         self.steps, self.batch, self.lr, self.patch, self.name])
         self.buttons = Container(widgets=[self.start_button, self.stop_button, self.save_button],
                                  layout="horizontal", labels=False)
+        self.export_row = Container(widgets=[self.export_button], layout="horizontal", labels=False)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.plot = LossPlot()
         lay = QVBoxLayout(self)
         for w in (self.form1.native, self.pair_buttons.native, self.pair_list, self.form2.native,
-                  self.buttons.native, self.progress, self.status_label.native, self.plot):
+                  self.buttons.native, self.export_row.native, self.progress, self.status_label.native, self.plot):
             lay.addWidget(w)
 
         self.add_button.clicked.connect(lambda *_: self.add_pair())  # clicked passes `checked`
@@ -159,6 +163,7 @@ class FinetuneWidget(JobWidgetMixin, QWidget):
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop)
         self.save_button.clicked.connect(lambda: self.save())
+        self.export_button.clicked.connect(lambda: self.export())
         for ev in ("inserted", "removed", "renamed"):  # napari also calls reset_choices once docked
             getattr(self.viewer.layers.events, ev).connect(self._refresh)
         self._refresh()
@@ -271,6 +276,7 @@ class FinetuneWidget(JobWidgetMixin, QWidget):
         self.start_button.enabled = False
         self.stop_button.enabled = True
         self.save_button.enabled = False
+        self.export_button.enabled = False
         self.progress.setRange(0, 0)
         self._set_status("running", "Preparing…")
         self._start_worker(work)
@@ -326,6 +332,7 @@ class FinetuneWidget(JobWidgetMixin, QWidget):
             return
         self.registered_name = name  # register_model emitted MODELS.changed: the Fuse widget lists it
         self.save_button.enabled = True
+        self.export_button.enabled = True
         stopped = " (stopped early: best so far)" if getattr(result, "stopped", False) else ""
         best = (result.info.get("metrics") or {}).get("best") or {}
         kept = (" No epoch validated better than the start model, so it is kept unchanged."
@@ -349,4 +356,24 @@ class FinetuneWidget(JobWidgetMixin, QWidget):
         info["name"] = self.registered_name
         out = save_checkpoint(path, self.result.best_model, info)
         self._set_status("done", f"Saved to {out}")
+        return Path(out)
+
+    def export(self, path: str | None = None) -> Path | None:
+        """Write the tuned model as a bioimage.io package (asks for a file when ``path`` is None)."""
+        if self.result is None or self.registered_name is None:
+            show_error("Nothing to export yet: fine-tune first.")
+            return None
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Export for bioimage.io", f"{self.registered_name}.zip",
+                                                  "bioimage.io model package (*.zip)")
+            if not path:
+                return None
+        from ..bioimage_io import export_bioimageio
+
+        try:
+            out = export_bioimageio(self.registered_name, path, overwrite=True)
+        except ImportError as e:
+            show_error(str(e))
+            return None
+        self._set_status("done", f"Exported the bioimage.io package {out}")
         return Path(out)

@@ -29,8 +29,8 @@ TIPS = {
     "model": "gfp_pc: fluorescence on phase contrast; medical: PET/SPECT/CT with MRI; ivf: infrared with visible; "
              "admm: the training-free solver. Models registered from the console or the Fine-tune widget appear "
              "here. See 'Which model, which metric' in the docs.",
-    "checkpoint": "A .safetensors model written by napari-derun (train, Fine-tune → Save). Loaded without "
-                  "unpickling code.",
+    "checkpoint": "A .safetensors model written by napari-derun (train, Fine-tune → Save), or a bioimage.io "
+                  "package it exported (.zip or rdf.yaml). Loaded without unpickling code.",
     "device": "auto: a CUDA or Apple GPU when there is one, else the CPU.",
     "in_use": "The device the next run will use.",
     "stages": "Also add one layer per unfolding stage (the fused image after each of the 9 stages), to see "
@@ -86,7 +86,7 @@ class FuseWidget(JobWidgetMixin, QWidget):
         self.a_combo = layer_picker(self.viewer, A_LABEL, TIPS["a"])
         self.b_combo = layer_picker(self.viewer, B_LABEL, TIPS["b"])
         self.model_combo = ComboBox(label="Model", choices=self._model_choices, tooltip=TIPS["model"])
-        self.ckpt_file = FileEdit(label="Checkpoint", mode="r", filter="*.safetensors", visible=False,
+        self.ckpt_file = FileEdit(label="Checkpoint", mode="r", filter="*.safetensors *.zip *.yaml", visible=False,
                                   tooltip=TIPS["checkpoint"])
         self.device_combo = ComboBox(label="Device", choices=DEVICES, value="auto", tooltip=TIPS["device"])
         self.device_label = Label(label="In use", value="", tooltip=TIPS["in_use"])

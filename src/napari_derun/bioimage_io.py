@@ -1,0 +1,365 @@
+"""bioimage.io model packages: a trained DeRUN that runs outside napari, and back.
+
+:func:`export_bioimageio` writes a model package of the current bioimage.io spec (model 0.5, with
+``bioimageio.spec``; ``pip install "napari-derun[bioimageio]"``):
+
+* two inputs, ``structural`` and ``salient`` (batch, channel, y, x; the same size), each scaled by its
+  0.1-99.9 percentiles and clipped to [0, 1] (bioimage.io preprocessing); one output, ``fused``,
+  clipped to [0, 1];
+* the weights as ``pytorch_state_dict`` with the architecture
+  :class:`~napari_derun.model.DeRUNPair` (``napari_derun.model.DeRUNPair`` and its configuration) and as TorchScript (traced, kept
+  when it equals the eager model on other sizes), plus the napari-derun checkpoint (``.safetensors``,
+  with the training provenance) as an attachment;
+* test tensors and a cover made by fusing a built-in sample pair with the model, a documentation page,
+  the DeRUN paper's citation, and the training provenance under ``config.napari_derun``.
+
+:func:`load_bioimageio` reads such a package (a ``.zip``, a folder, or its ``rdf.yaml``) without
+``bioimageio.spec`` and without unpickling: from the attached ``.safetensors`` checkpoint.
+``napari_derun.fuse(model=PACKAGE)``, the CLI and the widgets accept a package wherever they accept a
+checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["export_bioimageio", "load_bioimageio", "is_bioimageio_package"]
+
+#: the attachment that holds the napari-derun checkpoint inside a package
+CHECKPOINT_NAME = "napari_derun.safetensors"
+CITATION = ("He, C., Li, K., Xu, G., Zhang, Y., Hu, R., Guo, Z., Li, X. Degradation-Resistant Unfolding Network "
+            "for Heterogeneous Image Fusion. ICCV 2023, pp. 12611-12621.")
+CITATION_URL = ("https://openaccess.thecvf.com/content/ICCV2023/html/He_Degradation-Resistant_Unfolding_Network_"
+                "for_Heterogeneous_Image_Fusion_ICCV_2023_paper.html")
+PERCENTILES = (0.1, 99.9)
+_RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
+
+
+# ----------------------------------------------------------------------------------------- loading
+def _rdf_location(path: Path) -> tuple[str, Path | None]:
+    """("zip"|"dir", folder or None) of a package path, or raise ValueError."""
+    if path.is_file() and zipfile.is_zipfile(path):
+        return "zip", None
+    if path.is_dir():
+        return "dir", path
+    if path.is_file() and path.name in _RDF_NAMES:
+        return "dir", path.parent
+    raise ValueError(f"{path} is not a bioimage.io model package (a .zip, a folder or its rdf.yaml)")
+
+
+def is_bioimageio_package(path: str | os.PathLike) -> bool:
+    """True for a ``.zip``/folder/``rdf.yaml`` that holds a bioimage.io description."""
+    p = Path(path)
+    try:
+        kind, folder = _rdf_location(p)
+    except ValueError:
+        return False
+    if kind == "zip":
+        with zipfile.ZipFile(p) as z:
+            return any(n in z.namelist() for n in _RDF_NAMES)
+    return any((folder / n).is_file() for n in _RDF_NAMES)
+
+
+def load_bioimageio(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+    """The :class:`~napari_derun.model.DeRUN` and its provenance from a package written by
+    :func:`export_bioimageio`.
+
+    Reads the attached napari-derun ``.safetensors`` checkpoint (no pickle). Raises ``ValueError``
+    with what to do for a package of another model.
+    """
+    import yaml
+
+    from .checkpoint import load_checkpoint
+
+    p = Path(path)
+    kind, folder = _rdf_location(p)
+    with tempfile.TemporaryDirectory() as tmp:
+        if kind == "zip":
+            with zipfile.ZipFile(p) as z:
+                names = z.namelist()
+                rdf_name = next((n for n in _RDF_NAMES if n in names), None)
+                if rdf_name is None:
+                    raise ValueError(f"{p} is a zip file without rdf.yaml: not a bioimage.io model package")
+                rdf = yaml.safe_load(z.read(rdf_name))
+                if CHECKPOINT_NAME not in names:
+                    raise ValueError(_foreign(p, rdf))
+                ck = Path(tmp) / CHECKPOINT_NAME
+                ck.write_bytes(z.read(CHECKPOINT_NAME))
+        else:
+            rdf_path = next((folder / n for n in _RDF_NAMES if (folder / n).is_file()), None)
+            if rdf_path is None:
+                raise ValueError(f"{folder} holds no rdf.yaml: not a bioimage.io model package")
+            rdf = yaml.safe_load(rdf_path.read_text(encoding="utf-8"))
+            ck = folder / CHECKPOINT_NAME
+            if not ck.is_file():
+                raise ValueError(_foreign(p, rdf))
+        net, info, _ = load_checkpoint(ck)
+    info = dict(info)
+    info["bioimageio"] = {"package": str(p), "name": (rdf or {}).get("name"), "version": (rdf or {}).get("version")}
+    return net, info
+
+
+def _foreign(p: Path, rdf: Any) -> str:
+    name = (rdf or {}).get("name", "?") if isinstance(rdf, dict) else "?"
+    return (f"{p} is a bioimage.io package ({name!r}) without a napari-derun checkpoint ({CHECKPOINT_NAME}); "
+            "napari-derun runs DeRUN packages it exported (napari-derun export). Run other models with "
+            "bioimageio.core.")
+
+
+# ----------------------------------------------------------------------------------------- export
+def _sample_for(info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
+    """A built-in sample pair that fits the model's task (GFP/phase contrast or PET/MRI)."""
+    from . import sample_data
+
+    tasks = " ".join(map(str, ((info.get("data") or {}).get("tasks") or [info.get("name", "")]))).lower()
+    if "gfp" in tasks:
+        a, b = sample_data.gfp_pc()
+        return a, b, "the built-in GFP / phase-contrast sample"
+    a, b = sample_data.pet_mri()
+    return a, b, "the built-in PET / MRI sample"
+
+
+def _test_inputs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Luminance planes as float32 0-255 values saturated at both ends (1 % of the pixels each), so that
+    their 0.1 and 99.9 percentiles are exactly 0 and 255 however a tool interpolates percentiles."""
+    from .preprocess import prepare_pair
+
+    pp = prepare_pair(a, b)
+    out = []
+    for x in (pp.a, pp.b):
+        lo, hi = np.percentile(x, (1.0, 99.0))
+        y = np.clip((x - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+        out.append(np.round(y * 255.0).astype(np.float32)[None, None])
+    return out[0], out[1]
+
+
+def _cover(a: np.ndarray, b: np.ndarray, f: np.ndarray, path: Path) -> None:
+    """A 2:1 cover: the inputs overlaid (structural grey, salient green) | the fused image."""
+    from PIL import Image
+
+    over = np.stack([a, np.clip(a + b, 0, 1), a], -1)
+    fused = np.repeat(f[..., None], 3, -1)
+    img = (np.concatenate([over, fused], 1) * 255).round().astype(np.uint8)
+    Image.fromarray(img).save(path)
+
+
+def _documentation(name: str, net: Any, info: dict[str, Any], sample: str) -> str:
+    best = (info.get("metrics") or {}).get("best") or {}
+    metrics = best.get("metrics") or {}
+    lines = [
+        f"# {name}: DeRUN image fusion (napari-derun)",
+        "",
+        "Fuses two registered images from different sensors: `structural` (phase contrast, MRI, visible light) "
+        "and `salient` (GFP or another fluorescence channel, PET, SPECT, CT, infrared), into one image that "
+        "keeps the structure of the first and the bright signal of the second.",
+        "",
+        "## Model",
+        f"DeRUN, the Degradation-Resistant Unfolding Network (ICCV 2023): {net.config.n_stages} unfolded ADMM "
+        f"stages, {net.num_parameters():,} parameters, implemented by napari-derun "
+        "(`napari_derun.model.DeRUNPair`).",
+        "",
+        "## Inputs and output",
+        "* `structural`, `salient`: (batch, 1, y, x) float32, the same size, any intensity range: each is "
+        "scaled by its own 0.1-99.9 percentiles and clipped to [0, 1] (the package's preprocessing). Colour "
+        "images: pass their luminance.",
+        "* `fused`: (batch, 1, y, x) in [0, 1].",
+        "",
+        "## Training",
+        f"* Objective: {((info.get('training') or {}).get('objective')) or 'see config'}; data: "
+        f"{', '.join(map(str, (info.get('data') or {}).get('tasks') or [])) or 'see config'}.",
+    ]
+    if metrics:
+        lines.append("* Validation (held-back pairs): "
+                     + ", ".join(f"{k} {v:.3g}" for k, v in metrics.items() if isinstance(v, (int, float))))
+    lines += [
+        "* The full provenance (settings, data, history) is in `config.napari_derun` of rdf.yaml and in the "
+        f"attached `{CHECKPOINT_NAME}`.",
+        "",
+        f"Test tensors and cover: {sample}, fused by this model.",
+        "",
+        "## Use",
+        "* In napari or Python: `pip install napari-derun`, then `napari_derun.fuse(a, b, model=\"package.zip\")` "
+        "or pick the package as the checkpoint in the Fuse widget.",
+        "* With bioimage.io tools: `bioimageio predict` / `bioimageio.core` (the environment needs napari-derun).",
+        "",
+        "## Cite",
+        CITATION,
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def export_bioimageio(model: Any = "gfp_pc", out: str | os.PathLike = "derun.zip", *,
+                      name: str | None = None, sample: tuple[np.ndarray, np.ndarray] | None = None,
+                      authors: list[str] | None = None, overwrite: bool = False) -> Path:
+    """Write a bioimage.io model package of a DeRUN model.
+
+    Args:
+        model: a shipped model name, a session model, a checkpoint path or a DeRUN (not ``admm``:
+            the training-free solver has no weights).
+        out: a ``.zip`` file (the usual package) or a folder.
+        name: the package's name (default: the model's name).
+        sample: ``(structural, salient)`` images for the test tensors and the cover (default: a built-in
+            sample pair that fits the model's task).
+        authors: names for the package's authors (default: ``["napari-derun"]``).
+        overwrite: replace an existing ``out``.
+
+    Returns:
+        The path written. The package is validated by ``bioimageio.spec`` while it is built.
+    """
+    try:
+        from bioimageio.spec import save_bioimageio_package, save_bioimageio_package_as_folder
+        from bioimageio.spec.model import v0_5 as bmz
+    except ImportError as e:  # pragma: no cover - depends on the optional extra
+        raise ImportError("exporting bioimage.io packages needs bioimageio.spec: "
+                          "pip install 'napari-derun[bioimageio]'") from e
+    import torch
+
+    from .checkpoint import save_checkpoint
+    from .model import DeRUNPair
+    from .registry import load_model
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    fuser = load_model(model, "cpu")
+    if fuser.kind != "derun":
+        raise ValueError("the training-free solver 'admm' has no weights to export; export a trained model "
+                         "(gfp_pc, medical, ivf, a fine-tuned one or a checkpoint)")
+    net = fuser.module.eval().float().cpu()
+    info = dict(fuser.info or {})
+    name = name or fuser.name or "derun"
+    cfg = net.config.to_dict()
+    pair = DeRUNPair(**cfg).eval()
+    pair.load_state_dict(net.state_dict())
+    if sample is None:
+        a_img, b_img, sample_text = _sample_for({**info, "name": name})
+    else:
+        (a_img, b_img), sample_text = sample, "the sample pair given at export"
+    ta, tb = _test_inputs(a_img, b_img)
+    with torch.inference_mode():
+        fused = pair(torch.from_numpy(ta / np.float32(255.0)), torch.from_numpy(tb / np.float32(255.0))).numpy()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        np.save(d / "structural.npy", ta)
+        np.save(d / "salient.npy", tb)
+        np.save(d / "fused.npy", fused.astype(np.float32))
+        torch.save(pair.state_dict(), d / "weights.pt")
+        traced = _torchscript(pair, d / "weights_torchscript.pt")
+        save_checkpoint(d / CHECKPOINT_NAME, net, {k: v for k, v in info.items()
+                                                    if k not in ("format", "format_version", "config")})
+        _cover(ta[0, 0] / 255.0, tb[0, 0] / 255.0, fused[0, 0], d / "cover.png")
+        (d / "README.md").write_text(_documentation(name, net, info, sample_text), encoding="utf-8")
+        (d / "environment.yaml").write_text(
+            "name: napari-derun\nchannels: [conda-forge]\ndependencies:\n  - python>=3.10\n  - pip\n"
+            f"  - pip:\n    - napari-derun>={_version()}\n    - torch>={torch.__version__.split('+')[0]}\n",
+            encoding="utf-8")
+
+        def space_axes(ref: bool, output: bool):
+            if output:
+                return [bmz.SpaceOutputAxis(id=bmz.AxisId(ax), size=bmz.SizeReference(
+                    tensor_id=bmz.TensorId("structural"), axis_id=bmz.AxisId(ax))) for ax in ("y", "x")]
+            if ref:
+                return [bmz.SpaceInputAxis(id=bmz.AxisId(ax), size=bmz.SizeReference(
+                    tensor_id=bmz.TensorId("structural"), axis_id=bmz.AxisId(ax))) for ax in ("y", "x")]
+            return [bmz.SpaceInputAxis(id=bmz.AxisId(ax), size=bmz.ParameterizedSize(min=32, step=8))
+                    for ax in ("y", "x")]
+
+        prep = [bmz.ScaleRangeDescr(kwargs=bmz.ScaleRangeKwargs(
+                    axes=(bmz.AxisId("y"), bmz.AxisId("x")), min_percentile=PERCENTILES[0],
+                    max_percentile=PERCENTILES[1])),
+                bmz.ClipDescr(kwargs=bmz.ClipKwargs(min=0.0, max=1.0))]
+
+        def input_descr(tid: str, what: str, ref: bool):
+            return bmz.InputTensorDescr(
+                id=bmz.TensorId(tid), description=what,
+                axes=[bmz.BatchAxis(), bmz.ChannelAxis(channel_names=[bmz.Identifier(tid)]), *space_axes(ref, False)],
+                test_tensor=bmz.FileDescr(source=d / f"{tid}.npy"), preprocessing=prep,
+                data=bmz.IntervalOrRatioDataDescr(type="float32"))
+
+        inputs = [input_descr("structural", "structural image: phase contrast, MRI, visible light", False),
+                  input_descr("salient", "salient image: GFP / fluorescence, PET, SPECT, CT, infrared", True)]
+        outputs = [bmz.OutputTensorDescr(
+            id=bmz.TensorId("fused"), description="fused image in [0, 1]",
+            axes=[bmz.BatchAxis(), bmz.ChannelAxis(channel_names=[bmz.Identifier("fused")]), *space_axes(True, True)],
+            test_tensor=bmz.FileDescr(source=d / "fused.npy"),
+            data=bmz.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)))]
+        weights = bmz.WeightsDescr(pytorch_state_dict=bmz.PytorchStateDictWeightsDescr(
+            source=d / "weights.pt",
+            architecture=bmz.ArchitectureFromLibraryDescr(callable=bmz.Identifier("DeRUNPair"),
+                                                          import_from="napari_derun.model", kwargs=cfg),
+            pytorch_version=bmz.Version(torch.__version__.split("+")[0]),
+            dependencies=bmz.FileDescr(source=d / "environment.yaml")),
+            torchscript=bmz.TorchscriptWeightsDescr(
+                source=d / "weights_torchscript.pt", parent="pytorch_state_dict",
+                pytorch_version=bmz.Version(torch.__version__.split("+")[0])) if traced else None)
+        provenance = json.loads(json.dumps({k: v for k, v in info.items() if k not in ("history",)}, default=str))
+        descr = bmz.ModelDescr(
+            name=_bmz_name(name),
+            description=("DeRUN (Degradation-Resistant Unfolding Network) fusion of a structural and a salient image "
+                         "from different sensors, exported by napari-derun"),
+            authors=[bmz.Author(name=n) for n in (authors or ["napari-derun"])],
+            cite=[bmz.CiteEntry(text=CITATION, url=bmz.HttpUrl(CITATION_URL))],
+            license=bmz.LicenseId("BSD-3-Clause"),
+            documentation=bmz.FileDescr(source=d / "README.md"),
+            covers=[bmz.FileDescr(source=d / "cover.png")],
+            attachments=[bmz.FileDescr(source=d / CHECKPOINT_NAME)],
+            tags=["image-fusion", "multimodal", "deep-unfolding", "napari", "derun", "pytorch"],
+            inputs=inputs, outputs=outputs, weights=weights,
+            version=bmz.Version(_version()),
+            config=bmz.Config(**{"napari_derun": provenance}),
+        )
+        if out.exists() and overwrite:
+            import shutil
+
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        if out.suffix.lower() == ".zip":
+            save_bioimageio_package(descr, output_path=out)
+        else:
+            save_bioimageio_package_as_folder(descr, output_path=out)
+    return out
+
+
+def _torchscript(pair: Any, path: Path) -> bool:
+    """Trace ``pair`` to TorchScript and keep it only if the traced module equals the eager one on
+    sizes other than the traced size (odd sizes included); ``False`` when it does not."""
+    import warnings
+
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python values: checked below instead
+        try:
+            ex = (torch.rand(1, 1, 64, 64, generator=g), torch.rand(1, 1, 64, 64, generator=g))
+            traced = torch.jit.trace(pair, ex, check_trace=False)
+            for shape in ((2, 1, 96, 80), (1, 1, 45, 71)):
+                a, b = torch.rand(*shape, generator=g), torch.rand(*shape, generator=g)
+                if not torch.allclose(traced(a, b), pair(a, b), atol=1e-5):
+                    return False
+        except Exception:  # not traceable: the package keeps the state-dict weights only
+            return False
+    traced.save(str(path))
+    return True
+
+
+def _bmz_name(name: str) -> str:
+    """A package name of the characters bioimage.io allows (letters, digits, space, _ - ( ))."""
+    import re
+
+    clean = re.sub(r"[^A-Za-z0-9 _\-()]", "-", f"DeRUN {name}").strip()
+    return clean[:128] or "DeRUN"
+
+
+def _version() -> str:
+    from . import __version__
+
+    return str(__version__)
+

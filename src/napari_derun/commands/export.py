@@ -1,0 +1,45 @@
+"""``napari-derun export``: a bioimage.io model package of a DeRUN model."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub) -> None:
+    from ..bioimage_io import export_bioimageio
+    from ._options import add_options
+
+    p = sub.add_parser(
+        "export",
+        help="write a bioimage.io model package of a trained model (runs in bioimage.io tools; loads back here)",
+        description="Write a bioimage.io model package (spec model 0.5) of a DeRUN model: two inputs "
+        "(structural, salient), one output (fused), state-dict and TorchScript weights, test tensors, cover, "
+        "documentation, citation and the training provenance. Needs pip install 'napari-derun[bioimageio]'.",
+    )
+    p.add_argument("model", help="a shipped model name (gfp_pc, medical, ivf) or a .safetensors checkpoint")
+    p.add_argument("-o", "--out", required=True, help="package to write: a .zip file (usual) or a folder")
+    add_options(p, export_bioimageio, ("name",))
+    p.add_argument("--author", action="append", default=None, help="an author of the package (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing package")
+    p.add_argument("--test", action="store_true",
+                   help="then run bioimageio.core's model test on the package (needs bioimageio.core)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:  # before any work
+        raise FileExistsError(f"{out} exists; add --overwrite to replace it")
+    from ..bioimage_io import export_bioimageio
+
+    path = export_bioimageio(args.model, out, name=args.name, authors=args.author, overwrite=args.overwrite)
+    print(f"wrote {path}")
+    if args.test:
+        from bioimageio.core import test_model
+
+        summary = test_model(str(path))
+        for d in summary.details:
+            print(f"{d.status:>7}  {d.name}" + "".join(f"\n         {e.msg}" for e in d.errors))
+        print(f"bioimageio.core model test: {summary.status}")
+        return 0 if summary.status == "passed" else 1
+    return 0
