@@ -275,3 +275,26 @@ def test_pwsm_extractors_match_their_definition():
     torch.testing.assert_close(e.grad_k(x), ops.filter_bank_apply(x, e.bank_k) + e.spec_k(F.relu(e.shared_fwd(x))))
     torch.testing.assert_close(e.grad_lt(z), ops.filter_bank_adjoint(z, e.bank_l) + e.spec_lt(F.relu(e.shared_adj(z))))
     torch.testing.assert_close(e.grad_kt(z), ops.filter_bank_adjoint(z, e.bank_k) + e.spec_kt(F.relu(e.shared_adj(z))))
+
+
+def test_training_free_solver_is_a_module_with_derun_interface():
+    """HIFMSolver is the solver as an nn.Module with DeRUN's forward: the engine runs both alike."""
+    import napari_derun as nd
+    from napari_derun.hifm import HIFMSolver
+
+    a, b = smooth_pair(30, 26, seed=3)
+    ta, tb = torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None]
+    solver = HIFMSolver()
+    assert isinstance(solver, torch.nn.Module) and solver.num_parameters() == 0 and solver.n_stages == 9
+    x, st = solver(ta, tb, return_stages=True)
+    np.testing.assert_array_equal(x[0, 0].numpy(), hifm_admm(a, b))  # the same solve as the function
+    net = DeRUN.from_hifm()
+    with torch.no_grad():
+        y, st_net = net(ta, tb, return_stages=True)
+    assert {k: len(v) for k, v in st.items()} == {k: len(v) for k, v in st_net.items()}
+    assert all(s.shape == t.shape for k in st for s, t in zip(st[k], st_net[k]))
+    torch.testing.assert_close(x, y, atol=1e-4, rtol=0)  # the untrained unfolding is the solver
+    fz = nd.load_model("admm", "cpu", precision="bf16")
+    assert isinstance(fz.module, HIFMSolver) and fz.precision == "bf16" and fz.n_stages == 9
+    with pytest.raises(ValueError, match="must both be"):
+        solver(ta, tb[..., :-1])

@@ -44,27 +44,22 @@ class ModelSpec:
     precision: str = "fp32"
 
     def load(self):
-        f = self._load()
-        f.precision = self.precision
-        return f
-
-    def _load(self):
         from . import registry as api
         from .hifm import HIFMParams
 
         if self.kind == "admm":
-            f = api.load_model(HIFMParams.from_dict(self.hifm), self.device)
+            f = api.load_model(HIFMParams.from_dict(self.hifm), self.device, self.precision)
             f.name = self.name or "admm"
             return f
         if self.kind == "path":
-            return api.load_model(self.path, self.device)
+            return api.load_model(self.path, self.device, self.precision)
         import torch
 
         from .model import DeRUN, DeRUNConfig
 
         net = DeRUN(DeRUNConfig.from_dict(self.config))
         net.load_state_dict({k: torch.from_numpy(v) for k, v in self.state.items()})
-        f = api.load_model(net, self.device)
+        f = api.load_model(net, self.device, self.precision)
         f.name, f.source, f.info = self.name, "in-memory", dict(self.info)
         return f
 
@@ -80,7 +75,7 @@ def model_spec(fuser) -> ModelSpec:
 def _model_spec(fuser) -> ModelSpec:
     dev = "cpu" if fuser.device == "cpu" else "auto"
     if fuser.kind == "admm":
-        d = fuser.module.to_dict()
+        d = fuser.module.params.to_dict()
         key = "admm:" + hashlib.sha256(repr(sorted(d.items())).encode()).hexdigest()
         return ModelSpec("admm", key, dev, name=fuser.name, hifm=d)
     src = fuser.source

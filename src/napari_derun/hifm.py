@@ -33,7 +33,7 @@ import torch
 
 from . import ops
 
-__all__ = ["HIFMParams", "hifm_energy", "hifm_admm", "admm_iterations", "soft_threshold"]
+__all__ = ["HIFMParams", "HIFMSolver", "hifm_energy", "hifm_admm", "admm_iterations", "soft_threshold"]
 
 
 class HIFMParams(BaseModel):
@@ -182,6 +182,49 @@ def admm_iterations(
         yield {"Y": Y, "E": E, "H": Hk}
 
 
+class HIFMSolver(torch.nn.Module):
+    """The training-free HIFM/ADMM solver as a module with DeRUN's interface: ``forward(a, b,
+    return_stages=False, callback=None)`` on ``(B, 1, H, W)`` tensors in [0, 1] returns the fused
+    ``X = Y + V`` (not clipped), or ``(X, stages)`` with per-stage lists ``Y``, ``X``, ``E``, ``H``
+    (the last iteration's E/H are left out, as in DeRUN, where they never reach X). DeRUN is this
+    solver unrolled with learnable parts (:meth:`napari_derun.model.DeRUN.from_hifm`); an engine runs
+    either one the same way. No parameters: ``params`` is a :class:`HIFMParams`.
+    """
+
+    def __init__(self, params: HIFMParams | None = None):
+        super().__init__()
+        self.params = params or HIFMParams()
+
+    @property
+    def n_stages(self) -> int:
+        return self.params.n_iter
+
+    def num_parameters(self) -> int:
+        return 0
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, return_stages: bool = False,
+                callback: Any = None) -> torch.Tensor | tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
+        if a.shape != b.shape or a.ndim != 4 or a.shape[1] != 1:
+            raise ValueError(f"a and b must both be (B, 1, H, W); got {tuple(a.shape)} and {tuple(b.shape)}")
+        p = self.params
+        pads = ops.default_pad(*a.shape[-2:], p.pad)
+        m = ops.reflect_pad(b - a, pads)
+        stages: dict[str, list[torch.Tensor]] = {"Y": [], "X": [], "E": [], "H": []}
+        y = torch.zeros_like(a)
+        for i, st in enumerate(admm_iterations(m, p)):
+            y = ops.crop(st["Y"], pads)
+            if return_stages:
+                stages["Y"].append(y)
+                stages["X"].append(y + a)
+                if i < p.n_iter - 1:
+                    stages["E"].append(ops.crop(st["E"], pads))
+                    stages["H"].append(ops.crop(st["H"], pads))
+            if callback is not None:
+                callback(i + 1, p.n_iter)
+        x = y + a
+        return (x, stages) if return_stages else x
+
+
 def _as_batch(x: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
     t = torch.as_tensor(x)
     if t.ndim == 2:
@@ -228,16 +271,8 @@ def hifm_admm(
     if va.shape != ub.shape:
         raise ValueError(f"a and b must have the same shape; got {tuple(va.shape)} and {tuple(ub.shape)}")
     ub = ub.to(va.dtype)
-    H, W = va.shape[-2:]
-    pads = ops.default_pad(H, W, params.pad)
-    m = ops.reflect_pad(ub - va, pads)
-    ys = []
-    y = torch.zeros_like(m)
-    for state in admm_iterations(m, params):
-        y = state["Y"]
-        if return_iterates:
-            ys.append(ops.crop(y, pads))
-    x = ops.crop(y, pads) + va
+    out = HIFMSolver(params)(va, ub, return_stages=return_iterates)
+    x, ys = (out[0], out[1]["Y"]) if return_iterates else (out, [])
 
     def back(t: torch.Tensor):
         t = t.reshape(shape)

@@ -346,6 +346,10 @@ class DeRUN(nn.Module):
         params = params or HIFMParams()
         return cls(DeRUNConfig(n_stages=params.n_iter, pad=params.pad, hifm=params.to_dict(), **cfg))
 
+    @property
+    def n_stages(self) -> int:
+        return self.config.n_stages
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

@@ -160,7 +160,7 @@ def profile(
             run = lambda fuser=fuser: api.fuse_planes(fuser, ta, tb)  # noqa: E731
             run()  # warm-up
             macs = _count_torch_macs(run)
-            params = fuser.module.num_parameters() if fuser.kind == "derun" else 0
+            params = fuser.module.num_parameters()
             if fuser.kind == "admm":
                 note = f"{fuser.n_stages} ADMM iterations, fixed filters"
             if fuser.device.startswith("cuda"):

@@ -79,11 +79,17 @@ def register_model(name: str, model, info: dict | None = None) -> str:
 
 @dataclass
 class Fuser:
-    """A loaded fusion model: the training-free HIFM/ADMM solver or a DeRUN network."""
+    """A loaded fusion model: the training-free HIFM/ADMM solver or a DeRUN network.
+
+    ``module`` is a :class:`torch.nn.Module` with one interface, ``module(a, b, return_stages=…,
+    callback=…)``: a :class:`~napari_derun.hifm.HIFMSolver` (``kind="admm"``, no weights) or a
+    :class:`~napari_derun.model.DeRUN` (``kind="derun"``), so the engine runs either the same way.
+    ``precision`` is chosen when the model is loaded (:func:`load_model`).
+    """
 
     name: str
-    kind: str  # "admm" or "derun"
-    module: Any  # HIFMParams or DeRUN
+    kind: str  # "admm" or "derun": what the provenance and the dask model shipping record
+    module: Any  # HIFMSolver or DeRUN
     device: str = "cpu"
     source: str = "builtin"
     sha256: str | None = None
@@ -92,7 +98,7 @@ class Fuser:
 
     @property
     def n_stages(self) -> int:
-        return self.module.n_iter if self.kind == "admm" else self.module.config.n_stages
+        return self.module.n_stages
 
     def provenance(self) -> dict[str, Any]:
         """What produced a result: for ``layer.metadata`` and output files."""
@@ -109,7 +115,7 @@ class Fuser:
             "n_stages": self.n_stages,
         }
         if self.kind == "admm":
-            d["hifm_params"] = self.module.to_dict()
+            d["hifm_params"] = self.module.params.to_dict()
         else:
             d["num_parameters"] = self.module.num_parameters()
         return d
@@ -142,30 +148,8 @@ class Fuser:
     def _run(self, a, b, return_stages, callback):
         import torch
 
-        from . import ops
-        from .hifm import admm_iterations
-
         with torch.no_grad():
-            if self.kind == "derun":
-                return self.module(a, b, return_stages=return_stages, callback=callback)
-            p = self.module
-            Hh, Ww = a.shape[-2:]
-            pads = ops.default_pad(Hh, Ww, p.pad)
-            m = ops.reflect_pad(b - a, pads)
-            stages: dict[str, list] = {"Y": [], "X": [], "E": [], "H": []}
-            y = None
-            for i, st in enumerate(admm_iterations(m, p)):
-                y = ops.crop(st["Y"], pads)
-                if return_stages:
-                    stages["Y"].append(y)
-                    stages["X"].append(y + a)
-                    if i < p.n_iter - 1:  # as in DeRUN: the last E/H never reach X
-                        stages["E"].append(ops.crop(st["E"], pads))
-                        stages["H"].append(ops.crop(st["H"], pads))
-                if callback is not None:
-                    callback(i + 1, p.n_iter)
-            x = y + a
-            return (x, stages) if return_stages else x
+            return self.module(a, b, return_stages=return_stages, callback=callback)
 
 
 def load_model(model: Any = TRAINING_FREE, device: str = "auto", precision: str | None = None) -> Fuser:
@@ -175,7 +159,8 @@ def load_model(model: Any = TRAINING_FREE, device: str = "auto", precision: str 
         model: ``"admm"`` (training-free HIFM solver), a shipped weight name (see
             :func:`list_models`), a session model name, a path to a ``.safetensors``
             checkpoint or to a bioimage.io package exported by napari-derun (``.zip``, folder or
-            ``rdf.yaml``, see :mod:`napari_derun.bioimage_io`), a :class:`~napari_derun.hifm.HIFMParams`, a
+            ``rdf.yaml``, see :mod:`napari_derun.bioimage_io`), a :class:`~napari_derun.hifm.HIFMParams`
+            or :class:`~napari_derun.hifm.HIFMSolver`, a
             :class:`~napari_derun.model.DeRUN`, or a :class:`Fuser` (moved to ``device``).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
         precision: ``"fp32"`` (the reference; default) or ``"bf16"`` (faster on CPUs with
@@ -188,40 +173,37 @@ def load_model(model: Any = TRAINING_FREE, device: str = "auto", precision: str 
     dev = resolve_device(device)
     if precision not in (None, "fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16'; got {precision!r}")
-    fz = _load(model, dev)
-    if precision is not None:
-        fz.precision = precision
-    return fz
+    return _load(model, dev, precision)
 
 
-def _load(model: Any, dev: str) -> Fuser:
+def _load(model: Any, dev: str, precision: str | None = None) -> Fuser:
     from .checkpoint import file_sha256, load_checkpoint
-    from .hifm import HIFMParams
+    from .hifm import HIFMParams, HIFMSolver
     from .model import DeRUN
 
+    prec = precision or "fp32"
     if isinstance(model, Fuser):
         # a copy: changing the device or precision of this call never changes the caller's Fuser
         # (nor other threads using it); the weights are shared unless they must move device
         import dataclasses
 
-        fz = dataclasses.replace(model)
-        if model.kind == "derun" and model.device != dev:
-            fz.module = copy.deepcopy(model.module).to(dev)
-        fz.device = dev
-        return fz
+        module = model.module if model.device == dev else copy.deepcopy(model.module).to(dev)
+        return dataclasses.replace(model, module=module, device=dev, precision=precision or model.precision)
     if isinstance(model, HIFMParams):
-        return Fuser("admm", "admm", model, dev)
+        return Fuser("admm", "admm", HIFMSolver(model), dev, precision=prec)
+    if isinstance(model, HIFMSolver):
+        return Fuser("admm", "admm", model, dev, precision=prec)
     if isinstance(model, DeRUN):
-        return Fuser("derun (in memory)", "derun", model.eval().to(dev), dev, source="in-memory")
+        return Fuser("derun (in memory)", "derun", model.eval().to(dev), dev, source="in-memory", precision=prec)
     if not isinstance(model, (str, os.PathLike)):
         raise ValueError(f"model must be a name, a checkpoint path or a DeRUN; got {type(model).__name__}")
     name = str(model)
     if name == TRAINING_FREE:
-        return Fuser(TRAINING_FREE, "admm", HIFMParams(), dev)
+        return Fuser(TRAINING_FREE, "admm", HIFMSolver(), dev, precision=prec)
     shipped = _shipped()
     if name in _SESSION:
         net, info = _SESSION[name]
-        return Fuser(name, "derun", net.eval().to(dev), dev, source="session", info=info)
+        return Fuser(name, "derun", net.eval().to(dev), dev, source="session", info=info, precision=prec)
     if name in shipped:
         path = shipped[name]
     else:
@@ -230,20 +212,20 @@ def _load(model: Any, dev: str) -> Fuser:
             raise ValueError(
                 f"unknown model {name!r}: use one of {list_models()} or the path of a .safetensors checkpoint"
             )
-        from .bioimage_io import is_bioimageio_package
+        from ._bmz_read import is_bioimageio_package
 
         if is_bioimageio_package(path):  # a package written by napari-derun export (zip, folder or rdf.yaml)
-            from .bioimage_io import load_bioimageio
+            from ._bmz_read import load_bioimageio
 
             net, info = load_bioimageio(path)
             return Fuser(info.get("name") or path.stem, "derun", net.eval().to(dev), dev, source=str(path),
-                         sha256=file_sha256(path) if path.is_file() else None, info=info)
+                         sha256=file_sha256(path) if path.is_file() else None, info=info, precision=prec)
         if path.is_dir():
             raise ValueError(f"model {name!r} is a folder without a bioimage.io package (rdf.yaml); give a "
                              f".safetensors checkpoint file, a bioimage.io package or one of {list_models()}")
     net, info, _ = load_checkpoint(path)
     return Fuser(info.get("name") or path.stem, "derun", net.eval().to(dev), dev, source=str(path),
-                 sha256=file_sha256(path), info=info)
+                 sha256=file_sha256(path), info=info, precision=prec)
 
 
 def fuse_planes(

@@ -88,7 +88,7 @@ def _resolve_init(init, guided: bool = False):
 
     fz = load_model(init, device="cpu")
     if fz.kind != "derun":
-        return DeRUN.from_hifm(fz.module)
+        return DeRUN.from_hifm(fz.module.params)
     return copy.deepcopy(fz.module).float().train()
 
 
