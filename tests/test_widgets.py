@@ -289,11 +289,14 @@ def test_large_planes_are_tiled_like_the_library():
     a, b = _pair_u8(96, 80, seed=3)
     calls = []
     res = run_fusion(a, b, "admm", "cpu", tile=64, callback=lambda d, t, m: calls.append((d, t)))
-    assert res["provenance"]["parameters"]["tile"] == 64
-    np.testing.assert_array_equal(res["fused"], nd.fuse(a, b, device="cpu", tile=64))
+    from napari_derun._widgets._fuse_job import FusionResult
+
+    assert isinstance(res, FusionResult) and res.n_stages == 9 and res["fused"] is res.fused  # typed, reads as a mapping
+    assert res.provenance["parameters"]["tile"] == 64
+    np.testing.assert_array_equal(res.fused, nd.fuse(a, b, device="cpu", tile=64))
     # and stays close to the untiled result away from tile seams
     whole = nd.fuse(a, b, device="cpu")
-    assert np.abs(res["fused"] - whole).mean() < 0.02
+    assert np.abs(res.fused - whole).mean() < 0.02
     assert calls and calls[-1][0] == calls[-1][1]
 
 
@@ -310,10 +313,10 @@ def test_widget_engine_equals_library_bit_for_bit():
     A, B = da.from_array(a, chunks=(3, 40, 36)), da.from_array(b, chunks=(3, 40, 36))
     res = run_fusion(A, B, "admm", "cpu")
     ref = np.asarray(nd.fuse(A, B, model="admm", device="cpu", axes="ZYX"))
-    np.testing.assert_array_equal(res["fused"], ref)
+    np.testing.assert_array_equal(res.fused, ref)
     ga, gb = _gfp_small()
     res = run_fusion(ga, gb, "admm", "cpu", b_rgb=True)
-    np.testing.assert_array_equal(res["fused"], nd.fuse(ga, gb, model="admm", device="cpu"))
+    np.testing.assert_array_equal(res.fused, nd.fuse(ga, gb, model="admm", device="cpu"))
 
 
 def test_grey_gfp_with_green_colormap_stays_visible(make_napari_viewer, qtbot):

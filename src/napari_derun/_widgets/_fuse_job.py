@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
 import numpy as np
 
 from .. import preprocess
+from ..events import _MappingEvent
 
 __all__ = [
     "Cancelled",
     "FAST_METRICS",
+    "FusionResult",
     "check_pair",
     "estimate_shift",
     "shift_plane",
@@ -165,6 +168,31 @@ def full_metrics(a_l: np.ndarray, b_l: np.ndarray, f_l: np.ndarray) -> dict[str,
     return {k: float(v) for k, v in m.all_metrics(a_l, b_l, f_l, data_range=1.0).items()}
 
 
+@dataclass(frozen=True, eq=False)
+class FusionResult(_MappingEvent):
+    """What one run of the Fuse widget's job produced (attribute access; also reads as a mapping).
+
+    Attributes:
+        fused: float32 in [0, 1], ``(..., Y, X)`` or ``(..., Y, X, 3)``.
+        rgb: whether ``fused`` is RGB.
+        stages: per-stage arrays (``X``; ``E``, ``H``), empty unless asked for.
+        provenance: what produced it (model, weights, device, parameters), for ``layer.metadata``.
+        metrics: the live metrics of the middle plane (:data:`FAST_METRICS`).
+        middle: the middle plane's ``(a, b, fused)`` luminance, or None.
+        seconds: wall time of the run.
+        n_stages: stages of the model.
+    """
+
+    fused: np.ndarray
+    rgb: bool
+    stages: dict[str, np.ndarray]
+    provenance: dict[str, Any]
+    metrics: dict[str, float]
+    middle: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    seconds: float
+    n_stages: int
+
+
 def run_fusion(
     a_data,
     b_data,
@@ -181,7 +209,7 @@ def run_fusion(
     cancel: threading.Event | None = None,
     names: tuple[str, str] = ("a", "b"),
     tile: int | None = None,
-) -> dict[str, Any]:
+) -> "FusionResult":
     """Fuse two layers' data plane by plane.
 
     Args:
@@ -199,9 +227,7 @@ def run_fusion(
             layers are asked for: those need the whole plane).
 
     Returns:
-        dict with ``fused`` (float32 in [0, 1], ``(..., Y, X)`` or ``(..., Y, X, 3)``), ``rgb``,
-        ``stages`` (dict, empty unless asked), ``provenance``, ``metrics`` (EN, AG, SSIM, PSNR of
-        the middle plane), ``middle`` (its ``(a, b, fused)`` luminance), ``seconds``.
+        A :class:`FusionResult`.
     """
     from .. import api, stacks
 
@@ -322,13 +348,5 @@ def run_fusion(
     mets = fast_metrics(*middle) if min(H, W) >= 11 else {}
     secs = time.perf_counter() - t0
     prov["seconds"] = round(secs, 3)
-    return {
-        "fused": fused,
-        "rgb": rgb_out,
-        "stages": stages,
-        "provenance": prov,
-        "metrics": mets,
-        "middle": middle,
-        "seconds": secs,
-        "n_stages": n,
-    }
+    return FusionResult(fused=fused, rgb=rgb_out, stages=stages, provenance=prov, metrics=mets, middle=middle,
+                        seconds=secs, n_stages=n)

@@ -77,7 +77,7 @@ class FuseWidget(JobWidgetMixin, QWidget):
         self.viewer = napari_viewer
         self._init_job()
         self.metrics_worker = None
-        self.last_result: dict[str, Any] | None = None
+        self.last_result: job.FusionResult | None = None
         self.last_metrics: dict[str, float] = {}
         self._cancel = threading.Event()
         self._relay = ProgressRelay(self)
@@ -316,12 +316,12 @@ class FuseWidget(JobWidgetMixin, QWidget):
             self._fail(f"Could not add the result layer: {e}")
             return
         self.last_result = result
-        self.last_metrics = dict(result["metrics"])
+        self.last_metrics = dict(result.metrics)
         self._show_metrics(self.last_metrics, "middle plane")
-        self.all_metrics_button.enabled = result["middle"] is not None
-        prov = result["provenance"]
+        self.all_metrics_button.enabled = result.middle is not None
+        prov = result.provenance
         self._set_status(
-            "done", f"Done in {result['seconds']:.1f} s with {prov['model']} on {prov['device']}: "
+            "done", f"Done in {result.seconds:.1f} s with {prov['model']} on {prov['device']}: "
                     f"layer '{output_name(a.name, b.name)}'."
         )
 
@@ -357,17 +357,17 @@ class FuseWidget(JobWidgetMixin, QWidget):
     def _write_layers(self, a, b, result) -> None:
         out = output_name(a.name, b.name)
         scale, translate = tuple(a.scale), tuple(a.translate)
-        prov = result["provenance"]
-        kw: dict[str, Any] = {"scale": scale, "translate": translate, "rgb": result["rgb"], "metadata": {"derun": prov}}
-        if not result["rgb"]:
+        prov = result.provenance
+        kw: dict[str, Any] = {"scale": scale, "translate": translate, "rgb": result.rgb, "metadata": {"derun": prov}}
+        if not result.rgb:
             kw["contrast_limits"] = (0.0, 1.0)
             # a grey salient layer shown with a colour map (GFP in green): the fused layer keeps it
             cmap = getattr(b, "colormap", None)
             if not b.rgb and cmap is not None and cmap.name not in ("gray", "grey", "gray_r", "I Forest"):
                 kw["colormap"] = cmap
         copy_units(a, kw)
-        self._upsert(out, result["fused"], **kw)
-        stages = result["stages"]
+        self._upsert(out, result.fused, **kw)
+        stages = result.stages
         if "X" in stages:
             x = stages["X"]
             kw = {"scale": (1.0,) + scale, "translate": (0.0,) + translate, "contrast_limits": (0.0, 1.0),
@@ -392,9 +392,9 @@ class FuseWidget(JobWidgetMixin, QWidget):
 
     def compute_all_metrics(self) -> None:
         """All eight fusion metrics of the middle plane, in a worker."""
-        if self.last_result is None or self.last_result["middle"] is None or self.metrics_worker is not None:
+        if self.last_result is None or self.last_result.middle is None or self.metrics_worker is not None:
             return
-        a_l, b_l, f_l = self.last_result["middle"]
+        a_l, b_l, f_l = self.last_result.middle
         if min(f_l.shape) < 41:
             show_warning("All eight metrics need planes of at least 41 x 41 pixels (VIF uses four scales).")
             return
