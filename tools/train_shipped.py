@@ -56,6 +56,8 @@ def main(argv=None):
     p.add_argument("--init", default="admm", help="admm or a model / checkpoint to continue from")
     p.add_argument("--grad-clip", type=float, default=None)
     p.add_argument("--min-sr", type=float, default=None, help="selection floor on validation SR")
+    p.add_argument("--only", nargs="+", default=None, metavar="TEXT",
+                   help="train only on the training pairs whose name contains one of these (validation: the whole split)")
     a = p.parse_args(argv)
     import torch
 
@@ -63,6 +65,14 @@ def main(argv=None):
 
     torch.set_num_threads(a.threads)
     tr, va = load_split(a.tasks, Path(a.data))
+    if a.only:
+        from napari_derun.training import PairDataset
+
+        keep = [i for i, n in enumerate(tr.names) if any(t in n for t in a.only)]
+        if not keep:
+            raise SystemExit(f"--only {a.only}: no training pair matches")
+        tr = PairDataset._from_planes([tr.names[i] for i in keep], [tr.a[i] for i in keep],
+                                      [tr.b[i] for i in keep], tr.source)
     print(f"{a.name}: {len(tr)} train / {len(va)} val pairs", flush=True)
     w = dict(zip(("w_intensity", "w_gradient", "w_ssim", "w_lgde"), a.w)) if a.w else {}
     cfg = TrainConfig(lr=a.lr, batch=a.batch, patch=a.patch, epochs=a.epochs, steps_per_epoch=a.steps,

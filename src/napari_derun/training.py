@@ -21,18 +21,25 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import threading
 import platform
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 
 from . import _ddp
 from .datasets import PairDataset, _as_dataset
-from .events import EpochEvent, StepEvent
+from .events import EpochEvent, StepEvent, TrainEvent
 from .train_config import TrainConfig
 from .validation import REFERENCE_METHODS, evaluate_pairs, reference_scores
+
+#: training or validation pairs: a PairDataset, a folder with a/ and b/, or a list of (a, b) arrays
+Pairs = Union[PairDataset, str, os.PathLike, Sequence[tuple[np.ndarray, np.ndarray]]]
+#: a stop request: an Event, or a callable that returns True to stop
+StopFlag = Union[threading.Event, Callable[[], bool]]
 
 __all__ = ["PairDataset", "TrainConfig", "TrainResult", "train", "finetune", "evaluate_pairs", "reference_scores",
            "REFERENCE_METHODS", "peak_rss_mb"]
@@ -155,8 +162,9 @@ def _load_optimizer_tensors(opt, params, extra, device) -> None:
 # --------------------------------------------------------------------------- training
 
 
-def train(train_pairs, val_pairs=None, init: Any = "admm", config: "TrainConfig | None" = None,
-          callback: Callable[[dict], None] | None = None, stop=None, checkpoint_path=None, resume=None) -> "TrainResult":
+def train(train_pairs: Pairs, val_pairs: Pairs | None = None, init: Any = "admm", config: TrainConfig | None = None,
+          callback: Callable[[TrainEvent], None] | None = None, stop: StopFlag | None = None,
+          checkpoint_path: str | os.PathLike | None = None, resume: str | os.PathLike | None = None) -> TrainResult:
     """Train (or fine-tune) DeRUN on registered pairs; see :func:`_train` for the arguments.
 
     torch's thread count is restored afterwards when ``config.num_threads`` changed it.
@@ -172,14 +180,14 @@ def train(train_pairs, val_pairs=None, init: Any = "admm", config: "TrainConfig 
 
 
 def _train(
-    train_pairs,
-    val_pairs=None,
+    train_pairs: Pairs,
+    val_pairs: Pairs | None = None,
     init: Any = "admm",
     config: TrainConfig | None = None,
-    callback: Callable[[dict], None] | None = None,
-    stop=None,
-    checkpoint_path=None,
-    resume=None,
+    callback: Callable[[TrainEvent], None] | None = None,
+    stop: StopFlag | None = None,
+    checkpoint_path: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train (or fine-tune) DeRUN on registered pairs.
 
@@ -482,14 +490,14 @@ def _stored_objective(model: Any) -> dict[str, Any]:
 
 
 def finetune(
-    pairs,
+    pairs: Pairs,
     model: Any = "gfp_pc",
     epochs: int = 10,
     lr: float = 1e-4,
     patch: int = 128,
-    val_pairs=None,
-    callback: Callable[[dict], None] | None = None,
-    stop=None,
+    val_pairs: Pairs | None = None,
+    callback: Callable[[TrainEvent], None] | None = None,
+    stop: StopFlag | None = None,
     **config: Any,
 ) -> TrainResult:
     """Short fine-tuning of a shipped model (or any model spec accepted by :func:`train`'s
