@@ -84,9 +84,13 @@ def test_fuse_widget_rgb_matches_api_and_reruns_in_place(make_napari_viewer, qtb
     np.testing.assert_allclose(xs.data, st["X"], atol=1e-6)
     assert tuple(xs.scale) == (1.0, 0.5, 0.25)
     ne, nf = st["E"].shape[:2]
-    es = viewer.layers[f"gfp_pc_derun stages (E, stage 1–{ne} × filter 1–{nf})"]
-    np.testing.assert_allclose(es.data, st["E"], atol=1e-6)
-    assert f"gfp_pc_derun stages (H, stage 1–{ne} × filter 1–{nf})" in viewer.layers
+    es = viewer.layers[f"gfp_pc_derun stages (E, filter 1–{nf} × stage 1–{ne})"]
+    np.testing.assert_allclose(es.data, np.moveaxis(st["E"], 1, 0), atol=1e-6)  # (filter, stage, Y, X)
+    assert f"gfp_pc_derun stages (H, filter 1–{nf} × stage 1–{ne})" in viewer.layers
+    # sliders named by what they move; the stage axis of X and of E/H is the same viewer axis
+    assert tuple(xs.axis_labels)[0] == "stage" and tuple(es.axis_labels)[:2] == ("filter", "stage")
+    assert tuple(viewer.dims.axis_labels)[-4:-2] == ("filter", "stage")
+    assert tuple(xs.axis_labels) == tuple(viewer.dims.axis_labels)[-3:]
     # live metrics of the result: the fast subset, against napari_derun.metrics directly
     from napari_derun import metrics, preprocess
 

@@ -42,6 +42,16 @@ def copy_units(src, kwargs: dict, extra_axes: int = 0) -> None:
     kwargs["units"] = ("pixel",) * extra_axes + units
 
 
+def copy_axis_labels(src, kwargs: dict, extra: tuple[str, ...] = ()) -> None:
+    """Axis labels for a new layer: ``extra`` leading labels (``stage``, ``filter``) then those of
+    ``src`` (napari shows them on the sliders; layers without labels keep napari's defaults)."""
+    try:
+        labels = tuple(str(x) for x in src.axis_labels)
+    except Exception:  # older napari: no per-layer axis labels
+        return
+    kwargs["axis_labels"] = tuple(extra) + labels
+
+
 class JobWidgetMixin:
     """What both widgets share: a :class:`~._state.JobStatus`, one background worker at a time, and a
     status label. The widget defines ``status_label`` and the ``_on_returned`` / ``_on_errored`` /

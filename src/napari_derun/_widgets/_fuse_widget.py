@@ -11,7 +11,7 @@ from napari.utils.notifications import show_error, show_warning
 from qtpy.QtWidgets import QProgressBar, QVBoxLayout, QWidget
 
 from . import _fuse_job as job
-from ._common import JobWidgetMixin, ProgressRelay, copy_units, image_layers, layer_picker
+from ._common import JobWidgetMixin, ProgressRelay, copy_axis_labels, copy_units, image_layers, layer_picker
 from ._prefs import default_model, save_pref
 from ._state import MODEL_BUS
 
@@ -55,8 +55,9 @@ def output_name(a_name: str, b_name: str) -> str:
 
 
 def stage_layer_name(out: str, key: str, n: int, n_filters: int | None = None) -> str:
+    """Names that say what the leading axes are: ``(X, stage 1–9)``; ``(E, filter 1–4 × stage 1–8)``."""
     if n_filters:
-        return f"{out} stages ({key}, stage 1–{n} × filter 1–{n_filters})"
+        return f"{out} stages ({key}, filter 1–{n_filters} × stage 1–{n})"
     return f"{out} stages ({key}, stage 1–{n})"
 
 
@@ -337,7 +338,7 @@ class FuseWidget(JobWidgetMixin, QWidget):
             )
             if compatible:
                 ly.data = data
-                for key in ("scale", "translate", "units", "contrast_limits", "colormap"):
+                for key in ("scale", "translate", "units", "axis_labels", "contrast_limits", "colormap"):
                     if key in kwargs:
                         try:
                             setattr(ly, key, kwargs[key])
@@ -366,6 +367,7 @@ class FuseWidget(JobWidgetMixin, QWidget):
             if not b.rgb and cmap is not None and cmap.name not in ("gray", "grey", "gray_r", "I Forest"):
                 kw["colormap"] = cmap
         copy_units(a, kw)
+        copy_axis_labels(a, kw)
         self._upsert(out, result.fused, **kw)
         stages = result.stages
         if "X" in stages:
@@ -373,16 +375,20 @@ class FuseWidget(JobWidgetMixin, QWidget):
             kw = {"scale": (1.0,) + scale, "translate": (0.0,) + translate, "contrast_limits": (0.0, 1.0),
                   "visible": False, "metadata": {"derun": {**prov, "stage_axis": 0, "what": "X per stage"}}}
             copy_units(a, kw, 1)
+            copy_axis_labels(a, kw, ("stage",))
             self._upsert(stage_layer_name(out, "X", x.shape[0]), x, **kw)
         for key in ("E", "H"):
             if key in stages:
-                v = stages[key]
+                # (filter, stage, ..., Y, X): napari aligns layers by their last axes, so the stage axis
+                # sits where the X-per-stage layer has it and one "stage" slider drives both
+                v = np.moveaxis(stages[key], 1, 0)
                 lim = float(np.percentile(np.abs(v), 99.5)) or 1.0
                 kw = {"scale": (1.0, 1.0) + scale, "translate": (0.0, 0.0) + translate,
                       "contrast_limits": (-lim, lim), "colormap": "PiYG", "visible": False,
-                      "metadata": {"derun": {**prov, "stage_axis": 0, "filter_axis": 1, "what": f"{key} per stage"}}}
+                      "metadata": {"derun": {**prov, "filter_axis": 0, "stage_axis": 1, "what": f"{key} per stage"}}}
                 copy_units(a, kw, 2)
-                self._upsert(stage_layer_name(out, key, v.shape[0], v.shape[1]), v, **kw)
+                copy_axis_labels(a, kw, ("filter", "stage"))
+                self._upsert(stage_layer_name(out, key, v.shape[1], v.shape[0]), v, **kw)
         self.viewer.layers.selection.active = self.viewer.layers[out]
 
     # ---------------------------------------------------------------- metrics
