@@ -235,6 +235,26 @@ def test_outputs_checked_before_work(tmp_path, capsys):
     assert "--repeats must be >= 1" in capsys.readouterr().err
 
 
+def test_thread_count_follows_the_load_of_the_moment(monkeypatch):
+    """Idle cores from two /proc/stat samples (not the lagging 1-minute average), minus what is left
+    for the GUI; the load average only where /proc/stat is missing."""
+    from napari_derun import _runtime as rt
+
+    monkeypatch.delenv("NAPARI_DERUN_THREADS", raising=False)
+    monkeypatch.setattr(rt.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(rt.time, "sleep", lambda s: None)
+    samples = iter([(1000, 800), (1200, 900)])  # 200 ticks, 100 idle: half the machine = 1 of 2 cores busy
+    monkeypatch.setattr(rt, "_proc_stat", lambda: next(samples))
+    assert rt.busy_cores() == pytest.approx(1.0)
+    for busy, leave, want in ((0.1, 0, 2), (1.0, 0, 1), (1.9, 0, 1), (0.1, 1, 1)):
+        monkeypatch.setattr(rt, "busy_cores", lambda b=busy: b)
+        assert rt.default_threads(leave) == want, (busy, leave)
+    monkeypatch.undo()
+    monkeypatch.setattr(rt, "_proc_stat", lambda: None)
+    monkeypatch.setattr(rt.os, "getloadavg", lambda: (0.75, 0.5, 0.25))
+    assert rt.busy_cores() == 0.75
+
+
 def test_threads_option_and_environment(monkeypatch, capsys):
     import subprocess
     import sys

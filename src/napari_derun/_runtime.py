@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import time
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -67,13 +68,41 @@ def hide_triton_without_cuda() -> None:
     torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-3)
 
 
+def _proc_stat() -> tuple[int, int] | None:
+    """(total, idle + iowait) CPU time of all cores from Linux's ``/proc/stat``; None elsewhere."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            vals = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return sum(vals[:8]), vals[3] + (vals[4] if len(vals) > 4 else 0)
+
+
+def busy_cores(window: float = 0.2) -> float:
+    """How many cores other work keeps busy now: on Linux from ``/proc/stat`` over ``window``
+    seconds (the load of this moment), elsewhere the 1-minute load average (0 when unknown)."""
+    first = _proc_stat()
+    if first is not None:
+        time.sleep(window)
+        second = _proc_stat()
+        if second is not None and second[0] > first[0]:
+            total, idle = second[0] - first[0], second[1] - first[1]
+            return (os.cpu_count() or 1) * max(0.0, total - idle) / total
+    try:
+        return float(os.getloadavg()[0])
+    except (OSError, AttributeError):  # not available (Windows)
+        return 0.0
+
+
 def default_threads(leave: int = 0) -> int:
     """CPU threads for torch: ``NAPARI_DERUN_THREADS`` if set, else the cores that are idle now
-    (``os.cpu_count()`` minus the 1-minute load average, rounded), minus ``leave``, at least 1.
+    (``os.cpu_count()`` minus :func:`busy_cores`, rounded), minus ``leave``, at least 1.
 
-    Two busy threads on a core another process also wants halve throughput or worse (measured on
-    the 2-core development VM: a 512² fusion took 2.9–3.0 s with 2 threads next to a busy core and
-    1.5–1.9 s with 1 thread), so the count follows the load instead of torch's default of all cores.
+    Two busy threads on a core another process also wants halve throughput or worse, so the count
+    follows the load instead of torch's default of all cores. Measured on the 2-core development VM
+    (``benchmarks/bench_threads.py``, 512² fusion): with one competing busy core 1 thread took 2.24 s
+    and 2 threads 4.90 s; on the idle machine 2 threads took 1.10 s and 1 thread 2.06 s. The load of
+    the moment is read (not the 1-minute average, which lags a job that just ended or started).
     """
     env = os.environ.get("NAPARI_DERUN_THREADS")
     if env:
@@ -85,11 +114,7 @@ def default_threads(leave: int = 0) -> int:
             raise ValueError(f"NAPARI_DERUN_THREADS must be >= 1, got {n}")
         return n
     cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except (OSError, AttributeError):  # not available (Windows)
-        busy = 0.0
-    return max(1, min(cores, round(cores - busy)) - leave)
+    return max(1, min(cores, round(cores - busy_cores())) - leave)
 
 
 def set_threads(n: int | None = None, leave: int = 0) -> int:

@@ -22,8 +22,8 @@ from __future__ import annotations
 import copy
 import math
 import os
-import threading
 import platform
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, Union
