@@ -2,7 +2,7 @@
 
 Prints a table and writes JSON with, for each method, size and batch:
 parameters, multiply-adds (the counter of `napari-derun profile`,
-``napari_derun.profiling._count_torch_macs``: convolutions, matrix products and FFTs at the
+``napari_derun.profiling._count_torch_macs`` (torch.utils.flop_counter for convolutions and matrix products, FFTs counted alongside) at the
 aten level), median latency, peak memory,
 the bytes each stage must move at minimum, and the memory-bandwidth floor
 (bytes ÷ measured copy bandwidth) so the gap to the physical limit is visible.

@@ -17,52 +17,42 @@ __all__ = ["profile", "profile_table"]
 def _count_torch_macs(fn: Callable[[], Any]) -> dict[str, int]:
     """Run ``fn`` and count multiply-adds of convolutions, matrix products and FFTs.
 
-    Convolutions: output elements × (input channels / groups) × kernel taps.
-    Matrix products: M × N × K.  FFTs (radix-2 convention): a real transform of n
-    points counts n·log2(n) real multiply-adds, a complex one 2·n·log2(n), n being
-    the product of the transformed sizes.  Element-wise operations are not counted.
+    Convolutions and matrix products come from PyTorch's own counter,
+    :class:`torch.utils.flop_counter.FlopCounterMode` (its FLOPs / 2: output elements × input
+    channels / groups × kernel taps; M × N × K). It has no formula for FFTs, which are counted
+    here (radix-2 convention): a real transform of n points counts n·log2(n) real multiply-adds, a
+    complex one 2·n·log2(n), n being the product of the transformed sizes. Element-wise operations
+    are not counted.
     """
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
 
     aten = torch.ops.aten
     counts = {"conv": 0, "matmul": 0, "fft": 0}
 
-    def _fft_n(x, dims) -> int:
-        n = 1
-        for d in dims:
-            n *= int(x.shape[d])
-        return n
-
-    class Counter(TorchDispatchMode):
+    class FFTCounter(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            out = func(*args, **kwargs)
+            out = func(*args, **(kwargs or {}))
             pkt = func.overloadpacket
-            if pkt in (aten.convolution, aten._convolution, aten.conv2d):
-                x, w = args[0], args[1]
-                transposed = bool(args[6]) if pkt is not aten.conv2d and len(args) > 6 else False
-                taps = int(np.prod(w.shape[2:]))
-                if transposed:
-                    counts["conv"] += int(x.numel()) * int(w.shape[1]) * taps
-                else:
-                    counts["conv"] += int(out.numel()) * int(w.shape[1]) * taps
-            elif pkt in (aten.mm, aten.bmm, aten.addmm, aten.baddbmm):
-                x, y = (args[1], args[2]) if pkt in (aten.addmm, aten.baddbmm) else (args[0], args[1])
-                counts["matmul"] += int(x.numel()) * int(y.shape[-1])
-            elif pkt in (aten._fft_r2c, aten._fft_c2r, aten._fft_c2c):
+            if pkt in (aten._fft_r2c, aten._fft_c2r, aten._fft_c2c):
                 dims = args[1]
-                if pkt is aten._fft_c2r:
-                    n = int(np.prod([out.shape[d] for d in dims]))
-                else:
-                    n = _fft_n(args[0], dims)
+                src = out if pkt is aten._fft_c2r else args[0]
+                n = int(np.prod([src.shape[d] for d in dims]))
                 batch = int(out.numel()) // max(1, int(np.prod([out.shape[d] for d in dims])))
                 per = n * math.log2(max(n, 2))
                 counts["fft"] += int(batch * per * (2 if pkt is aten._fft_c2c else 1))
             return out
 
-    with Counter():
+    flops = FlopCounterMode(display=False)
+    with flops, FFTCounter():
         fn()
+    for op, n in flops.get_flop_counts().get("Global", {}).items():
+        name = str(op)
+        if "conv" in name:
+            counts["conv"] += int(n) // 2
+        elif any(k in name for k in ("mm", "matmul", "linear", "bmm")):
+            counts["matmul"] += int(n) // 2
     counts["total"] = counts["conv"] + counts["matmul"] + counts["fft"]
     return counts
 
