@@ -81,7 +81,7 @@ def test_cycle_finder_finds_a_cycle():
 
 def test_no_import_cycle():
     mods = _modules()
-    assert "napari_derun.api" in mods and "napari_derun.stacks" in mods
+    assert "napari_derun.api" in mods and "napari_derun.engine.stacks" in mods
     assert _cycles(_imports(mods)) == []
 
 
@@ -132,3 +132,46 @@ def test_one_docstring_style_google():
     bad = [f"{p.relative_to(PKG)}:{x}" for p in sorted(PKG.rglob("*.py"))
            for x in _numpy_sections(p.read_text(encoding="utf-8"))]
     assert not bad, "NumPy/reST-style sections (use Google style: 'Args:', 'Returns:'):\n" + "\n".join(bad)
+
+
+#: the package's folders by role, each importing only those before it (utilities: _files, _runtime)
+LAYERS = ("core", "data", "engine", "evaluation", "training")
+
+
+def _layer_of(parts: tuple[str, ...]) -> str:
+    return parts[0] if len(parts) > 1 else "top:" + parts[0].removesuffix(".py")
+
+
+def test_layers_import_only_lower_layers():
+    allowed_top = {"top:_files", "top:_runtime", "top:__init__"}
+    bad = []
+    for path in PKG.rglob("*.py"):
+        rel = path.relative_to(PKG).parts
+        src = _layer_of(rel)
+        if src not in LAYERS:
+            continue
+        pkg_parts = list(rel[:-1])
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.ImportFrom) and node.level):
+                continue
+            base = pkg_parts[: len(pkg_parts) - (node.level - 1)]
+            target = base + (node.module.split(".") if node.module else [])
+            # "from .. import X": X is a layer, a top-level module, or a name of the package's __init__
+            names = [target] if target else [[a.name] for a in node.names]
+            for t in names:
+                top_module = (PKG / f"{t[0]}.py").is_file()
+                dst = t[0] if t[0] in LAYERS else "top:" + (t[0] if top_module else "__init__")
+                if dst in (src, *allowed_top):
+                    continue
+                if dst not in LAYERS or LAYERS.index(dst) > LAYERS.index(src):
+                    bad.append(f"{'/'.join(rel)} imports {dst}")
+    assert not bad, "imports against the layering " + " < ".join(LAYERS) + ":\n" + "\n".join(sorted(set(bad)))
+
+
+def test_former_module_names_import_the_same_modules():
+    import importlib
+
+    import napari_derun
+
+    for old, new in napari_derun._MOVED.items():
+        assert importlib.import_module(f"napari_derun.{old}") is importlib.import_module(f"napari_derun.{new}"), old

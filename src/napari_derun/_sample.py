@@ -6,7 +6,7 @@ No napari import is needed here.
 """
 from __future__ import annotations
 
-from .sample_data import gfp_pc, pet_mri
+from .data.sample_data import gfp_pc, pet_mri
 
 __all__ = ["make_gfp_pc", "make_pet_mri"]
 

@@ -1,8 +1,8 @@
 """Public scripting API: ``fuse``, ``load_model``, ``list_models``.
 
 The napari widgets, the CLI and the tests all go through these functions. Model loading and the
-registry live in :mod:`napari_derun.registry` (re-exported here); :func:`fuse` runs the nD engine
-of :mod:`napari_derun.stacks`.
+registry live in :mod:`napari_derun.engine.registry` (re-exported here); :func:`fuse` runs the nD engine
+of :mod:`napari_derun.engine.stacks`.
 """
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from numpy.typing import ArrayLike
 
 import numpy as np
 
-from . import preprocess
+from .data import preprocess
 if TYPE_CHECKING:  # dask is imported only when a dask array comes in
     from dask.array import Array as DaskArray
-from .registry import (  # noqa: F401  (the public API, and names the tests and widgets use)
+from .engine.registry import (  # noqa: F401  (the public API, and names the tests and widgets use)
     _SESSION,
     MODELS,
     TRAINING_FREE,
@@ -104,7 +104,7 @@ def fuse(
     Args:
         a: structural image (phase contrast, MRI, visible): numpy or dask array of layout
             ``YX``, ``YXC`` (RGB/RGBA), ``ZYX``, ``TYX``, ``TZYX`` (``…C``) or as given by ``axes``;
-            uint8, uint16 or float (see :mod:`napari_derun.preprocess` for the normalisation).
+            uint8, uint16 or float (see :mod:`napari_derun.data.preprocess` for the normalisation).
         b: salient image (GFP, PET, SPECT, CT, infrared), same size (may be colour when ``a`` is not).
         model: ``admm`` (the training-free solver), a shipped model (``gfp_pc``, ``medical``,
             ``ivf``), a name registered in this session or a ``.safetensors`` checkpoint; see
@@ -119,11 +119,11 @@ def fuse(
             stack of shape ``(Z, Y, 3)``); a pair ``(axes_a, axes_b)`` for different layouts.
         tile: planes larger than ``tile`` pixels (either side) are fused in overlapping tiles
             (``None``/``0``: never tile).
-        overlap: tile overlap in pixels (default 128, :data:`napari_derun.stacks.DEFAULT_OVERLAP`).
+        overlap: tile overlap in pixels (default 128, :data:`napari_derun.engine.stacks.DEFAULT_OVERLAP`).
         batch_size: planes/tiles per device batch (default 8 on CUDA, 1 otherwise); halved
             (then the tile) on GPU out-of-memory.
         cancel: a :class:`threading.Event`; when set, fusion stops with
-            :class:`napari_derun.stacks.FuseCancelled` between stages/tiles.
+            :class:`napari_derun.engine.stacks.FuseCancelled` between stages/tiles.
         ranges: fixed ``((lo_a, hi_a), (lo_b, hi_b))`` intensity ranges instead of percentiles.
         client: a ``dask.distributed.Client``: planes are fused on its workers.
         precision: ``"fp32"`` (default, the reference) or ``"bf16"`` (autocast; ~1.7× faster on
@@ -135,7 +135,7 @@ def fuse(
         ``return_stages``: ``(fused, stages)`` where ``stages["X"]``/``["Y"]`` are
         ``(N, H, W)`` luminance and ``stages["E"]``/``["H"]`` are ``(N, L, H, W)``.
     """
-    from . import stacks
+    from .engine import stacks
 
     _check_tiling(tile, overlap)
     _check_inputs(a, b, axes)

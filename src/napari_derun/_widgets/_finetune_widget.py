@@ -226,7 +226,7 @@ class FinetuneWidget(JobWidgetMixin, QWidget):
         train: Any = pairs
         folder = self.folder.value
         if folder is not None and str(folder).strip() not in ("", "."):
-            from ..training import PairDataset
+            from ..training.loop import PairDataset
 
             ds = PairDataset(str(folder))
             train = PairDataset.concat([PairDataset(pairs), ds], ["layers", "folder"]) if pairs else ds
@@ -350,7 +350,7 @@ class FinetuneWidget(JobWidgetMixin, QWidget):
                                                   "DeRUN checkpoint (*.safetensors)")
             if not path:
                 return None
-        from ..checkpoint import save_checkpoint
+        from ..engine.checkpoint import save_checkpoint
 
         info = dict(self.result.info)
         info["name"] = self.registered_name
@@ -368,7 +368,7 @@ class FinetuneWidget(JobWidgetMixin, QWidget):
                                                   "bioimage.io model package (*.zip)")
             if not path:
                 return None
-        from ..bioimage_io import export_bioimageio
+        from ..engine.bioimage_io import export_bioimageio
 
         try:
             out = export_bioimageio(self.registered_name, path, overwrite=True)

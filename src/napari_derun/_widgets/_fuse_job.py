@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import preprocess
-from ..events import _MappingEvent
+from ..data import preprocess
+from ..training.events import _MappingEvent
 
 __all__ = [
     "Cancelled",
@@ -152,18 +152,18 @@ def shift_plane(x: np.ndarray, shift: tuple[float, float], rgb: bool) -> np.ndar
 
 
 def fast_metrics(a_l: np.ndarray, b_l: np.ndarray, f_l: np.ndarray) -> dict[str, float]:
-    """EN, AG, SSIM, PSNR (:mod:`napari_derun.metrics`) and SR, the share of the salient image's
-    contrast kept (:mod:`napari_derun.metrics_extra`), of luminance planes in [0, 1]."""
-    from .. import metrics as m
-    from .. import metrics_extra as mx
+    """EN, AG, SSIM, PSNR (:mod:`napari_derun.evaluation.metrics`) and SR, the share of the salient image's
+    contrast kept (:mod:`napari_derun.evaluation.metrics_extra`), of luminance planes in [0, 1]."""
+    from ..evaluation import metrics as m
+    from ..evaluation import metrics_extra as mx
 
     fns = {"EN": m.en, "AG": m.ag, "SSIM": m.ssim, "PSNR": m.psnr, "SR": mx.sr}
     return {k: float(fns[k](a_l, b_l, f_l, data_range=1.0)) for k in FAST_METRICS}
 
 
 def full_metrics(a_l: np.ndarray, b_l: np.ndarray, f_l: np.ndarray) -> dict[str, float]:
-    """All eight metrics (:func:`napari_derun.metrics.all_metrics`) of luminance planes in [0, 1]."""
-    from .. import metrics as m
+    """All eight metrics (:func:`napari_derun.evaluation.metrics.all_metrics`) of luminance planes in [0, 1]."""
+    from ..evaluation import metrics as m
 
     return {k: float(v) for k, v in m.all_metrics(a_l, b_l, f_l, data_range=1.0).items()}
 
@@ -222,14 +222,15 @@ def run_fusion(
         callback: ``callback(done, total, message)`` after each stage; it may raise
             :class:`Cancelled`.
         cancel: an Event; when set, the run stops at the next stage with :class:`Cancelled`.
-        tile: planes larger than this (default :data:`napari_derun.stacks.DEFAULT_TILE`) are fused in
-            overlapping blended tiles with :func:`napari_derun.stacks.fuse_luma_planes` (not when stage
+        tile: planes larger than this (default :data:`napari_derun.engine.stacks.DEFAULT_TILE`) are fused in
+            overlapping blended tiles with :func:`napari_derun.engine.stacks.fuse_luma_planes` (not when stage
             layers are asked for: those need the whole plane).
 
     Returns:
         A :class:`FusionResult`.
     """
-    from .. import api, stacks
+    from .. import api
+    from ..engine import stacks
 
     t0 = time.perf_counter()
     shape = check_pair(a_data, b_data, a_rgb, b_rgb, *names)

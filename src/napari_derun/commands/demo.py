@@ -24,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
     import tifffile
     from PIL import Image
 
-    from .. import api, sample_data
+    from .. import api
+    from ..data import sample_data
 
     from .._files import atomic_write_text, atomic_writer, check_writable
 

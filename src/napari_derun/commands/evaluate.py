@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def register(sub) -> None:
-    from ..evaluation import evaluate
+    from ..evaluation.runner import evaluate
     from ._options import add_options
 
     p = sub.add_parser(
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
         from .._files import check_writable
 
         check_writable(Path(args.out) / "summary.md")
-    from ..evaluation import evaluate
+    from ..evaluation.runner import evaluate
 
     rows, summary = evaluate(args.dir, methods=args.methods, out_dir=args.out, device=args.device,
                              progress=not args.no_progress, model=args.model, limit=args.limit,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def register(sub) -> None:
-    from ..bioimage_io import export_bioimageio
+    from ..engine.bioimage_io import export_bioimageio
     from ._options import add_options
 
     p = sub.add_parser(
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:  # before any work
         raise FileExistsError(f"{out} exists; add --overwrite to replace it")
-    from ..bioimage_io import export_bioimageio
+    from ..engine.bioimage_io import export_bioimageio
 
     path = export_bioimageio(args.model, out, name=args.name, authors=args.author, overwrite=args.overwrite)
     print(f"wrote {path}")

@@ -94,7 +94,7 @@ def read_input(path, axes: str | None = None) -> tuple[Any, str | None, dict]:
     if not p.is_file():
         raise FileNotFoundError(f"no such image file: {p}")
     if p.suffix.lower() not in _TIF:
-        from ..io import read_image
+        from ..data.io import read_image
 
         return read_image(p), axes, {"kind": "image"}
     import tifffile
@@ -230,8 +230,9 @@ def fuse_files(a_path, b_path, out_path, model, opts: dict, callback=None, clien
     """Read, fuse and write one pair; ``model`` is a Fuser or a ModelSpec. Returns a summary dict."""
     import numpy as np
 
-    from .. import api, stacks
-    from ..distributed import resolve_fuser
+    from .. import api
+    from ..engine import stacks
+    from ..engine.distributed import resolve_fuser
 
     out_path = Path(out_path)
     if out_path.exists() and not opts.get("overwrite"):
@@ -354,7 +355,7 @@ def _run_pair(args, fuser, opts, client) -> int:
 def _run_folder(args, fuser, opts, client) -> int:
     from tqdm import tqdm
 
-    from ..io import find_pairs
+    from ..data.io import find_pairs
 
     root = Path(args.inputs[0])
     if not root.is_dir():
@@ -374,7 +375,7 @@ def _run_folder(args, fuser, opts, client) -> int:
     if client is not None:
         from dask.distributed import as_completed
 
-        from ..distributed import model_spec
+        from ..engine.distributed import model_spec
 
         spec = client.scatter(model_spec(fuser), broadcast=True)
         futs = {client.submit(_process_remote, str(pa), str(pb), str(outdir / f"{name}.tif"), spec, opts,

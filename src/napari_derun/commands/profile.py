@@ -5,8 +5,8 @@ import argparse
 
 
 def register(sub) -> None:
-    from ..evaluation import evaluate
-    from ..profiling import profile
+    from ..evaluation.runner import evaluate
+    from ..evaluation.profiling import profile
     from ._options import add_options
 
     p = sub.add_parser(
@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     if args.size < 41:
         raise ValueError(f"--size must be at least 41 pixels, got {args.size}")
     from ..api import resolve_device
-    from ..profiling import profile, profile_table
+    from ..evaluation.profiling import profile, profile_table
 
     rows = profile(size=args.size, methods=args.methods, device=args.device, repeats=args.repeats,
                    model=args.model)

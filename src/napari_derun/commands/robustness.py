@@ -5,8 +5,8 @@ import argparse
 
 
 def register(sub) -> None:
-    from ..evaluation import evaluate
-    from ..robust import robustness
+    from ..evaluation.runner import evaluate
+    from ..evaluation.robust import robustness
     from ._options import add_options
 
     p = sub.add_parser(
@@ -24,8 +24,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation import evaluate
-    from ..robust import robustness
+    from ..evaluation.runner import evaluate
+    from ..evaluation.robust import robustness
 
     rows, summary = robustness(args.dir, input=args.input, degradations=args.degradations, levels=args.levels,
                                methods=args.methods, out_dir=args.out, model=args.model, limit=args.limit,

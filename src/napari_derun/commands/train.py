@@ -15,10 +15,10 @@ CLI_FIELDS = ("epochs", "lr", "batch", "patch", "steps_per_epoch", "decay", "obj
 
 
 def add_config_options(parser: argparse.ArgumentParser, names) -> None:
-    """``--field-name`` options derived from :class:`~napari_derun.train_config.TrainConfig` (not re-typed)."""
+    """``--field-name`` options derived from :class:`~napari_derun.training.config.TrainConfig` (not re-typed)."""
     import typing
 
-    from ..train_config import TrainConfig
+    from ..training.config import TrainConfig
 
     for name in names:
         info = TrainConfig.model_fields[name]
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     if not main_rank:
         args.quiet = True
 
-    from ..training import PairDataset, TrainConfig, peak_rss_mb, train
+    from ..training.loop import PairDataset, TrainConfig, peak_rss_mb, train
 
     data = PairDataset(args.dir)
     say = print if main_rank else (lambda *a, **k: None)
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.resume:
         # continue with the stored settings; only options written on this command line change them
-        from ..checkpoint import read_checkpoint_info
+        from ..engine.checkpoint import read_checkpoint_info
 
         stored = (read_checkpoint_info(args.resume).get("training") or {}).get("config") or {}
         over = {}

@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .evaluation import BASELINE_METHODS, DEFAULT_METHODS, _shipped_models
+from .runner import BASELINE_METHODS, DEFAULT_METHODS, _shipped_models
 
 __all__ = ["profile", "profile_table"]
 
@@ -117,7 +117,7 @@ def profile(
     Returns:
         rows ``{"method", "params", "macs", "conv_macs", "fft_macs", "median_ms", "note"}``.
     """
-    from . import registry as api
+    from ..engine import registry as api
 
     if size < 8:
         raise ValueError(f"size must be >= 8, got {size}")
@@ -141,7 +141,7 @@ def profile(
                 elif shipped:
                     target = shipped[0]
                 else:
-                    from .model import DeRUN
+                    from ..core.model import DeRUN
 
                     target = DeRUN.from_hifm()
                     note = "no shipped weights: default architecture, untrained"

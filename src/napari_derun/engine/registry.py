@@ -1,6 +1,6 @@
 """Models: the shipped and session registry, devices, loading, and running a model on luminance planes.
 
-Below the nD engine (:mod:`napari_derun.stacks`), the distributed helpers and training, which all
+Below the nD engine (:mod:`napari_derun.engine.stacks`), the distributed helpers and training, which all
 import it; :mod:`napari_derun.api` is the public facade on top. No Qt, no napari; torch lazily.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from psygnal import Signal
 __all__ = ["Fuser", "MODELS", "TRAINING_FREE", "WEIGHTS_DIR", "fuse_planes", "list_models", "load_model",
            "register_model", "resolve_device"]
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"  # src/napari_derun/weights
 TRAINING_FREE = "admm"
 _SESSION: dict[str, tuple[Any, dict]] = {}
 
@@ -82,8 +82,8 @@ class Fuser:
     """A loaded fusion model: the training-free HIFM/ADMM solver or a DeRUN network.
 
     ``module`` is a :class:`torch.nn.Module` with one interface, ``module(a, b, return_stages=…,
-    callback=…)``: a :class:`~napari_derun.hifm.HIFMSolver` (``kind="admm"``, no weights) or a
-    :class:`~napari_derun.model.DeRUN` (``kind="derun"``), so the engine runs either the same way.
+    callback=…)``: a :class:`~napari_derun.core.hifm.HIFMSolver` (``kind="admm"``, no weights) or a
+    :class:`~napari_derun.core.model.DeRUN` (``kind="derun"``), so the engine runs either the same way.
     ``precision`` is chosen when the model is loaded (:func:`load_model`).
     """
 
@@ -102,7 +102,7 @@ class Fuser:
 
     def provenance(self) -> dict[str, Any]:
         """What produced a result: for ``layer.metadata`` and output files."""
-        from . import __version__
+        from .. import __version__
 
         d: dict[str, Any] = {
             "software": f"napari-derun {__version__}",
@@ -131,7 +131,7 @@ class Fuser:
         import torch
 
         if self.device == "cpu":
-            from ._runtime import maybe_tune_cpu_allocator
+            from .._runtime import maybe_tune_cpu_allocator
 
             maybe_tune_cpu_allocator()  # opt-in (NAPARI_DERUN_MALLOPT=1); the CLI applies it itself
 
@@ -159,16 +159,16 @@ def load_model(model: Any = TRAINING_FREE, device: str = "auto", precision: str 
         model: ``"admm"`` (training-free HIFM solver), a shipped weight name (see
             :func:`list_models`), a session model name, a path to a ``.safetensors``
             checkpoint or to a bioimage.io package exported by napari-derun (``.zip``, folder or
-            ``rdf.yaml``, see :mod:`napari_derun.bioimage_io`), a :class:`~napari_derun.hifm.HIFMParams`
-            or :class:`~napari_derun.hifm.HIFMSolver`, a
-            :class:`~napari_derun.model.DeRUN`, or a :class:`Fuser` (moved to ``device``).
+            ``rdf.yaml``, see :mod:`napari_derun.engine.bioimage_io`), a :class:`~napari_derun.core.hifm.HIFMParams`
+            or :class:`~napari_derun.core.hifm.HIFMSolver`, a
+            :class:`~napari_derun.core.model.DeRUN`, or a :class:`Fuser` (moved to ``device``).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
         precision: ``"fp32"`` (the reference; default) or ``"bf16"`` (faster on CPUs with
             AVX512-BF16 and on GPUs; ~1e-2 relative difference). ``None`` keeps a given
             Fuser's precision.
 
     Raises:
-        ValueError: unknown name; :class:`~napari_derun.checkpoint.CheckpointError` for bad files.
+        ValueError: unknown name; :class:`~napari_derun.engine.checkpoint.CheckpointError` for bad files.
     """
     dev = resolve_device(device)
     if precision not in (None, "fp32", "bf16"):
@@ -178,8 +178,8 @@ def load_model(model: Any = TRAINING_FREE, device: str = "auto", precision: str 
 
 def _load(model: Any, dev: str, precision: str | None = None) -> Fuser:
     from .checkpoint import file_sha256, load_checkpoint
-    from .hifm import HIFMParams, HIFMSolver
-    from .model import DeRUN
+    from ..core.hifm import HIFMParams, HIFMSolver
+    from ..core.model import DeRUN
 
     prec = precision or "fp32"
     if isinstance(model, Fuser):

@@ -1,4 +1,4 @@
-"""Reading bioimage.io packages written by :func:`napari_derun.bioimage_io.export_bioimageio`, without
+"""Reading bioimage.io packages written by :func:`napari_derun.engine.bioimage_io.export_bioimageio`, without
 ``bioimageio.spec`` and without unpickling (below the model registry, which loads packages by path)."""
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def is_bioimageio_package(path: str | os.PathLike) -> bool:
 
 
 def load_bioimageio(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
-    """The :class:`~napari_derun.model.DeRUN` and its provenance from a package written by
+    """The :class:`~napari_derun.core.model.DeRUN` and its provenance from a package written by
     :func:`export_bioimageio`.
 
     Reads the attached napari-derun ``.safetensors`` checkpoint (no pickle). Raises ``ValueError``

@@ -20,7 +20,7 @@ class PairDataset:
     Args:
         pairs: a folder (``DIR/a``, ``DIR/b``, same file names) or a sequence of
             ``(a, b)`` numpy pairs (grey ``(H, W)`` or colour ``(H, W, 3)``, any dtype
-            accepted by :func:`~napari_derun.preprocess.prepare_pair`).
+            accepted by :func:`~napari_derun.data.preprocess.prepare_pair`).
         names: optional names for in-memory pairs (default ``pair_000``…).
         select: optional callable ``select(index, name) -> bool`` to keep a subset of a
             folder's pairs (e.g. a validation split).

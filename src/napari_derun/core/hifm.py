@@ -20,7 +20,7 @@ iteration is
     G_k ← G_k + ω_k (∇_k(Y − M) − H_k)
 
 The Y step is solved exactly in Fourier space on a reflect-padded, periodic
-domain (see :mod:`napari_derun.ops`). DeRUN (:mod:`napari_derun.model`) unfolds
+domain (see :mod:`napari_derun.core.ops`). DeRUN (:mod:`napari_derun.core.model`) unfolds
 exactly these iterations; an untrained DeRUN reproduces this solver.
 """
 from __future__ import annotations
@@ -187,7 +187,7 @@ class HIFMSolver(torch.nn.Module):
     return_stages=False, callback=None)`` on ``(B, 1, H, W)`` tensors in [0, 1] returns the fused
     ``X = Y + V`` (not clipped), or ``(X, stages)`` with per-stage lists ``Y``, ``X``, ``E``, ``H``
     (the last iteration's E/H are left out, as in DeRUN, where they never reach X). DeRUN is this
-    solver unrolled with learnable parts (:meth:`napari_derun.model.DeRUN.from_hifm`); an engine runs
+    solver unrolled with learnable parts (:meth:`napari_derun.core.model.DeRUN.from_hifm`); an engine runs
     either one the same way. No parameters: ``params`` is a :class:`HIFMParams`.
     """
 

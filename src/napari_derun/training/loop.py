@@ -3,13 +3,13 @@
 No Qt / napari here: the napari widget, the CLI (``napari-derun train``) and scripts
 all call :func:`train` / :func:`finetune`.
 
-* :class:`~napari_derun.datasets.PairDataset` (re-exported here) holds the pairs.
+* :class:`~napari_derun.data.datasets.PairDataset` (re-exported here) holds the pairs.
 * :class:`TrainConfig` carries the paper's schedule as defaults (Adam (0.9, 0.999),
   lr 1e-4, batch 4, 150 epochs, lr × 0.9 every 10 epochs after epoch 50) plus the
-  adjoint loss of :func:`napari_derun.model.adjoint_loss` (weight 0.01), and the
-  objective (:mod:`napari_derun.objectives`: ``"fusion"`` by default, ``"paper"`` = Eq. 14).
+  adjoint loss of :func:`napari_derun.core.model.adjoint_loss` (weight 0.01), and the
+  objective (:mod:`napari_derun.core.objectives`: ``"fusion"`` by default, ``"paper"`` = Eq. 14).
 * :func:`train` returns a :class:`TrainResult` (last model, best model by validation
-  mean rank (:mod:`napari_derun.validation`) or loss, per-epoch history, provenance info).
+  mean rank (:mod:`napari_derun.training.validation`) or loss, per-epoch history, provenance info).
 
 Reproducibility: patch sampling uses ``numpy.random.default_rng([seed, epoch])`` and
 the adjoint loss a ``torch.Generator`` seeded from ``(seed, epoch)``, so a CPU run with
@@ -30,10 +30,10 @@ from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 
-from . import _ddp
-from .datasets import PairDataset, _as_dataset
+from . import ddp as _ddp
+from ..data.datasets import PairDataset, _as_dataset
 from .events import EpochEvent, StepEvent, TrainEvent
-from .train_config import TrainConfig
+from .config import TrainConfig
 from .validation import REFERENCE_METHODS, evaluate_pairs, reference_scores
 
 #: training or validation pairs: a PairDataset, a folder with a/ and b/, or a list of (a, b) arrays
@@ -69,7 +69,7 @@ class TrainResult:
 
     def save(self, path, best: bool = True, name: str | None = None):
         """Write the best (or last) model as a checkpoint with the training info."""
-        from .checkpoint import save_checkpoint
+        from ..engine.checkpoint import save_checkpoint
 
         info = dict(self.info)
         if name:
@@ -83,7 +83,7 @@ class TrainResult:
 def _resolve_init(init, guided: bool = False):
     import torch
 
-    from .model import DeRUN
+    from ..core.model import DeRUN
 
     if isinstance(init, DeRUN):
         return copy.deepcopy(init).float()
@@ -91,7 +91,7 @@ def _resolve_init(init, guided: bool = False):
         raise ValueError(f"init must be a DeRUN, got {type(init).__name__}")
     if init is None or init == "admm":
         return DeRUN.from_hifm(guided=guided)
-    from .registry import load_model
+    from ..engine.registry import load_model
 
     fz = load_model(init, device="cpu")
     if fz.kind != "derun":
@@ -100,7 +100,7 @@ def _resolve_init(init, guided: bool = False):
 
 
 def _model_source(init) -> str:
-    from .model import DeRUN
+    from ..core.model import DeRUN
 
     if isinstance(init, DeRUN):
         return "DeRUN (in memory)"
@@ -195,10 +195,10 @@ def _train(
         train_pairs: a :class:`PairDataset`, a folder (``a/``, ``b/``) or a list of ``(a, b)`` arrays.
         val_pairs: held-back pairs (same forms) or ``None``; validation fuses the full images.
         init: ``"admm"`` (model-based start, :meth:`DeRUN.from_hifm`), a shipped or session
-            model name, a checkpoint path, or a :class:`~napari_derun.model.DeRUN` (copied).
+            model name, a checkpoint path, or a :class:`~napari_derun.core.model.DeRUN` (copied).
         config: :class:`TrainConfig` (paper recipe by default).
-        callback: ``callback(event)`` with a :class:`~napari_derun.events.StepEvent` after every
-            step and an :class:`~napari_derun.events.EpochEvent` after every epoch (dataclasses
+        callback: ``callback(event)`` with a :class:`~napari_derun.training.events.StepEvent` after every
+            step and an :class:`~napari_derun.training.events.EpochEvent` after every epoch (dataclasses
             that also read as mappings: ``ev.loss`` or ``ev["loss"]``).
         stop: ``threading.Event`` or zero-argument callable; when set, training stops at the
             next step and the best model so far is returned.
@@ -208,8 +208,8 @@ def _train(
     """
     import torch
 
-    from .checkpoint import load_checkpoint
-    from .registry import resolve_device
+    from ..engine.checkpoint import load_checkpoint
+    from ..engine.registry import resolve_device
 
     t_start = time.perf_counter()
     cfg = copy.deepcopy(config) if config is not None else TrainConfig()
@@ -258,8 +258,8 @@ def _loop(model, cfg, ddp, train_pairs, val_pairs, callback, stop, checkpoint_pa
     """The epochs of :func:`_train` (every rank of a ``ddp`` job runs it; rank 0 validates and writes)."""
     import torch
 
-    from .checkpoint import save_checkpoint
-    from .model import adjoint_loss
+    from ..engine.checkpoint import save_checkpoint
+    from ..core.model import adjoint_loss
 
     device = ddp.device
     use_amp = bool(cfg.amp) and device.startswith("cuda")
@@ -441,7 +441,7 @@ def _selection_score(metrics: dict[str, float] | None, rank: float | None, cfg: 
 def _info(cfg, source, tr, va, history, best_record, info_init, t_start, device, resumed_from, prev_info):
     import torch
 
-    from . import __version__
+    from .. import __version__
 
     prev_secs = float(prev_info.get("training", {}).get("seconds", 0.0)) if resumed_from else 0.0
     return {
@@ -473,12 +473,12 @@ OBJECTIVE_FIELDS: tuple[str, ...] = ("objective", "target", "w_intensity", "w_gr
 
 def _stored_objective(model: Any) -> dict[str, Any]:
     """The objective settings a saved / shipped / session model was trained with (``{}`` if unknown)."""
-    from .model import DeRUN
+    from ..core.model import DeRUN
 
     if isinstance(model, DeRUN) or model is None or model == "admm":
         return {}
     try:
-        from .registry import load_model
+        from ..engine.registry import load_model
 
         info = load_model(model, device="cpu").info
     except (ValueError, OSError):

@@ -1,7 +1,7 @@
 """Training objectives: the paper's Eq. 14 and a fusion objective that keeps both images.
 
 ``"paper"``
-    ``MSE(X, b) + γ · MSE(LGDE(X), LGDE(a))`` (Eq. 14, :func:`napari_derun.losses.derun_loss`).
+    ``MSE(X, b) + γ · MSE(LGDE(X), LGDE(a))`` (Eq. 14, :func:`napari_derun.core.losses.derun_loss`).
     On images in [0, 1] this is *lowest for a copy of the structural image* ``a``: LGDE is
     invariant to intensity scaling, so it rewards no contrast, and it is 92-99 % of the
     loss (measured in docs/model.md). Kept for reproduction and comparison.

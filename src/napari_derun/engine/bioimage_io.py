@@ -7,7 +7,7 @@
   0.1-99.9 percentiles and clipped to [0, 1] (bioimage.io preprocessing); one output, ``fused``,
   clipped to [0, 1];
 * the weights as ``pytorch_state_dict`` with the architecture
-  :class:`~napari_derun.model.DeRUNPair` (``napari_derun.model.DeRUNPair`` and its configuration) and as TorchScript (traced, kept
+  :class:`~napari_derun.core.model.DeRUNPair` (``napari_derun.core.model.DeRUNPair`` and its configuration) and as TorchScript (traced, kept
   when it equals the eager model on other sizes), plus the napari-derun checkpoint (``.safetensors``,
   with the training provenance) as an attachment;
 * test tensors and a cover made by fusing a built-in sample pair with the model, a documentation page,
@@ -42,7 +42,7 @@ PERCENTILES = (0.1, 99.9)
 # ----------------------------------------------------------------------------------------- export
 def _sample_for(info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
     """A built-in sample pair that fits the model's task (GFP/phase contrast or PET/MRI)."""
-    from . import sample_data
+    from ..data import sample_data
 
     tasks = " ".join(map(str, ((info.get("data") or {}).get("tasks") or [info.get("name", "")]))).lower()
     if "gfp" in tasks:
@@ -55,7 +55,7 @@ def _sample_for(info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
 def _test_inputs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Luminance planes as float32 0-255 values saturated at both ends (1 % of the pixels each), so that
     their 0.1 and 99.9 percentiles are exactly 0 and 255 however a tool interpolates percentiles."""
-    from .preprocess import prepare_pair
+    from ..data.preprocess import prepare_pair
 
     pp = prepare_pair(a, b)
     out = []
@@ -89,7 +89,7 @@ def _documentation(name: str, net: Any, info: dict[str, Any], sample: str) -> st
         "## Model",
         f"DeRUN, the Degradation-Resistant Unfolding Network (ICCV 2023): {net.config.n_stages} unfolded ADMM "
         f"stages, {net.num_parameters():,} parameters, implemented by napari-derun "
-        "(`napari_derun.model.DeRUNPair`).",
+        "(`napari_derun.core.model.DeRUNPair`).",
         "",
         "## Inputs and output",
         "* `structural`, `salient`: (batch, 1, y, x) float32, the same size, any intensity range: each is "
@@ -149,7 +149,7 @@ def export_bioimageio(model: Any = "gfp_pc", out: str | os.PathLike = "derun.zip
     import torch
 
     from .checkpoint import save_checkpoint
-    from .model import DeRUNPair
+    from ..core.model import DeRUNPair
     from .registry import load_model
 
     out = Path(out)
@@ -221,7 +221,7 @@ def export_bioimageio(model: Any = "gfp_pc", out: str | os.PathLike = "derun.zip
         weights = bmz.WeightsDescr(pytorch_state_dict=bmz.PytorchStateDictWeightsDescr(
             source=d / "weights.pt",
             architecture=bmz.ArchitectureFromLibraryDescr(callable=bmz.Identifier("DeRUNPair"),
-                                                          import_from="napari_derun.model", kwargs=cfg),
+                                                          import_from="napari_derun.core.model", kwargs=cfg),
             pytorch_version=bmz.Version(torch.__version__.split("+")[0]),
             dependencies=bmz.FileDescr(source=d / "environment.yaml")),
             torchscript=bmz.TorchscriptWeightsDescr(
@@ -286,7 +286,7 @@ def _bmz_name(name: str) -> str:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return str(__version__)
 

@@ -8,7 +8,7 @@ keeps a per-process cache).
 
 Training on several GPUs or machines is not here: it is the ``"ddp"`` strategy of
 :func:`napari_derun.training.train` (``torchrun … -m napari_derun.cli train DIR --strategy ddp``,
-:mod:`napari_derun._ddp`).
+:mod:`napari_derun.training.ddp`).
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class ModelSpec:
 
     def load(self):
         from . import registry as api
-        from .hifm import HIFMParams
+        from ..core.hifm import HIFMParams
 
         if self.kind == "admm":
             f = api.load_model(HIFMParams.from_dict(self.hifm), self.device, self.precision)
@@ -55,7 +55,7 @@ class ModelSpec:
             return api.load_model(self.path, self.device, self.precision)
         import torch
 
-        from .model import DeRUN, DeRUNConfig
+        from ..core.model import DeRUN, DeRUNConfig
 
         net = DeRUN(DeRUNConfig.from_dict(self.config))
         net.load_state_dict({k: torch.from_numpy(v) for k, v in self.state.items()})

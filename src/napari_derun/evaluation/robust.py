@@ -1,4 +1,4 @@
-"""Robustness to degraded inputs: degrade one input at increasing levels (:mod:`napari_derun.degrade`),
+"""Robustness to degraded inputs: degrade one input at increasing levels (:mod:`napari_derun.data.degrade`),
 fuse with each method and score against the *clean* sources (CSV + metrics-vs-level plot, like the
 paper's Fig. 7). Uses the method and scoring machinery of :mod:`napari_derun.evaluation`."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .evaluation import (DEFAULT_METHODS, DEGRADATION_ALIASES, EVAL_METRICS, _iter_pairs, _load_pair, _progress, _score,
+from .runner import (DEFAULT_METHODS, DEGRADATION_ALIASES, EVAL_METRICS, _iter_pairs, _load_pair, _progress, _score,
                          _write_csv, resolve_methods, summarize)
 from .metrics import METRIC_NAMES
 
@@ -21,7 +21,7 @@ __all__ = ["ROBUSTNESS_FIELDS", "robustness", "plot_robustness"]
 # robustness to degraded inputs
 # ----------------------------------------------------------------------------
 def _resolve_degradations(names: Iterable[str] | str) -> list[tuple[str, str]]:
-    from .degrade import DEGRADATIONS
+    from ..data.degrade import DEGRADATIONS
 
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
@@ -69,7 +69,7 @@ def robustness(
     """Fuse with one input degraded at increasing levels and score against the clean sources.
 
     For each pair, degradation and level, the luminance plane of ``input`` (``"a"`` or
-    ``"b"``) is degraded with :func:`napari_derun.degrade.apply` (seeded by
+    ``"b"``) is degraded with :func:`napari_derun.data.degrade.apply` (seeded by
     ``(seed, pair index, degradation index, level)``, so every method sees the same
     degraded image), fused with every method, and the eight metrics are computed
     between the *clean* A and B and the fused image (level 0 = no degradation).
@@ -96,7 +96,7 @@ def robustness(
         With ``out_dir``: ``robustness.csv`` and ``robustness.png`` (one row of
         subplots per degradation, one subplot per metric, one line per method).
     """
-    from . import degrade
+    from ..data import degrade
 
     if input not in ("a", "b"):
         raise ValueError(f"input must be 'a' or 'b', got {input!r}")
@@ -196,7 +196,7 @@ def plot_robustness(summary: dict, path, title: str = "") -> Path:
     if title:
         fig.text(0.01, 0.995, title, fontsize=8, va="top")
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (1.9 * nrow + 0.6)))
-    from ._files import atomic_writer
+    from .._files import atomic_writer
 
     path = Path(path)
     with atomic_writer(path) as fh:

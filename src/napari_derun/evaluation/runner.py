@@ -1,19 +1,19 @@
 """Benchmark fusion methods on a folder of image pairs.
 
 * :func:`evaluate` fuses every ``a/`` + ``b/`` pair of a data folder with each
-  method and scores the result with the metrics of :mod:`napari_derun.metrics` and
-  :mod:`napari_derun.metrics_extra` (per-image CSV + a Markdown mean ± std table laid
+  method and scores the result with the metrics of :mod:`napari_derun.evaluation.metrics` and
+  :mod:`napari_derun.evaluation.metrics_extra` (per-image CSV + a Markdown mean ± std table laid
   out like the paper's Tables 1-2, with a mean-rank column).
-* :mod:`napari_derun.robust` (robustness: metrics vs degradation level) and
-  :mod:`napari_derun.profiling` (parameters, multiply-adds, time) build on it.
+* :mod:`napari_derun.evaluation.robust` (robustness: metrics vs degradation level) and
+  :mod:`napari_derun.evaluation.profiling` (parameters, multiply-adds, time) build on it.
 
 Methods are strings: ``"derun"`` (a shipped DeRUN, see :func:`resolve_methods`),
 ``"admm"`` (training-free HIFM solver), ``"average"``, ``"max"``, ``"laplacian"``,
-``"pixel_max"``, ``"overlay"``, ``"copy_a"``, ``"copy_b"`` (:mod:`napari_derun.baselines`),
+``"pixel_max"``, ``"overlay"``, ``"copy_a"``, ``"copy_b"`` (:mod:`napari_derun.evaluation.baselines`),
 or any other model name / checkpoint path accepted by :func:`napari_derun.api.load_model`.
 
 All methods fuse the same luminance planes in [0, 1] produced by
-:func:`napari_derun.preprocess.prepare_pair` (uint8 / 255, other dtypes by the
+:func:`napari_derun.data.preprocess.prepare_pair` (uint8 / 255, other dtypes by the
 0.1-99.9 percentile range; colour inputs by their BT.601 luminance); the
 metrics are computed on those planes and the fused luminance, times 255.
 torch is only imported when a model-based method is used.
@@ -31,8 +31,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from . import baselines, io, preprocess
-from . import metrics_extra
+from ..data import io, preprocess
+from . import baselines, metrics_extra
 from .metrics import METRIC_NAMES, all_metrics
 
 #: every column of the evaluation tables: the paper's eight, then SD, SF, MI, Qabf, SCD and SR
@@ -63,7 +63,7 @@ BASELINE_METHODS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "copy_b": baselines.copy_b,
 }
 
-#: short names accepted for the degradations of :mod:`napari_derun.degrade`.
+#: short names accepted for the degradations of :mod:`napari_derun.data.degrade`.
 DEGRADATION_ALIASES = {"noise": "gaussian_noise"}
 
 # folder name -> the shipped-model task it belongs to
@@ -93,7 +93,7 @@ class Method:
         if self.kind == "baseline":
             f = self.target(a, b)
         else:
-            from . import registry as api
+            from ..engine import registry as api
 
             if self._fuser is None:
                 self._fuser = api.load_model(self.target, device)
@@ -105,7 +105,7 @@ class Method:
 
 
 def _shipped_models() -> list[str]:
-    from . import registry as api
+    from ..engine import registry as api
 
     return [m for m in api.list_models() if m != api.TRAINING_FREE]
 
@@ -135,7 +135,7 @@ def resolve_methods(
         ValueError: an unknown method (not a baseline, model name or checkpoint path),
             an unknown ``model``, or no method left.
     """
-    from . import registry as api
+    from ..engine import registry as api
 
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
@@ -292,7 +292,7 @@ def _fmt(x: float, nd: int) -> str:
 
 def markdown_table(summary: dict, ranks: dict[str, float] | None = None) -> str:
     """Paper-style table: rows = methods, columns = the metrics (mean ± std) and seconds per
-    image, then the mean rank over :data:`~napari_derun.metrics_extra.RANK_METRICS` when
+    image, then the mean rank over :data:`~napari_derun.evaluation.metrics_extra.RANK_METRICS` when
     ``ranks`` is given. The best mean of each metric column (all are higher-is-better; SR is
     best at 1) is bold (ties at the shown precision are all bold)."""
     methods = list(summary)
@@ -322,7 +322,7 @@ def markdown_table(summary: dict, ranks: dict[str, float] | None = None) -> str:
 
 
 def _write_csv(path: Path, rows: Sequence[dict], fields: Sequence[str]) -> None:
-    from ._files import atomic_writer
+    from .._files import atomic_writer
 
     with atomic_writer(path, "w") as fh:
         w = csv.DictWriter(fh, fieldnames=list(fields))
@@ -421,7 +421,7 @@ def evaluate(
     if out_dir is not None:
         out = Path(out_dir)
         _write_csv(out / "per_image.csv", rows, ("name", "method") + names + ("seconds",))
-        from ._files import atomic_write_text
+        from .._files import atomic_write_text
 
         atomic_write_text(out / "summary.md", md)
     return rows, summary

@@ -1,5 +1,5 @@
 """Training settings (:class:`TrainConfig`): schedule, objective, selection. Shared by the training
-loop (:mod:`napari_derun.training`) and validation (:mod:`napari_derun.validation`)."""
+loop (:mod:`napari_derun.training`) and validation (:mod:`napari_derun.training.validation`)."""
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -91,14 +91,14 @@ class TrainConfig(BaseModel):
         return cls(epochs=epochs, **kw)
 
     def fusion_weights(self):
-        """The :class:`~napari_derun.objectives.FusionWeights` of the ``"fusion"`` objective."""
-        from .objectives import FusionWeights
+        """The :class:`~napari_derun.core.objectives.FusionWeights` of the ``"fusion"`` objective."""
+        from ..core.objectives import FusionWeights
 
         return FusionWeights(self.w_intensity, self.w_gradient, self.w_ssim, self.w_lgde, self.target)
 
     def loss(self, x, a, b, b_floor=None):
         """``(loss, parts)`` of the configured objective."""
-        from .objectives import objective_loss
+        from ..core.objectives import objective_loss
 
         return objective_loss(self.objective, x, a, b, gamma=self.gamma, b_floor=b_floor,
                               weights=self.fusion_weights() if self.objective == "fusion" else None)

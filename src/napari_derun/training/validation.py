@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from .datasets import PairDataset
+from ..data.datasets import PairDataset
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .train_config import TrainConfig
+    from .config import TrainConfig
 
 __all__ = ["REFERENCE_METHODS", "reference_scores", "evaluate_pairs"]
 
@@ -17,10 +17,10 @@ REFERENCE_METHODS: tuple[str, ...] = ("average", "laplacian", "max", "admm")
 
 
 def _reference_fusions(name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    from . import baselines
+    from ..evaluation import baselines
 
     if name == "admm":
-        from .registry import fuse_planes, load_model
+        from ..engine.registry import fuse_planes, load_model
 
         return np.clip(fuse_planes(load_model("admm", device="cpu"), a[None], b[None])[0], 0.0, 1.0)
     fn = {"average": baselines.average, "laplacian": baselines.laplacian_pyramid, "max": baselines.max_abs}[name]
@@ -30,7 +30,7 @@ def _reference_fusions(name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def reference_scores(dataset: "PairDataset", limit: int | None = None,
                      methods: Sequence[str] = REFERENCE_METHODS) -> dict[str, list[dict[str, float]]]:
     """Rank metrics of the reference methods on ``dataset`` (pairs ≥ 41 × 41, first ``limit``)."""
-    from .metrics_extra import rank_metrics
+    from ..evaluation.metrics_extra import rank_metrics
 
     out: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
     for a, b in _scored_pairs(dataset, limit):
@@ -51,15 +51,15 @@ def evaluate_pairs(model, dataset: PairDataset, device: str = "cpu", gamma: floa
 
     Returns ``{"loss": mean loss of the configured objective, "parts": {name: mean},
     "metrics": {name: mean}, "rank": mean rank or None, "per_pair": [...]}``. Metrics are
-    :func:`napari_derun.metrics_extra.rank_metrics` on grey 0–255 luminance of the first
+    :func:`napari_derun.evaluation.metrics_extra.rank_metrics` on grey 0–255 luminance of the first
     ``config.val_limit`` pairs ≥ 41 × 41 (``None`` when there are none); ``rank`` is the
     model's mean rank among itself and ``references`` (from :func:`reference_scores`).
     """
     import torch
 
-    from .metrics_extra import mean_ranks, rank_metrics
+    from ..evaluation.metrics_extra import mean_ranks, rank_metrics
 
-    from .train_config import TrainConfig
+    from .config import TrainConfig
 
     cfg = config or TrainConfig(gamma=gamma)
     limit = cfg.val_limit

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import preprocess
+from ..data import preprocess
 
 __all__ = [
     "DEFAULT_TILE",

@@ -24,7 +24,7 @@ the pair away from adjointness.
 
 Initialised with :meth:`DeRUN.from_hifm`, every learnable piece sits at its
 model-based value, β = 0 and the nonlinear branches output zero, so an untrained
-DeRUN computes exactly ``N`` iterations of :func:`napari_derun.hifm.hifm_admm`.
+DeRUN computes exactly ``N`` iterations of :func:`napari_derun.core.hifm.hifm_admm`.
 """
 from __future__ import annotations
 
@@ -421,7 +421,7 @@ def adjoint_loss(model: DeRUN, shape: tuple[int, int] = (32, 32), generator: tor
 
 
 class DeRUNPair(DeRUN):
-    """DeRUN with the bioimage.io interface (:mod:`napari_derun.bioimage_io`).
+    """DeRUN with the bioimage.io interface (:mod:`napari_derun.engine.bioimage_io`).
 
     Built from its configuration's keyword arguments; ``forward(structural, salient)`` on
     ``(B, 1, H, W)`` tensors in [0, 1] returns the fused image clipped to [0, 1]. Same parameters

@@ -1,6 +1,6 @@
 """More fusion metrics: SD, SF, MI, Qabf, SCD, and the salient contrast retention SR.
 
-Same conventions as :mod:`napari_derun.metrics`: ``a`` = source A (structural),
+Same conventions as :mod:`napari_derun.evaluation.metrics`: ``a`` = source A (structural),
 ``b`` = source B (salient), ``f`` = fused; 2-D grey images on the 0-255 scale
 (``data_range`` rescales), no clipping.
 

@@ -73,8 +73,8 @@ class DDPContext:
             dist.barrier()
 
     def gather_hashes(self, state: dict) -> list[str]:
-        """Every rank's :func:`~napari_derun.checkpoint.state_sha256` of ``state`` (rank order)."""
-        from .checkpoint import state_sha256
+        """Every rank's :func:`~napari_derun.engine.checkpoint.state_sha256` of ``state`` (rank order)."""
+        from ..engine.checkpoint import state_sha256
 
         digest = state_sha256(state)
         if not self.active:
@@ -102,7 +102,7 @@ def setup(device: str = "auto", backend: str | None = None, timeout_s: float = 3
     import torch
     import torch.distributed as dist
 
-    from .registry import resolve_device
+    from ..engine.registry import resolve_device
 
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))

@@ -39,13 +39,13 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    from ._files import atomic_write_bytes
+    from .._files import atomic_write_bytes
 
     atomic_write_bytes(path, data)
 
 
 def save_checkpoint(path: str | os.PathLike, model, info: dict[str, Any] | None = None, extra_tensors=None) -> Path:
-    """Write ``model`` (a :class:`~napari_derun.model.DeRUN`) and ``info`` atomically.
+    """Write ``model`` (a :class:`~napari_derun.core.model.DeRUN`) and ``info`` atomically.
 
     Args:
         path: target ``.safetensors`` file.
@@ -119,7 +119,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu"):
     """
     from safetensors.torch import load_file
 
-    from .model import DeRUN, DeRUNConfig
+    from ..core.model import DeRUN, DeRUNConfig
 
     import torch
     from safetensors import safe_open

@@ -1,0 +1,3 @@
+"""The mathematics, on torch only: operators and the exact Fourier solve (:mod:`.ops`), the HIFM model
+and its training-free ADMM solver (:mod:`.hifm`), DeRUN (:mod:`.model`), LGDE and the paper's loss
+(:mod:`.losses`), the training objectives (:mod:`.objectives`). Imports nothing else of the package."""
