@@ -52,7 +52,7 @@ def test_export_passes_bioimageio_core_and_loads_back(tmp_path, capsys):
     with zipfile.ZipFile(pkg) as z:
         assert {"rdf.yaml", "cover.png", "README.md", bioimage_io.CHECKPOINT_NAME} <= set(z.namelist())
         rdf = z.read("rdf.yaml").decode()
-    assert "napari_derun.model" in rdf and "DeRUNPair" in rdf and "Degradation-Resistant" in rdf
+    assert "napari_derun.core.model" in rdf and "DeRUNPair" in rdf and "Degradation-Resistant" in rdf
     # napari-derun loads the package back (from its safetensors attachment): the same fusion as the model
     a, b = sample_data.pet_mri(96)
     np.testing.assert_array_equal(nd.fuse(a, b, model=str(pkg), device="cpu"),
