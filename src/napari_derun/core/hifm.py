@@ -204,25 +204,17 @@ class HIFMSolver(torch.nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor, return_stages: bool = False,
                 callback: Any = None) -> torch.Tensor | tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
-        if a.shape != b.shape or a.ndim != 4 or a.shape[1] != 1:
-            raise ValueError(f"a and b must both be (B, 1, H, W); got {tuple(a.shape)} and {tuple(b.shape)}")
+        from .unrolled import unroll
+
         p = self.params
-        pads = ops.default_pad(*a.shape[-2:], p.pad)
-        m = ops.reflect_pad(b - a, pads)
-        stages: dict[str, list[torch.Tensor]] = {"Y": [], "X": [], "E": [], "H": []}
-        y = torch.zeros_like(a)
-        for i, st in enumerate(admm_iterations(m, p)):
-            y = ops.crop(st["Y"], pads)
-            if return_stages:
-                stages["Y"].append(y)
-                stages["X"].append(y + a)
-                if i < p.n_iter - 1:
-                    stages["E"].append(ops.crop(st["E"], pads))
-                    stages["H"].append(ops.crop(st["H"], pads))
-            if callback is not None:
-                callback(i + 1, p.n_iter)
-        x = y + a
-        return (x, stages) if return_stages else x
+
+        def stages(pads):
+            m = ops.reflect_pad(b - a, pads)
+            for i, st in enumerate(admm_iterations(m, p)):
+                # as in DeRUN, the last iteration's E and H never reach X: not reported
+                yield st if i < p.n_iter - 1 else {"Y": st["Y"]}
+
+        return unroll(a, b, p.pad, stages, p.n_iter, return_stages, callback)
 
 
 def _as_batch(x: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:

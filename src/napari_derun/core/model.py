@@ -357,44 +357,33 @@ class DeRUN(nn.Module):
                 checkpoint: bool = False):
         """See the class docstring. ``checkpoint=True`` (training) recomputes each stage's
         activations in the backward pass: same result and gradients, about half the memory."""
-        if a.shape != b.shape or a.ndim != 4 or a.shape[1] != 1:
-            raise ValueError(f"a and b must both be (B, 1, H, W); got {tuple(a.shape)} and {tuple(b.shape)}")
-        Hh, Ww = a.shape[-2:]
-        pads = ops.default_pad(Hh, Ww, self.config.pad)
-        m = ops.reflect_pad(b - a, pads)
-        guide = None
-        if self.lift is not None:
-            guide = ops.reflect_pad(a, pads)
-            m = m + self.lift(guide, ops.reflect_pad(b, pads))
-        B = m.shape[0]
-        L = self.config.n_filters
-        z = torch.zeros(B, L, *m.shape[-2:], dtype=m.dtype, device=m.device)
-        state = {"E": z, "F": z, "H": z, "G": z}
-        stages: dict[str, list[torch.Tensor]] = {"Y": [], "X": [], "E": [], "H": []}
-        use_ckpt = checkpoint and torch.is_grad_enabled()
-        for i, stage in enumerate(self.stages):
-            if use_ckpt:
-                from torch.utils.checkpoint import checkpoint as _ckpt
+        from .unrolled import unroll
 
-                state = _ckpt(stage, state, m, guide, use_reentrant=False)
-            else:
-                state = stage(state, m, guide)
-            if return_stages:
-                y = ops.crop(state["Y"], pads)
-                stages["Y"].append(y)
-                stages["X"].append(y + a)
-                if "E" in state:
-                    stages["E"].append(ops.crop(state["E"], pads))
-                    stages["H"].append(ops.crop(state["H"], pads))
-            if callback is not None:
-                callback(i + 1, len(self.stages))
-        x = ops.crop(state["Y"], pads) + a
+        use_ckpt = checkpoint and torch.is_grad_enabled()
+
+        def stages(pads):
+            m = ops.reflect_pad(b - a, pads)
+            guide = None
+            if self.lift is not None:
+                guide = ops.reflect_pad(a, pads)
+                m = m + self.lift(guide, ops.reflect_pad(b, pads))
+            z = torch.zeros(m.shape[0], self.config.n_filters, *m.shape[-2:], dtype=m.dtype, device=m.device)
+            state = {"E": z, "F": z, "H": z, "G": z}
+            for stage in self.stages:
+                if use_ckpt:
+                    from torch.utils.checkpoint import checkpoint as _ckpt
+
+                    state = _ckpt(stage, state, m, guide, use_reentrant=False)
+                else:
+                    state = stage(state, m, guide)
+                yield state  # the last stage has no E/H: they would not reach X
+
+        out = unroll(a, b, self.config.pad, stages, len(self.stages), return_stages, callback)
+        x = out[0] if return_stages else out
         if x.device.type != "cpu" and not bool(torch.isfinite(x).all()):  # one check per pass on a GPU
             raise FloatingPointError("DeRUN produced non-finite values: its weights are not finite "
                                      "(a diverged training?) or the inputs are beyond the float32 range")
-        if return_stages:
-            return x, stages
-        return x
+        return out
 
 
 def adjoint_loss(model: DeRUN, shape: tuple[int, int] = (32, 32), generator: torch.Generator | None = None) -> torch.Tensor:
