@@ -1,4 +1,6 @@
-"""What the widgets remember (and the model they offer first) between napari sessions: a small JSON file in the user's config folder
+"""What the widgets remember between napari sessions, and the model they offer first.
+
+The preferences are a small JSON file in the user's config folder
 (``platformdirs.user_config_dir("napari-derun")``; ``NAPARI_DERUN_CONFIG_DIR`` overrides the folder).
 
 Remembering is a convenience: an unreadable, corrupt or read-only file is ignored, never an error.

@@ -7,7 +7,7 @@
   0.1-99.9 percentiles and clipped to [0, 1] (bioimage.io preprocessing); one output, ``fused``,
   clipped to [0, 1];
 * the weights as ``pytorch_state_dict`` with the architecture
-  :class:`~napari_derun.core.model.DeRUNPair` (``napari_derun.core.model.DeRUNPair`` and its configuration) and as TorchScript (traced, kept
+  :class:`~napari_derun.core.model.DeRUNPair` and its configuration, and as TorchScript (traced, kept
   when it equals the eager model on other sizes), plus the napari-derun checkpoint (``.safetensors``,
   with the training provenance) as an attachment;
 * test tensors and a cover made by fusing a built-in sample pair with the model, a documentation page,
