@@ -1,6 +1,8 @@
-"""Command-line options derived from the library function a command calls: the default and the
-type from its signature, the help text from the ``Args:`` section of its (Google-style) docstring.
-One place states what an argument means; the CLI, the API reference and ``help()`` all show it.
+"""Command-line options derived from what a command calls, not re-typed: from a library function
+(the default and type from its signature, the help text from the ``Args:`` section of its Google-style
+docstring, :func:`add_options`) or from a pydantic settings model (each field's annotation, default
+and description, :func:`add_model_options`). One place states what an argument means; the CLI, the
+API reference and ``help()`` all show it.
 
 Only torch-free modules are read here (the CLI checks its arguments before importing torch).
 """
@@ -14,7 +16,7 @@ import typing
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-__all__ = ["doc_args", "add_options"]
+__all__ = ["doc_args", "add_options", "add_model_options"]
 
 _SECTION = re.compile(r"^(Args|Arguments|Parameters):\s*$")
 _ENTRY = re.compile(r"^ {4}(\w+)(?: \([^)]*\))?:\s*(.*)$")
@@ -130,3 +132,15 @@ def add_options(parser: argparse.ArgumentParser, func: Callable[..., Any], names
             text += f" (default: {kw['default']})"
         kw["help"] = text
         parser.add_argument(*flags, **kw)
+
+
+def add_model_options(parser: argparse.ArgumentParser, model: Any, names: Iterable[str]) -> None:
+    """Add ``--field-name`` options for the fields ``names`` of a pydantic model class (type, choices and
+    default from the field's annotation and default, help from its description)."""
+    for name in names:
+        info = model.model_fields[name]
+        typ, choices, default = _cli_type(info.annotation, info.default)
+        text = (info.description or name).replace("%", "%%")
+        if default is not None:
+            text += f" (default: {default})"
+        parser.add_argument("--" + name.replace("_", "-"), type=typ, default=default, choices=choices, help=text)

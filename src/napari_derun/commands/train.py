@@ -16,24 +16,11 @@ CLI_FIELDS = ("epochs", "lr", "batch", "patch", "steps_per_epoch", "decay", "obj
 
 def add_config_options(parser: argparse.ArgumentParser, names) -> None:
     """``--field-name`` options derived from :class:`~napari_derun.training.config.TrainConfig` (not re-typed)."""
-    import typing
-
     from ..training.config import TrainConfig
+    from ._options import add_model_options
 
-    for name in names:
-        info = TrainConfig.model_fields[name]
-        ann = info.annotation
-        args = [a for a in typing.get_args(ann) if a is not type(None)]
-        choices = None
-        if typing.get_origin(ann) is typing.Literal:
-            typ, choices = str, list(typing.get_args(ann))
-        else:
-            typ = args[0] if args else ann
-        default = info.default
-        text = info.description or name
-        if default is not None:
-            text += f" (default: {default})"
-        parser.add_argument("--" + name.replace("_", "-"), type=typ, default=default, choices=choices, help=text)
+    add_model_options(parser, TrainConfig, names)
+
 
 #: CLI option (dest) -> TrainConfig field, for options that override a resumed run's stored settings
 _RESUME_OVERRIDES = {"epochs": "epochs", "lr": "lr", "batch": "batch", "patch": "patch",
