@@ -19,15 +19,55 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "napari_derun" / "weights"
 
 
-def load_split(tasks, data=DATA, every=5):
+SPLITS = Path(__file__).resolve().parent / "splits"
+
+
+def load_split(tasks, data=DATA, every=5, splits=None):
+    """``(train, val)`` of ``tasks``: from the split files in ``splits`` (tools/splits/<task>.json, the
+    test pairs left out entirely) or, without, every ``every``-th pair held back for validation."""
     from napari_derun.training import PairDataset
 
     trs, vas = [], []
     for t in tasks:
-        tr, va = PairDataset(data / t).split(every=every)
+        if splits is not None:
+            sp = json.loads((Path(splits) / f"{t}.json").read_text())
+            keep = set(sp["train"]) | set(sp["val"])
+            ds = PairDataset(data / t, select=lambda i, n: n in keep)
+            va, tr = ds.split_names(sp["val"])
+        else:
+            tr, va = PairDataset(data / t).split(every=every)
         trs.append(tr)
         vas.append(va)
     return PairDataset.concat(trs, tasks), PairDataset.concat(vas, tasks)
+
+
+def center_crop(ds, side):
+    """Every pair cropped to its central ``side`` × ``side`` (at most) window (cheaper validation)."""
+    from napari_derun.training import PairDataset
+
+    def c(x):
+        h, w = x.shape
+        y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+        return x[y0:y0 + side, x0:x0 + side].copy()
+
+    return PairDataset._from_planes(ds.names, [c(x) for x in ds.a], [c(x) for x in ds.b], ds.source, ds.problems,
+                                    modalities=ds.modalities)
+
+
+def with_degraded(va, seed=1000):
+    """The validation pairs plus, per pair, a degraded copy of a and one of b (degradations of the pair's
+    modalities in turn, levels 2 and 4 alternating), scored against the clean pair."""
+    from napari_derun.data.degrade import MODALITIES
+    from napari_derun.training import PairDataset
+
+    parts = [va]
+    for i, mods in enumerate(va.modalities):
+        if mods is None:
+            continue
+        da, db = MODALITIES[mods[0]], MODALITIES[mods[1]]
+        cases = [("a", da[i % len(da)], 2 + 2 * (i % 2)), ("b", db[i % len(db)], 4 - 2 * (i % 2))]
+        parts.append(va.subset([i]).degraded(cases, seed=seed + i))
+    return PairDataset.concat(parts)
 
 
 def main(argv=None):
@@ -58,13 +98,23 @@ def main(argv=None):
     p.add_argument("--min-sr", type=float, default=None, help="selection floor on validation SR")
     p.add_argument("--only", nargs="+", default=None, metavar="TEXT",
                    help="train only on the training pairs whose name contains one of these (validation: the whole split)")
+    p.add_argument("--splits", default=None, help="folder of split files (tools/splits): train on train, "
+                   "validate on val, never read test")
+    p.add_argument("--degrade", type=float, default=0.0, help="share of training patches with degraded inputs")
+    p.add_argument("--restore", type=int, default=0, help="channels of the input restoration network (0: none)")
+    p.add_argument("--val-degraded", action="store_true", help="validate on degraded copies too (vs clean sources)")
+    p.add_argument("--val-crop", type=int, default=None, help="crop validation pairs to this central square")
     a = p.parse_args(argv)
     import torch
 
     from napari_derun.training import TrainConfig, peak_rss_mb, train
 
     torch.set_num_threads(a.threads)
-    tr, va = load_split(a.tasks, Path(a.data))
+    tr, va = load_split(a.tasks, Path(a.data), splits=a.splits)
+    if a.val_crop:
+        va = center_crop(va, a.val_crop)
+    if a.val_degraded:
+        va = with_degraded(va)
     if a.only:
         from napari_derun.training import PairDataset
 
@@ -80,7 +130,8 @@ def main(argv=None):
                       val_every=a.val_every, val_metrics=True, val_initial=True, max_seconds=a.seconds,
                       num_threads=a.threads, device="cpu", seed=0, checkpointing=False,
                       objective=a.objective, target=a.target, guided=a.guided, train_pad=a.train_pad,
-                      select=a.select, val_limit=a.val_limit, grad_clip=a.grad_clip, min_sr=a.min_sr, **w)
+                      select=a.select, val_limit=a.val_limit, grad_clip=a.grad_clip, min_sr=a.min_sr,
+                      degrade=a.degrade, restore=a.restore, **w)
 
     def cb(e):
         if e["kind"] == "epoch":
@@ -95,7 +146,8 @@ def main(argv=None):
                 checkpoint_path=a.checkpoint, resume=resume)
     out = Path(a.out) if a.out else WEIGHTS / f"{a.name}.safetensors"
     res.info["data"]["tasks"] = a.tasks
-    res.info["data"]["split"] = "per task, pairs sorted by name, every 5th (index % 5 == 4) held back for validation"
+    res.info["data"]["split"] = (f"split files {a.splits} (train / val; the test pairs never read)" if a.splits else
+                                 "per task, pairs sorted by name, every 5th (index % 5 == 4) held back for validation")
     res.info["data"]["licence"] = ("derived from research-use images listed in shared/data/SOURCES.md "
                                    "(MMIF-CDDFuse test_img, SuperFusion MSRS test set, GFP/PC pairs); see docs/training.md")
     res.info["command"] = "python tools/train_shipped.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from . import ops
 from .hifm import HIFMParams, soft_threshold
 
-__all__ = ["DeRUNConfig", "DeRUN", "DeRUNPair", "PiecewiseLinearMap", "adjoint_loss"]
+__all__ = ["DeRUNConfig", "DeRUN", "DeRUNPair", "InputRestore", "PiecewiseLinearMap", "adjoint_loss"]
 
 
 class DeRUNConfig(BaseModel):
@@ -58,6 +58,11 @@ class DeRUNConfig(BaseModel):
             specific branches). Both leave the untrained network equal to ADMM. ``False``
             is the plain unfolding (and what files without the key load as).
         lift_hidden: channels of ``T`` when ``guided``.
+        restore: channels of the input restoration network ``R`` (0: none). With ``R`` the
+            stages see ``a + R_a(a, b)`` and ``b + R_b(a, b)`` instead of ``a`` and ``b``
+            (:class:`InputRestore`, last layer zero-initialised, so the untrained network
+            still equals ADMM); the degradation-trained models use it to denoise, dehaze and
+            re-contrast the inputs before they are fused (docs/robustness.md).
 
     A pydantic model (strict types, unknown keys refused, changes validated): a checkpoint's config
     is checked before anything is built.
@@ -73,13 +78,14 @@ class DeRUNConfig(BaseModel):
     hifm: dict[str, Any] = Field(default_factory=lambda: HIFMParams().to_dict())
     guided: bool = False
     lift_hidden: int = 16
+    restore: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
 
     #: allowed ranges of the integer fields (a checkpoint's config is checked before anything is built)
     LIMITS: ClassVar[dict[str, tuple[int, int]]] = {"n_stages": (1, 64), "hidden": (1, 256), "n_knots": (2, 10001), "n_filters": (1, 4),
-              "pad": (0, 4096), "lift_hidden": (1, 256)}
+              "pad": (0, 4096), "lift_hidden": (1, 256), "restore": (0, 256)}
 
     @model_validator(mode="after")
     def _check(self) -> "DeRUNConfig":
@@ -248,6 +254,36 @@ class ResidualLift(nn.Module):
         return self.c3(F.relu(self.c2(h)))
 
 
+class InputRestore(nn.Module):
+    """``R(a, b)``: learned residual corrections of both inputs before they are fused.
+
+    Five 3×3 convs on ``[a, b]`` (dilations 1, 2, 4, 8, 1: a 33 × 33 field of view, enough for
+    local contrast and noise statistics), replicated borders (any image size), ReLU between, the last one zero-initialised: until
+    trained, ``R`` returns its inputs unchanged. Returns ``(a + R_a, b + R_b)``.
+
+    Shapes: ``a``, ``b`` are ``(B, 1, H, W)``; so are both outputs.
+    """
+
+    DILATIONS: ClassVar[tuple[int, ...]] = (1, 2, 4, 8)
+
+    def __init__(self, hidden: int = 12):
+        super().__init__()
+        chans = [2] + [hidden] * len(self.DILATIONS)
+        self.body = nn.ModuleList(
+            nn.Conv2d(ci, co, 3, padding=d, dilation=d, padding_mode="replicate")
+            for ci, co, d in zip(chans[:-1], chans[1:], self.DILATIONS))
+        self.out = nn.Conv2d(hidden, 2, 3, padding=1, padding_mode="replicate")
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.cat([a, b], 1)
+        for conv in self.body:
+            h = F.relu(conv(h))
+        d = self.out(h)
+        return a + d[:, :1], b + d[:, 1:]
+
+
 class DeRUNStage(nn.Module):
     """One unfolded ADMM iteration: DFM, VFM and SPM (with JCS)."""
 
@@ -339,6 +375,7 @@ class DeRUN(nn.Module):
             if not st.last:
                 st.S.where = f"stage {i + 1}'s VFM map S"
         self.lift = ResidualLift(self.config.lift_hidden) if self.config.guided else None
+        self.restore = InputRestore(self.config.restore) if self.config.restore else None
 
     @classmethod
     def from_hifm(cls, params: HIFMParams | None = None, **cfg: Any) -> "DeRUN":
@@ -360,6 +397,8 @@ class DeRUN(nn.Module):
         from .unrolled import unroll
 
         use_ckpt = checkpoint and torch.is_grad_enabled()
+        if self.restore is not None:
+            a, b = self.restore(a, b)
 
         def stages(pads):
             m = ops.reflect_pad(b - a, pads)

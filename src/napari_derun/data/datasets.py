@@ -10,7 +10,7 @@ import numpy as np
 
 from . import preprocess
 
-__all__ = ["PairDataset"]
+__all__ = ["PairDataset", "degrade_batch"]
 
 
 
@@ -27,7 +27,11 @@ class PairDataset:
         percentiles: robust range for non-uint8 images.
 
     Attributes:
-        a, b: lists of ``(H, W)`` float32 planes; names: pair names;
+        a, b: lists of ``(H, W)`` float32 planes (what the model sees); names: pair names;
+        ref_a, ref_b: the clean sources the fusion is scored against (the same planes as ``a``, ``b``
+            unless the pairs are degraded copies, :meth:`degraded`);
+        modalities: per pair ``(modality of a, modality of b)`` (keys of
+            :data:`~napari_derun.data.degrade.MODALITIES`) or ``None`` when unknown;
         problems: messages about files that were skipped; source: folder or ``"arrays"``.
     """
 
@@ -76,20 +80,70 @@ class PairDataset:
                 prep = preprocess.prepare_pair(item[0], item[1], percentiles=percentiles)
                 self._add(name, prep.a, prep.b)
 
+        self.ref_a, self.ref_b = self.a, self.b
+        self.modalities: list[tuple[str, str] | None] = [None] * len(self.a)
+
     def _add(self, name: str, a: np.ndarray, b: np.ndarray) -> None:
         self.names.append(name)
         self.a.append(np.ascontiguousarray(a, dtype=np.float32))
         self.b.append(np.ascontiguousarray(b, dtype=np.float32))
 
+    def with_modalities(self, modality_a: str, modality_b: str) -> "PairDataset":
+        """Declare every pair's modalities (for degradation training); returns ``self``."""
+        from .degrade import MODALITIES
+
+        for m in (modality_a, modality_b):
+            if m not in MODALITIES:
+                raise ValueError(f"unknown modality {m!r}; choose one of {sorted(MODALITIES)}")
+        self.modalities = [(modality_a, modality_b)] * len(self)
+        return self
+
+    def degraded(self, cases: Sequence[tuple[str, str, int]], seed: int = 0) -> "PairDataset":
+        """Degraded copies for validation / evaluation: for every pair and every case
+        ``(side, degradation, level)`` (side ``"a"`` or ``"b"``), the pair with that input degraded
+        (seeded by ``seed``, the pair and the case). The copies keep the clean sources as
+        :attr:`ref_a`, :attr:`ref_b`; names get a ``@side:degradation:level`` suffix."""
+        from .degrade import apply
+
+        names, a, b, ra, rb, mods = [], [], [], [], [], []
+        for i in range(len(self)):
+            for k, (side, deg, level) in enumerate(cases):
+                if side not in ("a", "b"):
+                    raise ValueError(f"side must be 'a' or 'b', got {side!r}")
+                rng = np.random.default_rng([seed, i, k])
+                da, db = self.a[i], self.b[i]
+                if side == "a":
+                    da = apply(da, deg, level, seed=rng)
+                else:
+                    db = apply(db, deg, level, seed=rng)
+                names.append(f"{self.names[i]}@{side}:{deg}:{level}")
+                a.append(da)
+                b.append(db)
+                ra.append(self.ref_a[i])
+                rb.append(self.ref_b[i])
+                mods.append(self.modalities[i])
+        out = PairDataset._from_planes(names, a, b, self.source, self.problems, ref_a=ra, ref_b=rb, modalities=mods)
+        return out
+
     def b_floor(self, i: int) -> float:
-        """Background level of pair ``i``'s salient image: the median of the whole ``b``."""
-        return float(np.median(self.b[i]))
+        """Background level of pair ``i``'s clean salient image: the median of the whole ``ref_b``."""
+        return float(np.median(self.ref_b[i]))
 
     @classmethod
-    def _from_planes(cls, names, a, b, source, problems=()):
+    def _from_planes(cls, names, a, b, source, problems=(), ref_a=None, ref_b=None, modalities=None):
         ds = cls.__new__(cls)
         ds.names, ds.a, ds.b, ds.source, ds.problems = list(names), list(a), list(b), source, list(problems)
+        ds.ref_a = ds.a if ref_a is None else list(ref_a)
+        ds.ref_b = ds.b if ref_b is None else list(ref_b)
+        ds.modalities = [None] * len(ds.a) if modalities is None else list(modalities)
         return ds
+
+    def subset(self, idx: Sequence[int]) -> "PairDataset":
+        """The pairs at the indices ``idx`` (in that order)."""
+        return PairDataset._from_planes([self.names[i] for i in idx], [self.a[i] for i in idx],
+                                        [self.b[i] for i in idx], self.source, self.problems,
+                                        [self.ref_a[i] for i in idx], [self.ref_b[i] for i in idx],
+                                        [self.modalities[i] for i in idx])
 
     def __len__(self) -> int:
         return len(self.a)
@@ -99,16 +153,24 @@ class PairDataset:
 
     @classmethod
     def concat(cls, datasets: Iterable["PairDataset"], prefixes: Sequence[str] | None = None) -> "PairDataset":
-        """Join datasets (names prefixed with ``prefix/`` when given, to keep them unique)."""
-        names, a, b, src, probs = [], [], [], [], []
+        """Join datasets (names prefixed with ``prefix/`` when given, to keep them unique; a prefix that
+        names a task of :data:`~napari_derun.data.degrade.TASK_MODALITIES` also sets the pairs'
+        modalities where they were unknown)."""
+        from .degrade import TASK_MODALITIES
+
+        names, a, b, ra, rb, mods, src, probs = [], [], [], [], [], [], [], []
         for i, d in enumerate(datasets):
             pre = f"{prefixes[i]}/" if prefixes else ""
             names += [pre + n for n in d.names]
             a += d.a
             b += d.b
+            ra += d.ref_a
+            rb += d.ref_b
+            task_mod = TASK_MODALITIES.get(prefixes[i]) if prefixes else None
+            mods += [m if m is not None else task_mod for m in d.modalities]
             src.append(d.source)
             probs += d.problems
-        return cls._from_planes(names, a, b, " + ".join(dict.fromkeys(src)), probs)
+        return cls._from_planes(names, a, b, " + ".join(dict.fromkeys(src)), probs, ra, rb, mods)
 
     def split(self, every: int = 5, offset: int | None = None) -> tuple["PairDataset", "PairDataset"]:
         """Deterministic hold-out: pairs ``i`` (sorted by name) with ``i % every == offset``
@@ -122,9 +184,14 @@ class PairDataset:
             raise ValueError(f"cannot hold back every {every}th of {len(self)} pairs")
         tr = [i for i in order if i not in val_idx]
         va = [i for i in order if i in val_idx]
-        mk = lambda idx: PairDataset._from_planes(  # noqa: E731
-            [self.names[i] for i in idx], [self.a[i] for i in idx], [self.b[i] for i in idx], self.source, self.problems)
-        return mk(tr), mk(va)
+        return self.subset(tr), self.subset(va)
+
+    def split_names(self, names: Iterable[str]) -> tuple["PairDataset", "PairDataset"]:
+        """``(pairs named in names, the others)``, each sorted by name (a split file's lists)."""
+        want = set(names)
+        order = sorted(range(len(self)), key=lambda i: self.names[i])
+        return self.subset([i for i in order if self.names[i] in want]), \
+            self.subset([i for i in order if self.names[i] not in want])
 
     def split_fraction(self, fraction: float) -> tuple["PairDataset", "PairDataset"]:
         """Hold back about ``fraction`` of the pairs (evenly spread over the sorted names)."""
@@ -165,15 +232,60 @@ class PairDataset:
         return np.ascontiguousarray(pa), np.ascontiguousarray(pb)
 
     def batch(self, rng: np.random.Generator, batch: int = 4, patch: int = 128, augment: bool = True,
-              return_floor: bool = False):
+              return_floor: bool = False, return_index: bool = False):
         """``(a, b)`` float32 arrays of shape ``(batch, 1, patch, patch)``; with ``return_floor``
-        also the ``(batch,)`` float32 background levels :meth:`b_floor` of the pairs drawn."""
+        also the ``(batch,)`` float32 background levels :meth:`b_floor` of the pairs drawn, with
+        ``return_index`` also the list of their indices."""
         idx: list[int] = []
         pa, pb = zip(*(self.sample(rng, patch, augment, _index=idx) for _ in range(batch)))
         out = np.stack(pa)[:, None], np.stack(pb)[:, None]
         if return_floor:
-            return out + (np.array([self.b_floor(i) for i in idx], dtype=np.float32),)
+            out = out + (np.array([self.b_floor(i) for i in idx], dtype=np.float32),)
+        if return_index:
+            out = out + (idx,)
         return out
+
+
+def degrade_batch(a: np.ndarray, b: np.ndarray, modalities: Sequence[tuple[str, str] | None], p: float,
+                  rng: np.random.Generator, levels: tuple[int, int] = (1, 4),
+                  composite: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
+    """Degraded copies of a clean training batch (the loss still compares with the clean one).
+
+    Each sample is degraded with probability ``p``: a, b or both (one third each), each by a
+    degradation of its modality (:data:`~napari_derun.data.degrade.MODALITIES`) at a level drawn
+    from ``levels`` (inclusive); with probability ``composite`` a second, different degradation of the
+    same modality follows (e.g. low light, then blur). Samples with unknown modalities stay clean.
+
+    Args:
+        a, b: ``(B, 1, P, P)`` float32 clean patches.
+        modalities: per sample ``(modality of a, modality of b)`` or ``None``.
+        p: probability that a sample is degraded.
+        rng: the generator (all draws come from it, so a seeded run is reproducible).
+
+    Returns:
+        ``(a, b)`` float32 arrays of the same shape.
+    """
+    from .degrade import MODALITIES, apply
+
+    a, b = a.copy(), b.copy()
+    for i, mods in enumerate(modalities):
+        if mods is None or rng.random() >= p:
+            continue
+        which = int(rng.integers(3))  # 0: a, 1: b, 2: both
+        for side, arr in ((0, a), (1, b)):
+            if which not in (side, 2):
+                continue
+            names = MODALITIES[mods[side]]
+            first = int(rng.integers(len(names)))
+            steps = [(names[first], int(rng.integers(levels[0], levels[1] + 1)))]
+            if len(names) > 1 and rng.random() < composite:
+                second = (first + 1 + int(rng.integers(len(names) - 1))) % len(names)
+                steps.append((names[second], int(rng.integers(levels[0], levels[1] + 1))))
+            plane = arr[i, 0]
+            for name, level in steps:
+                plane = apply(plane, name, level, seed=rng)
+            arr[i, 0] = plane
+    return a, b
 
 
 def _as_dataset(x, what: str) -> PairDataset | None:

@@ -69,7 +69,18 @@ class TrainConfig(BaseModel):
         description="with select='rank': prefer epochs whose validation SR (the share of the salient image's "
         "contrast kept, docs/metrics.md) is at least this; an epoch below it is kept only if none reaches it")
     val_limit: int | None = Field(None, ge=1)
+    degrade: float = Field(
+        0.0, ge=0, le=1, allow_inf_nan=False,
+        description="share of training patches whose inputs are degraded (noise, haze, low light, ... of their "
+        "modality; the loss still compares with the clean pair): 0 trains on clean pairs only")
+    modalities: tuple[str, str] | None = Field(
+        None, description="(modality of a, modality of b) for degradation training where the pairs do not say "
+        "(e.g. ('phase_contrast', 'fluorescence')); keys of napari_derun.data.degrade.MODALITIES")
+    degrade_levels: tuple[int, int] = Field((1, 4), description="lowest and highest degradation level drawn (1..5)")
     guided: bool = True
+    restore: int = Field(
+        0, ge=0, le=256, description="channels of the input restoration network added to the model (0: none; "
+        "a start model without one gets it zero-initialised, so training starts from that model's fusion)")
     optimizer: Literal["adam", "sgd"] = Field("adam", description="Adam (the paper's, with betas) or plain SGD")
     strategy: Literal["single", "ddp"] = Field(
         "single", description="single: this process; ddp: every process of a torchrun job, gradients averaged "
@@ -80,6 +91,24 @@ class TrainConfig(BaseModel):
     def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
         if not all(0.0 <= x < 1.0 for x in v):
             raise ValueError(f"Adam betas must be in [0, 1), got {v}")
+        return v
+
+    @field_validator("modalities")
+    @classmethod
+    def _modalities(cls, v: tuple[str, str] | None) -> tuple[str, str] | None:
+        if v is not None:
+            from ..data.degrade import MODALITIES
+
+            bad = [m for m in v if m not in MODALITIES]
+            if bad:
+                raise ValueError(f"unknown modalities {bad}; choose from {sorted(MODALITIES)}")
+        return v
+
+    @field_validator("degrade_levels")
+    @classmethod
+    def _levels(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= v[0] <= v[1] <= 5:
+            raise ValueError(f"degrade_levels must be 1 <= low <= high <= 5, got {v}")
         return v
 
     @classmethod
@@ -111,6 +140,9 @@ class TrainConfig(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         d = self.model_dump()
         d["betas"] = list(self.betas)
+        d["degrade_levels"] = list(self.degrade_levels)
+        if self.modalities is not None:
+            d["modalities"] = list(self.modalities)
         return d
 
     @classmethod

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence, Union
 import numpy as np
 
 from . import ddp as _ddp
-from ..data.datasets import PairDataset, _as_dataset
+from ..data.datasets import PairDataset, _as_dataset, degrade_batch
 from .events import EpochEvent, StepEvent, TrainEvent
 from .config import TrainConfig
 from .validation import REFERENCE_METHODS, evaluate_pairs, reference_scores
@@ -80,23 +80,37 @@ class TrainResult:
 # --------------------------------------------------------------------------- helpers
 
 
-def _resolve_init(init, guided: bool = False):
+def _resolve_init(init, guided: bool = False, restore: int = 0):
     import torch
 
     from ..core.model import DeRUN
 
     if isinstance(init, DeRUN):
-        return copy.deepcopy(init).float()
+        return _with_restore(copy.deepcopy(init).float(), restore)
     if isinstance(init, torch.nn.Module):
         raise ValueError(f"init must be a DeRUN, got {type(init).__name__}")
     if init is None or init == "admm":
-        return DeRUN.from_hifm(guided=guided)
+        return DeRUN.from_hifm(guided=guided, restore=restore)
     from ..engine.registry import load_model
 
     fz = load_model(init, device="cpu")
     if fz.kind != "derun":
-        return DeRUN.from_hifm(fz.module.params)
-    return copy.deepcopy(fz.module).float().train()
+        return DeRUN.from_hifm(fz.module.params, restore=restore)
+    return _with_restore(copy.deepcopy(fz.module).float().train(), restore)
+
+
+def _with_restore(model, restore: int):
+    """``model`` with a zero-initialised input restoration network of ``restore`` channels added
+    (same fusion until trained); unchanged when it has one or ``restore`` is 0."""
+    from ..core.model import DeRUN, DeRUNConfig
+
+    if not restore or model.config.restore:
+        return model
+    out = DeRUN(DeRUNConfig.from_dict({**model.config.to_dict(), "restore": int(restore)}))
+    missing, unexpected = out.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("restore.") for k in missing):
+        raise ValueError(f"cannot add a restoration network to this model (keys {missing + unexpected})")
+    return out.train(model.training)
 
 
 def _model_source(init) -> str:
@@ -240,7 +254,7 @@ def _train(
     else:
         with torch.random.fork_rng(devices=[]):  # seeded init of the (random) PWSM shared convs
             torch.manual_seed(cfg.seed)
-            model = _resolve_init(init, cfg.guided)
+            model = _resolve_init(init, cfg.guided, cfg.restore)
         source = _model_source(init)
 
     if cfg.num_threads:
@@ -319,6 +333,7 @@ def _loop(model, cfg, ddp, train_pairs, val_pairs, callback, stop, checkpoint_pa
         for g in opt.param_groups:
             g["lr"] = lr
         rng = np.random.default_rng([cfg.seed, epoch])
+        drng = np.random.default_rng([cfg.seed, epoch, 1])  # degradations: the clean draws stay as they were
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         run_loss, n_done = 0.0, 0
         for s in range(steps):
@@ -326,16 +341,23 @@ def _loop(model, cfg, ddp, train_pairs, val_pairs, callback, stop, checkpoint_pa
                 stopped = True
                 break
             # the global batch (the same draws on every rank); this rank trains on its slice of it
-            na, nb, nf = tr.batch(rng, cfg.batch * ddp.world_size, cfg.patch, cfg.augment, return_floor=True)
+            na, nb, nf, idx = tr.batch(rng, cfg.batch * ddp.world_size, cfg.patch, cfg.augment,
+                                       return_floor=True, return_index=True)
+            da, db = na, nb
+            if cfg.degrade > 0:  # degraded inputs, clean targets
+                mods = [tr.modalities[i] or cfg.modalities for i in idx]
+                da, db = degrade_batch(na, nb, mods, cfg.degrade, drng, tuple(cfg.degrade_levels))
             if ddp.active:
                 part = slice(ddp.rank * cfg.batch, (ddp.rank + 1) * cfg.batch)
-                na, nb, nf = na[part], nb[part], nf[part]
+                na, nb, nf, da, db = na[part], nb[part], nf[part], da[part], db[part]
             ta = torch.from_numpy(na).to(device)
             tb = torch.from_numpy(nb).to(device)
+            ia = ta if da is na else torch.from_numpy(da).to(device)
+            ib = tb if db is nb else torch.from_numpy(db).to(device)
             opt.zero_grad(set_to_none=True)
             with torch.autocast("cuda", enabled=use_amp), _padding(model, cfg.train_pad):
                 try:
-                    x = net(ta, tb, checkpoint=cfg.checkpointing)
+                    x = net(ia, ib, checkpoint=cfg.checkpointing)
                 except FloatingPointError as e:
                     raise FloatingPointError(f"training diverged at epoch {epoch + 1}, step {s + 1} ({e}); "
                                              f"lower the learning rate (lr {lr:g})") from None

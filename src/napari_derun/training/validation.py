@@ -33,21 +33,23 @@ def reference_scores(dataset: "PairDataset", limit: int | None = None,
     from ..evaluation.metrics_extra import rank_metrics
 
     out: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
-    for a, b in _scored_pairs(dataset, limit):
+    for a, b, ra, rb in _scored_pairs(dataset, limit):
         for m in methods:
-            out[m].append(rank_metrics(a * 255.0, b * 255.0, _reference_fusions(m, a, b) * 255.0))
+            out[m].append(rank_metrics(ra * 255.0, rb * 255.0, _reference_fusions(m, a, b) * 255.0))
     return out
 
 
 def _scored_pairs(dataset: "PairDataset", limit: int | None):
-    pairs = [(a, b) for a, b in zip(dataset.a, dataset.b) if min(a.shape) >= 41]
+    """``(a, b, clean a, clean b)`` of the pairs ≥ 41 × 41 (the first ``limit``)."""
+    pairs = [q for q in zip(dataset.a, dataset.b, dataset.ref_a, dataset.ref_b) if min(q[0].shape) >= 41]
     return pairs[:limit] if limit else pairs
 
 
 def evaluate_pairs(model, dataset: PairDataset, device: str = "cpu", gamma: float = 10.0,
                    metrics: bool = True, config: "TrainConfig | None" = None,
                    references: dict[str, list[dict[str, float]]] | None = None) -> dict[str, Any]:
-    """Fuse every pair of ``dataset`` (full images) with ``model`` (a DeRUN) and score it.
+    """Fuse every pair of ``dataset`` (full images) with ``model`` (a DeRUN) and score it against the
+    pairs' clean sources (``dataset.ref_a``, ``ref_b``: the inputs themselves unless they are degraded copies).
 
     Returns ``{"loss": mean loss of the configured objective, "parts": {name: mean},
     "metrics": {name: mean}, "rank": mean rank or None, "per_pair": [...]}``. Metrics are
@@ -69,16 +71,17 @@ def evaluate_pairs(model, dataset: PairDataset, device: str = "cpu", gamma: floa
     n_scored = 0
     with torch.no_grad():
         for i, (name, a, b) in enumerate(zip(dataset.names, dataset.a, dataset.b)):
-            ta = torch.from_numpy(a)[None, None].to(device)
-            tb = torch.from_numpy(b)[None, None].to(device)
-            x = model(ta, tb)
+            ra, rb = dataset.ref_a[i], dataset.ref_b[i]  # the clean sources (= a, b unless degraded copies)
+            x = model(torch.from_numpy(a)[None, None].to(device), torch.from_numpy(b)[None, None].to(device))
+            ta = torch.from_numpy(ra)[None, None].to(device)
+            tb = torch.from_numpy(rb)[None, None].to(device)
             loss, parts = cfg.loss(x, ta, tb, torch.tensor([dataset.b_floor(i)]))
             losses.append(float(loss))
             parts_all.append(parts)
             row = {"name": name, "loss": float(loss)}
             if metrics and min(a.shape) >= 41 and (not limit or n_scored < limit):
                 f = np.clip(x[0, 0].float().cpu().numpy(), 0.0, 1.0)
-                row["metrics"] = rank_metrics(a * 255.0, b * 255.0, f * 255.0)
+                row["metrics"] = rank_metrics(ra * 255.0, rb * 255.0, f * 255.0)
                 n_scored += 1
             per.append(row)
     model.train(was_training)
