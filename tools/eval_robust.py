@@ -1,0 +1,251 @@
+"""Robustness evaluation on the untouched test split (tools/splits/<task>.json, "test"): every method fuses
+the test pairs clean and with one input degraded (each degradation of that input's modality, levels 2 and 4);
+every fusion is scored against the *clean* sources. The numbers and figures of docs/robustness.md.
+
+    OMP_NUM_THREADS=1 python tools/eval_robust.py --tasks ivf gfp_pc pet_mri spect_mri ct_mri \\
+        --model ivf=src/napari_derun/weights/ivf.safetensors ... --clean ivf=old_ivf.safetensors ... \\
+        --cache eval_robust/cache.json --out docs/results/robust [--figures docs/images]
+
+Methods: average, max (max-abs rule), laplacian, admm, overlay (napari's additive blend), pixel_max,
+copy_a, copy_b, ``clean`` (the clean-trained model), ``restore+clean`` (scikit-image / classical
+restoration of the degraded input first, napari_derun.evaluation.restoration, then the clean model) and
+``model`` (the model under test, fed the degraded inputs as they are).
+
+Every (task, condition, pair, method) score is kept in ``--cache`` (JSON), so a re-run with a new model
+recomputes only ``model`` rows (``--recompute model``). Per condition the mean rank over the nine rank
+metrics (EN SD SF AG SSIM PSNR UIQI VIF Qabf) among all methods, SR and SCD are reported, and for every
+method its *drop*: the mean relative loss of the nine metrics from its own clean score (%).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SPLITS = Path(__file__).resolve().parent / "splits"
+TASK_MODEL = {"gfp_pc": "gfp_pc", "pet_mri": "medical", "spect_mri": "medical", "ct_mri": "medical", "ivf": "ivf"}
+BASE = ["average", "max", "laplacian", "admm", "overlay", "pixel_max", "copy_a", "copy_b"]
+METHODS = BASE + ["clean", "restore+clean", "model"]
+
+
+def test_pairs(task: str, data: Path, crop: int):
+    """The test split's pairs as float32 luminance planes, centre-cropped to ``crop``."""
+    from napari_derun.training import PairDataset
+
+    names = set(json.loads((SPLITS / f"{task}.json").read_text())["test"])
+    ds = PairDataset(data / task, select=lambda i, n: n in names)
+
+    def c(x):
+        h, w = x.shape
+        y0, x0 = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
+        return np.ascontiguousarray(x[y0:y0 + crop, x0:x0 + crop])
+
+    return [(n, c(a), c(b)) for n, a, b in zip(ds.names, ds.a, ds.b)]
+
+
+def conditions(task: str, levels):
+    from napari_derun.data.degrade import MODALITIES, TASK_MODALITIES
+
+    ma, mb = TASK_MODALITIES[task]
+    out = [("clean", None, None, 0)]
+    for side, mod in (("a", ma), ("b", mb)):
+        for deg in MODALITIES[mod]:
+            for lv in levels:
+                out.append((f"{side}:{deg}:{lv}", side, deg, lv))
+    return out
+
+
+class Fusers:
+    def __init__(self, models: dict, clean: dict):
+        from napari_derun.engine.registry import load_model
+
+        self.load = load_model
+        self.models, self.clean, self.cache = models, clean, {}
+
+    def _fuse(self, spec, a, b):
+        from napari_derun.engine.registry import fuse_planes
+
+        if spec not in self.cache:
+            self.cache[spec] = self.load(spec, device="cpu")
+        return np.clip(fuse_planes(self.cache[spec], a[None], b[None])[0], 0.0, 1.0)
+
+    def fuse(self, method: str, task: str, a, b, deg: dict):
+        from napari_derun.evaluation import baselines as B
+        from napari_derun.evaluation.restoration import restore_then_fuse
+
+        if method == "model":
+            return self._fuse(self.models[task], a, b)
+        if method == "clean":
+            return self._fuse(self.clean[task], a, b)
+        if method == "restore+clean":
+            return restore_then_fuse(a, b, lambda x, y: self._fuse(self.clean[task], x, y), deg)
+        if method == "admm":
+            return self._fuse("admm", a, b)
+        fn = {"average": B.average, "max": B.max_abs, "laplacian": B.laplacian_pyramid, "overlay": B.overlay,
+              "pixel_max": B.pixel_max, "copy_a": B.copy_a, "copy_b": B.copy_b}[method]
+        return fn(a, b)
+
+
+def run(tasks, fusers, data, crop, levels, cache_path: Path, recompute=(), methods=METHODS, log=print):
+    from napari_derun.data.degrade import apply
+    from napari_derun.evaluation.metrics_extra import rank_metrics
+
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    t_save = time.time()
+    for task in tasks:
+        pairs = test_pairs(task, data, crop)
+        conds = conditions(task, levels)
+        log(f"{task}: {len(pairs)} test pairs x {len(conds)} conditions x {len(methods)} methods")
+        for ic, (cname, side, deg, lv) in enumerate(conds):
+            for ip, (name, a, b) in enumerate(pairs):
+                da, db = a, b
+                if side is not None:
+                    rng = np.random.default_rng([ip, ic, lv])
+                    if side == "a":
+                        da = apply(a, deg, lv, seed=rng)
+                    else:
+                        db = apply(b, deg, lv, seed=rng)
+                for m in methods:
+                    key = f"{task}|{cname}|{name}|{m}"
+                    if key in cache and m not in recompute:
+                        continue
+                    if m == "restore+clean" and side is None:
+                        continue  # nothing to restore: the clean model's row
+                    f = fusers.fuse(m, task, da, db, {side: deg} if side else {})
+                    cache[key] = rank_metrics(a * 255.0, b * 255.0, f * 255.0)
+                if time.time() - t_save > 60:
+                    _save(cache_path, cache)
+                    t_save = time.time()
+            log(f"  {task} {cname} done ({time.strftime('%H:%M:%S')})")
+        _save(cache_path, cache)
+    return cache
+
+
+def _save(path: Path, cache: dict):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cache))
+    tmp.replace(path)
+
+
+def summarize(cache: dict, task: str, levels, methods=METHODS) -> dict:
+    """Per condition: mean rank, SR, SCD and the metric means of every method; per method its drop."""
+    from napari_derun.evaluation.metrics_extra import RANK_METRICS, mean_ranks
+
+    out = {}
+    for cname, side, deg, lv in conditions(task, levels):
+        rows = {}
+        for key, v in cache.items():
+            t, c, name, m = key.split("|")
+            if t == task and c == cname and m in methods:
+                rows.setdefault(m, {})[name] = v
+        if side is None and "clean" in rows:
+            rows["restore+clean"] = rows["clean"]
+        if not rows:
+            continue
+        names = sorted(set.intersection(*(set(r) for r in rows.values())))
+        if not names:
+            continue
+        table = {m: [rows[m][n] for n in names] for m in rows}
+        ranks = mean_ranks(table)
+        means = {m: {k: float(np.nanmean([r[k] for r in table[m]])) for k in table[m][0]} for m in table}
+        out[cname] = {"n": len(names), "rank": ranks, "means": means}
+    clean = out.get("clean", {}).get("means", {})
+    for cname, entry in out.items():
+        entry["drop"] = {m: float(np.mean([(clean[m][k] - entry["means"][m][k]) / abs(clean[m][k])
+                                           for k in RANK_METRICS if clean[m][k]])) * 100.0
+                         for m in entry["means"] if m in clean}
+    return out
+
+
+def markdown(task: str, summ: dict, methods=METHODS) -> str:
+    conds = list(summ)
+    lines = [f"### {task}", "",
+             "Mean rank over EN SD SF AG SSIM PSNR UIQI VIF Qabf among all methods (1 = best; scored against the "
+             f"clean sources; {summ['clean']['n']} test pairs). Bold: best in the column.", ""]
+    lines.append("| method | " + " | ".join(c.replace(":", " ") for c in conds) + " |")
+    lines.append("|---|" + "---|" * len(conds))
+    for m in methods:
+        cells = []
+        for c in conds:
+            r = summ[c]["rank"].get(m)
+            best = min(summ[c]["rank"].values())
+            cells.append("" if r is None else (f"**{r:.2f}**" if r == best else f"{r:.2f}"))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "SR (share of b's contrast kept) and drop (mean relative loss of the nine metrics from the "
+              "method's own clean score, %):", ""]
+    lines.append("| method | " + " | ".join(c.replace(":", " ") for c in conds) + " |")
+    lines.append("|---|" + "---|" * len(conds))
+    for m in methods:
+        cells = []
+        for c in conds:
+            mm = summ[c]["means"].get(m)
+            d = summ[c]["drop"].get(m)
+            cells.append("" if mm is None else f"{mm['SR']:.2f}" + ("" if c == "clean" or d is None else f" / {d:+.1f}"))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def checks(task: str, summ: dict) -> list[str]:
+    """The issue's acceptance checks, each with ok / NOT met."""
+    out = []
+    c = summ["clean"]
+    r = c["rank"]["model"]
+    for other in ("max", "overlay", "copy_a", "copy_b"):
+        out.append(f"clean: rank {r:.2f} vs {other} {c['rank'][other]:.2f}: {'ok' if r < c['rank'][other] else 'NOT met'}")
+    sr = c["means"]["model"]["SR"]
+    out.append(f"clean: SR {sr:.2f} (>= 0.7): {'ok' if sr >= 0.7 else 'NOT met'}")
+    for cname, e in summ.items():
+        if cname == "clean":
+            continue
+        best = min(e["rank"], key=e["rank"].get)
+        drops = {m: d for m, d in e["drop"].items() if m not in ("copy_a", "copy_b")}
+        least = min(drops, key=drops.get)
+        ok = best == "model"
+        out.append(f"{cname}: best rank {best} ({e['rank'][best]:.2f}; model {e['rank']['model']:.2f}) "
+                   f"{'ok' if ok else 'NOT met'}; smallest drop {least} ({drops[least]:+.1f} %; model "
+                   f"{drops['model']:+.1f} %) {'ok' if least == 'model' else 'NOT met'}")
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", nargs="+", default=list(TASK_MODEL))
+    p.add_argument("--data", default=str(DATA))
+    p.add_argument("--model", nargs="*", default=[], metavar="TASK=SPEC", help="model under test per task")
+    p.add_argument("--clean", nargs="*", default=[], metavar="TASK=SPEC", help="clean-trained model per task")
+    p.add_argument("--levels", nargs="+", type=int, default=[2, 4])
+    p.add_argument("--crop", type=int, default=256)
+    p.add_argument("--cache", default="eval_robust/cache.json")
+    p.add_argument("--recompute", nargs="*", default=[])
+    p.add_argument("--methods", nargs="+", default=METHODS)
+    p.add_argument("--out", default=None, help="write <task>.md, <task>.json and checks.md here")
+    a = p.parse_args(argv)
+    models = {t: TASK_MODEL[t] for t in a.tasks}
+    models.update(dict(x.split("=", 1) for x in a.model))
+    clean = {t: TASK_MODEL[t] for t in a.tasks}
+    clean.update(dict(x.split("=", 1) for x in a.clean))
+    fusers = Fusers(models, clean)
+    cache = run(a.tasks, fusers, Path(a.data), a.crop, a.levels, Path(a.cache), set(a.recompute), a.methods,
+                log=lambda s: print(s, flush=True))
+    if a.out:
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        allchecks = []
+        for t in a.tasks:
+            summ = summarize(cache, t, a.levels, a.methods)
+            (out / f"{t}.json").write_text(json.dumps(summ, indent=1))
+            (out / f"{t}.md").write_text(markdown(t, summ, a.methods))
+            allchecks += [f"## {t}", ""] + [f"- {c}" for c in checks(t, summ)] + [""]
+        (out / "checks.md").write_text("\n".join(allchecks))
+        print("\n".join(allchecks))
+    print(f"models {json.dumps(models)}; clean {json.dumps(clean)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
