@@ -33,6 +33,16 @@ from typing import Any, Callable
 import numpy as np
 
 from ..data import preprocess
+from .tiling import (  # noqa: F401  (part of this module's interface)
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE,
+    MIN_TILE,
+    FuseCancelled,
+    _Progress,
+    blend_weights,
+    fuse_luma_planes,
+    tile_starts,
+)
 
 __all__ = [
     "DEFAULT_TILE",
@@ -47,17 +57,9 @@ __all__ = [
     "fuse_stack",
 ]
 
-DEFAULT_TILE = 1024
-#: chosen by measurement, see docs/scripting.md ("Tiling")
-DEFAULT_OVERLAP = 128
-MIN_TILE = 64
 #: dask inputs with at most this many elements get exact percentiles, larger ones a sampled estimate
 EXACT_PERCENTILE_MAX = 1 << 24
 SAMPLE_SIZE = 1 << 22
-
-
-class FuseCancelled(RuntimeError):
-    """Raised when a fusion is cancelled through ``cancel`` (or a callback raising it)."""
 
 
 # ----------------------------------------------------------------------------- axes
@@ -160,185 +162,6 @@ def stack_ranges(x, percentiles=preprocess.DEFAULT_PERCENTILES, seed: int = 0) -
     sample = sample[tuple(sub)]
     lo, hi = np.percentile(np.asarray(sample.compute()), percentiles)
     return float(lo), float(hi)
-
-
-# ----------------------------------------------------------------------------- tiling
-def tile_starts(n: int, tile: int, overlap: int) -> tuple[list[int], int]:
-    """Start offsets of tiles covering ``n`` pixels, and the tile length (``min(tile, n)``)."""
-    if n <= tile:
-        return [0], n
-    step = tile - overlap
-    if step <= 0:
-        raise ValueError(f"overlap ({overlap}) must be smaller than the tile ({tile})")
-    starts = list(range(0, n - tile + 1, step))
-    if starts[-1] != n - tile:
-        starts.append(n - tile)
-    return starts, tile
-
-
-def _ramp(r: int) -> np.ndarray:
-    i = np.arange(r, dtype=np.float64)
-    return 0.5 - 0.5 * np.cos(np.pi * (i + 0.5) / r)
-
-
-def blend_weights(n: int, starts: list[int], t: int, overlap: int, margin: int | None = None) -> list[np.ndarray]:
-    """1-D blending windows of the tiles ``starts`` (length ``t``) along an axis of ``n`` pixels.
-
-    At a seam, ``margin`` pixels (default ``overlap // 4``) at the tile edge get
-    weight 0 and the next ``overlap − 2·margin`` pixels a raised-cosine ramp, so
-    neighbouring ramps sum to one; image borders keep weight 1.
-    """
-    if margin is None:
-        margin = overlap // 4
-    r = max(1, overlap - 2 * margin)
-    up = _ramp(r)
-    out = []
-    for s in starts:
-        w = np.ones(t)
-        if s > 0:
-            left = np.ones(t)
-            left[:margin] = 0.0
-            left[margin : margin + r] = up[: max(0, min(r, t - margin))]
-            w *= left
-        if s + t < n:
-            right = np.ones(t)
-            right[t - margin :] = 0.0
-            right[t - margin - r : t - margin] = up[::-1][-min(r, t - margin) :]
-            w *= right
-        out.append(w.astype(np.float32))
-    return out
-
-
-def _is_oom(e: BaseException) -> bool:
-    try:
-        import torch
-
-        if isinstance(e, torch.cuda.OutOfMemoryError):
-            return True
-    except Exception:  # pragma: no cover
-        pass
-    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
-
-
-class _Progress:
-    def __init__(self, callback, cancel, total: int):
-        self.callback, self.cancel = callback, cancel
-        self.done, self.total = 0, total
-        self.tile: int | None = None
-        self.batch: int | None = None
-
-    def check(self):
-        if self.cancel is not None and self.cancel.is_set():
-            raise FuseCancelled("fusion cancelled")
-
-    def step(self, k: int):
-        self.done += k
-        if self.callback is not None:
-            self.callback(self.done, max(self.total, self.done))
-        self.check()
-
-
-def _fuse_tiles_once(fuser, a, b, tile, overlap, batch_size, prog: _Progress, margin=None):
-    """One attempt at fusing luminance planes ``(P, H, W)`` with the given tile/batch (may raise OOM)."""
-    from . import registry as api
-
-    P, H, W = a.shape
-    ys, th = tile_starts(H, tile, overlap)
-    xs, tw = tile_starts(W, tile, overlap)
-    wy = blend_weights(H, ys, th, overlap, margin)
-    wx = blend_weights(W, xs, tw, overlap, margin)
-    single = len(ys) == 1 and len(xs) == 1
-    out = np.zeros((P, H, W), np.float32)
-    if not single:
-        sy = np.zeros(H, np.float64)
-        sx = np.zeros(W, np.float64)
-        for s, w in zip(ys, wy):
-            sy[s : s + th] += w
-        for s, w in zip(xs, wx):
-            sx[s : s + tw] += w
-    units = [(p, i, j) for p in range(P) for i in range(len(ys)) for j in range(len(xs))]
-    for k0 in range(0, len(units), batch_size):
-        prog.check()
-        chunk = units[k0 : k0 + batch_size]
-        ta = np.stack([a[p, ys[i] : ys[i] + th, xs[j] : xs[j] + tw] for p, i, j in chunk])
-        tb = np.stack([b[p, ys[i] : ys[i] + th, xs[j] : xs[j] + tw] for p, i, j in chunk])
-        k = len(chunk)
-
-        def cb(stage, n, k=k):
-            prog.step(k)
-
-        res = api.fuse_planes(fuser, ta, tb, callback=cb)
-        del ta, tb
-        for (p, i, j), r in zip(chunk, res):
-            if single:
-                out[p] = r
-            else:
-                out[p, ys[i] : ys[i] + th, xs[j] : xs[j] + tw] += r * wy[i][:, None] * wx[j][None, :]
-    if not single:
-        out /= (sy[:, None] * sx[None, :]).astype(np.float32)
-    return out
-
-
-def fuse_luma_planes(
-    fuser,
-    a: np.ndarray,
-    b: np.ndarray,
-    tile: int = DEFAULT_TILE,
-    overlap: int = DEFAULT_OVERLAP,
-    batch_size: int = 1,
-    callback: Callable[[int, int], None] | None = None,
-    cancel=None,
-    _progress: _Progress | None = None,
-    _margin: int | None = None,
-) -> np.ndarray:
-    """Fuse float32 luminance planes ``(P, H, W)`` in [0, 1] with tiling, blending and OOM retries.
-
-    Returns ``(P, H, W)`` float32, not clipped. Raises :class:`FuseCancelled`.
-    """
-    a = np.asarray(a, np.float32)
-    b = np.asarray(b, np.float32)
-    P, H, W = a.shape
-    tile = int(tile) if tile else max(H, W)
-    overlap = int(overlap)
-    batch = max(1, int(batch_size))
-
-    def work(t):
-        ny = len(tile_starts(H, t, min(overlap, t // 2))[0])
-        nx = len(tile_starts(W, t, min(overlap, t // 2))[0])
-        return P * ny * nx * fuser.n_stages
-
-    prog = _progress or _Progress(callback, cancel, work(tile))
-    while True:
-        ov = min(overlap, tile // 2)
-        done0 = prog.done
-        work_before = work(tile)
-        try:
-            out = _fuse_tiles_once(fuser, a, b, tile, ov, batch, prog, _margin)
-            prog.tile, prog.batch = tile, batch  # later planes start from what worked
-            return out
-        except Exception as e:  # noqa: BLE001 - filtered below
-            if not _is_oom(e):
-                raise
-            if batch > 1:
-                batch = max(1, batch // 2)
-            elif tile // 2 >= MIN_TILE and max(H, W) > MIN_TILE:
-                tile = min(tile, max(H, W)) // 2
-            else:
-                raise
-        # outside the except block, so that the failed attempt's tensors are released first
-        _empty_cache(fuser)
-        # work already reported stays counted; the redo is added to the total
-        prog.total = prog.done + work(tile) + max(0, prog.total - done0 - work_before)
-
-
-def _empty_cache(fuser) -> None:
-    try:
-        import torch
-
-        if str(fuser.device).startswith("cuda"):
-            torch.cuda.empty_cache()
-    except Exception:  # pragma: no cover
-        pass
 
 
 # ----------------------------------------------------------------------------- stacks
