@@ -9,7 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
-__all__ = ["atomic_writer", "atomic_write_bytes", "atomic_write_text", "check_writable"]
+__all__ = ["atomic_writer", "atomic_write_bytes", "atomic_write_text", "check_writable", "check_not_input",
+           "read_bounded", "same_file", "space_message"]
 
 
 def _umask_mode() -> int:
@@ -41,27 +42,71 @@ def glob_escape(name: str) -> str:
     return glob.escape(name)
 
 
+def space_message(e: OSError, path: str | os.PathLike) -> OSError:
+    """A disk-full / quota / file-size-limit ``OSError`` as one that says what to do (others unchanged)."""
+    import errno
+
+    what = {errno.ENOSPC: "the disk is full", errno.EFBIG: "the file is larger than this system allows "
+            "(a file-size limit, ulimit -f, or the file system's maximum)"}
+    if hasattr(errno, "EDQUOT"):
+        what[errno.EDQUOT] = "the disk quota is exhausted"
+    if e.errno not in what:
+        return e
+    folder = Path(path).parent
+    return OSError(e.errno, f"cannot write {path}: {what[e.errno]}; nothing was replaced. Free some space in "
+                            f"{folder} (or raise the limit), or write somewhere else")
+
+
 @contextmanager
-def atomic_writer(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """``with atomic_writer(p) as fh: ...`` writes ``p`` atomically through a new temporary file."""
+def atomic_writer(path: str | os.PathLike, mode: str = "wb", overwrite: bool = True) -> Iterator[IO]:
+    """``with atomic_writer(p) as fh: ...`` writes ``p`` atomically through a new temporary file.
+
+    Args:
+        path: the file to write.
+        mode: ``"wb"`` or ``"w"`` (UTF-8 text).
+        overwrite: when false, ``p`` is put in place only if it does not exist at that moment (a hard link,
+            atomic: of two writers racing for the same name, the second gets ``FileExistsError`` and its
+            temporary file is removed).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.close(fd)  # reopened by name (the file we just created exclusively): writers such as tifffile want .name
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as fh:
+                yield fh
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as e:
+            raise space_message(e, path) from None
         os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _no_clobber_rename(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
+
+
+def _no_clobber_rename(tmp: str, path: Path) -> None:
+    """Move ``tmp`` to ``path`` unless ``path`` exists (atomically where hard links work)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path} appeared while this was being written (another process?); it was not "
+                              "replaced. Give another output name, or pass --overwrite to replace it") from None
+    except OSError:  # no hard links here (some network / FAT file systems): exclusive create, then replace
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -74,14 +119,17 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         fh.write(text)
 
 
-def check_writable(path: str | os.PathLike, overwrite: bool = True) -> Path:
-    """Fail early (before any work) when ``path`` cannot be written: its parent is a file or not
-    writable, or it exists and ``overwrite`` is false. Creates missing parent folders."""
+def check_writable(path: str | os.PathLike, overwrite: bool = True, inputs=()) -> Path:
+    """Fail early (before any work) when ``path`` cannot be written: it is one of ``inputs`` (never
+    written, even with ``overwrite``), its parent is a file or not writable, or it exists and
+    ``overwrite`` is false. Creates missing parent folders."""
     path = Path(path)
+    check_not_input(path, inputs)
     if path.exists() and path.is_dir():
         raise OSError(f"{path} is a folder; give a file name")
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+        raise FileExistsError(f"{path} exists and was left as it is; give another output name, or add --overwrite "
+                              "if it is an old result you want replaced")
     parent = path.parent
     for p in [parent, *parent.parents]:
         if p.exists():
@@ -92,3 +140,51 @@ def check_writable(path: str | os.PathLike, overwrite: bool = True) -> Path:
     if not os.access(parent, os.W_OK):
         raise PermissionError(f"cannot write to {parent}: permission denied")
     return path
+
+
+def check_not_input(path: str | os.PathLike, inputs) -> None:
+    """``ValueError`` when ``path`` is one of ``inputs`` (see :func:`same_file`): outputs never replace inputs."""
+    for i in inputs:
+        if i is not None and same_file(path, i):
+            raise ValueError(f"{path} is an input of this command ({i}); napari-derun never writes onto its "
+                             "inputs, even with --overwrite: give another output name")
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when ``a`` and ``b`` name the same file: equal resolved paths, or (both existing) the same
+    device and inode (a hard link, a symlink, another spelling of the path)."""
+    try:
+        if Path(a).resolve() == Path(b).resolve():
+            return True
+        return os.path.samefile(a, b)
+    except (OSError, RuntimeError, ValueError):
+        return False
+
+
+def read_bounded(path: str | os.PathLike, limit: int, what: str = "file") -> bytes:
+    """The bytes of a *regular* file of at most ``limit`` bytes, or ``ValueError``.
+
+    Opened without blocking (a FIFO never hangs the caller) and checked with ``fstat`` before reading
+    (a link to ``/dev/zero`` or a device is refused); at most ``limit + 1`` bytes are ever read.
+    """
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{what} {path} is not a regular file (a FIFO, device or socket); refused")
+        if st.st_size > limit:
+            raise ValueError(f"{what} {path} is {st.st_size:,} bytes, more than the {limit:,} allowed; refused")
+        chunks, n = [], 0
+        while n <= limit:
+            b = os.read(fd, min(1 << 20, limit + 1 - n))
+            if not b:
+                break
+            chunks.append(b)
+            n += len(b)
+        if n > limit:
+            raise ValueError(f"{what} {path} grew beyond the {limit:,} bytes allowed while being read; refused")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
