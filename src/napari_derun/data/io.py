@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .limits import check_declared_size
+
 __all__ = ["IMAGE_EXTENSIONS", "read_image", "find_pairs", "to_gray01"]
 
 #: File extensions recognised as images (compared case-insensitively).
@@ -66,7 +68,7 @@ def _normalise_layout(arr: np.ndarray, path: Path) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def read_image(path) -> np.ndarray:
+def read_image(path, max_mb: float | None = None) -> np.ndarray:
     """Read one image file, keeping its dtype.
 
     TIFF (``.tif``, ``.tiff``) is read with tifffile (first series, any dtype,
@@ -76,16 +78,20 @@ def read_image(path) -> np.ndarray:
     channels are identical stays ``(H, W, 3)``: the caller decides.  Pillow reads
     16-bit *colour* PNGs as 8 bits; a warning says so (store 16-bit colour as TIFF).
 
+    The size the file declares is checked before decoding (:func:`napari_derun.data.limits.check_declared_size`).
+
     Args:
         path: str or os.PathLike, the image file.
+        max_mb: the most memory (MiB) decoding and fusing the image may take (default: the
+            ``NAPARI_DERUN_MAX_IMAGE_MB`` environment variable, else the memory available now; 0: no limit).
 
     Returns:
         (H, W) or (H, W, 3) ndarray, dtype as stored (uint8, uint16, float32, ...).
 
     Raises:
         FileNotFoundError: If the file does not exist.
-        ValueError: If the file cannot be decoded or is not a single 2-D grey/RGB
-            image.
+        ValueError: If the file cannot be decoded, declares an image too large for the memory, or is
+            not a single 2-D grey/RGB image.
     """
     p = Path(path)
     if not p.is_file():
@@ -95,9 +101,17 @@ def read_image(path) -> np.ndarray:
         import tifffile
 
         try:
-            arr = tifffile.imread(str(p))
+            with tifffile.TiffFile(str(p)) as tif:
+                series = tif.series[0]
+                check_real_dtype(p, series.dtype)
+                check_declared_size(p, series.shape, series.dtype, max_mb)
+                arr = series.asarray()
+        except ValueError:
+            raise
+        except MemoryError:
+            raise ValueError(f"{p}: not enough memory to decode this TIFF; fuse a cropped or binned copy") from None
         except Exception as exc:  # tifffile raises several types
-            raise ValueError(f"{p}: cannot read TIFF ({exc})") from exc
+            raise ValueError(f"{p}: cannot read TIFF ({type(exc).__name__}: {exc})") from None
         arr = np.asarray(arr)
         while arr.ndim > 3 and arr.shape[0] == 1:
             arr = arr[0]
@@ -106,7 +120,9 @@ def read_image(path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(p) as im:
+        with _open_pil(p, max_mb) as im:
+            w, h = im.size
+            check_declared_size(p, (h, w, _bytes_per_pixel(im.mode)), np.uint8, max_mb)
             im.load()
             mode = im.mode
             if mode == "P" or mode == "PA":
@@ -118,6 +134,8 @@ def read_image(path) -> np.ndarray:
             elif mode == "LA":
                 im = im.convert("L")
             arr = np.asarray(im)
+    except MemoryError:
+        raise ValueError(f"{p}: not enough memory to decode this image; fuse a cropped or binned copy") from None
     except UnidentifiedImageError as exc:
         raise ValueError(f"{p}: not a readable image ({exc})") from exc
     except OSError as exc:
@@ -131,6 +149,48 @@ def read_image(path) -> np.ndarray:
     if arr.dtype == np.int32 and arr.size and arr.min() >= 0 and arr.max() <= 65535:
         arr = arr.astype(np.uint16)  # Pillow mode "I" for 16-bit grey
     return _normalise_layout(np.array(arr), p)
+
+
+def check_real_dtype(path, dtype) -> None:
+    """``ValueError`` for pixel types napari-derun cannot fuse (complex, structured, strings)."""
+    dt = np.dtype(dtype)
+    if dt.kind not in "biuf":
+        what = "complex" if dt.kind == "c" else "not numbers"
+        raise ValueError(f"{path} holds {dt} pixels ({what}); napari-derun fuses real-valued images: save the "
+                         "magnitude (np.abs) or the real part as a real-valued TIFF first")
+
+
+def _bytes_per_pixel(mode: str) -> int:
+    """Decoded bytes per pixel of a Pillow mode (at least as many as Pillow allocates)."""
+    if mode in ("I", "F", "RGBA", "RGBX", "CMYK", "RGBa", "LAB", "HSV", "YCbCr", "P", "PA"):  # P: to RGB(A)
+        return 4
+    if mode.startswith("I;16") or mode == "LA":
+        return 2
+    if mode in ("RGB",):
+        return 3
+    return 1
+
+
+def _open_pil(p: Path, max_mb):
+    """``Image.open`` with Pillow's decompression-bomb guard as a clear message; the guard is lifted only
+    when a limit is given explicitly (``max_mb`` or the environment), which :func:`check_declared_size`
+    then applies."""
+    from PIL import Image
+
+    from .limits import ENV
+
+    try:
+        return Image.open(p)
+    except Image.DecompressionBombError as exc:
+        if max_mb is None and not os.environ.get(ENV):
+            raise ValueError(f"{p}: {exc}; refused (Pillow's decompression-bomb guard). If the image is real, pass "
+                             f"--max-image-mb MiB (or set {ENV}) to read it within that memory limit") from None
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # our own limit is checked on the declared size next
+    try:
+        return Image.open(p)
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
 
 
 def _list_images(folder: Path, label: str, problems: list[str]) -> dict[str, Path]:
