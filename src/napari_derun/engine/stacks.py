@@ -127,7 +127,8 @@ def _is_dask(x) -> bool:
     return type(x).__module__.startswith("dask.")
 
 
-def stack_ranges(x, percentiles=preprocess.DEFAULT_PERCENTILES, seed: int = 0) -> tuple[float, float]:
+def stack_ranges(x, percentiles=preprocess.DEFAULT_PERCENTILES, seed: int = 0,
+                 name: str = "") -> tuple[float, float]:
     """Intensity range of a whole stack, as :func:`preprocess.normalization_range` of the whole array.
 
     numpy arrays: exact. dask arrays: uint8/bool fixed ranges; float data inside
@@ -137,7 +138,12 @@ def stack_ranges(x, percentiles=preprocess.DEFAULT_PERCENTILES, seed: int = 0) -
     ``SAMPLE_SIZE`` (4 M) values (deterministic).
     """
     if not _is_dask(x):
-        return preprocess.normalization_range(np.asarray(x), percentiles)
+        lo, hi = preprocess.normalization_range(np.asarray(x), percentiles)
+        if not (np.isfinite(lo) and np.isfinite(hi)):  # NaN pixels: the same message as for a 2-D image
+            bad = int(np.count_nonzero(~np.isfinite(np.asarray(x)))) if np.asarray(x).dtype.kind == "f" else 0
+            raise ValueError(f"image {name or '(input)'} contains {bad} NaN/Inf values; replace them "
+                             "(e.g. np.nan_to_num) first")
+        return lo, hi
     if x.dtype == np.uint8:
         return 0.0, 255.0
     if x.dtype == bool:
@@ -188,6 +194,8 @@ def fuse_stack(
     """
     if batch_size is None:
         batch_size = 8 if str(fuser.device).startswith("cuda") else 1
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
     for name, x in (("a", a), ("b", b)):
         if x.dtype.kind not in "biuf":
             raise ValueError(f"image {name} has unsupported dtype {x.dtype}; supported: bool, integer and float types")
@@ -212,7 +220,7 @@ def fuse_stack(
     colour = "C" in ax_a or "C" in ax_b
     out_ax = ax_a if "C" in ax_a or "C" not in ax_b else ax_b  # layout of the (first) colour input
     if ranges is None:
-        ranges = (stack_ranges(a, percentiles), stack_ranges(b, percentiles))
+        ranges = (stack_ranges(a, percentiles, name="a"), stack_ranges(b, percentiles, name="b"))
     lazy = _is_dask(a) or _is_dask(b) or client is not None
     if not lazy:
         A = np.transpose(np.asarray(a), pa)
@@ -246,6 +254,17 @@ def _fuse_core(fuser, A, B, a_col, b_col, colour, ranges, color_from, tile, over
     per_plane = len(tile_starts(H, t, ov)[0]) * len(tile_starts(W, t, ov)[0])
     group = max(1, batch_size // per_plane)
     prog = _Progress(callback, cancel, n * per_plane * fuser.n_stages)
+    if per_plane > 1:  # large planes: converted to float tile by tile, fused straight into ``out``
+        from .tiling import fuse_raw_plane
+
+        for i in range(n):
+            prog.check()
+            if fuse_raw_plane(fuser, A2[i], B2[i], ranges, color_from, prog.tile or t, overlap,
+                              prog.batch or batch_size, prog, out[i]):
+                any_chroma = True
+        if colour and not any_chroma and not keep_c:
+            out = np.ascontiguousarray(out[..., 0])
+        return out.reshape(tuple(lead) + out.shape[1:])
     for g0 in range(0, n, group):
         prog.check()
         idx = range(g0, min(n, g0 + group))

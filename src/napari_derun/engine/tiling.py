@@ -21,6 +21,10 @@ DEFAULT_TILE = 1024
 DEFAULT_OVERLAP = 128
 MIN_TILE = 64
 
+#: rows per block where whole planes are converted or divided block by block
+_ROWS = 256
+
+
 class FuseCancelled(RuntimeError):
     """Raised when a fusion is cancelled through ``cancel`` (or a callback raising it)."""
 
@@ -101,8 +105,9 @@ class _Progress:
         self.check()
 
 
-def _fuse_tiles_once(fuser, a, b, tile, overlap, batch_size, prog: _Progress, margin=None):
-    """One attempt at fusing luminance planes ``(P, H, W)`` with the given tile/batch (may raise OOM)."""
+def _fuse_tiles_once(fuser, a, b, tile, overlap, batch_size, prog: _Progress, margin=None, out=None):
+    """One attempt at fusing luminance planes ``(P, H, W)`` with the given tile/batch (may raise OOM);
+    ``a``/``b`` are float32 arrays or :class:`_RawLuma` (converted per tile); into ``out`` when given."""
     from . import registry as api
 
     P, H, W = a.shape
@@ -111,7 +116,10 @@ def _fuse_tiles_once(fuser, a, b, tile, overlap, batch_size, prog: _Progress, ma
     wy = blend_weights(H, ys, th, overlap, margin)
     wx = blend_weights(W, xs, tw, overlap, margin)
     single = len(ys) == 1 and len(xs) == 1
-    out = np.zeros((P, H, W), np.float32)
+    if out is None:
+        out = np.zeros((P, H, W), np.float32)
+    else:
+        out[...] = 0.0
     if not single:
         sy = np.zeros(H, np.float64)
         sx = np.zeros(W, np.float64)
@@ -138,7 +146,8 @@ def _fuse_tiles_once(fuser, a, b, tile, overlap, batch_size, prog: _Progress, ma
             else:
                 out[p, ys[i] : ys[i] + th, xs[j] : xs[j] + tw] += r * wy[i][:, None] * wx[j][None, :]
     if not single:
-        out /= (sy[:, None] * sx[None, :]).astype(np.float32)
+        for r0 in range(0, H, _ROWS):  # row blocks: no whole-plane float64 weight map
+            out[:, r0 : r0 + _ROWS] /= (sy[r0 : r0 + _ROWS, None] * sx[None, :]).astype(np.float32)
     return out
 
 
@@ -153,13 +162,16 @@ def fuse_luma_planes(
     cancel=None,
     _progress: _Progress | None = None,
     _margin: int | None = None,
+    _out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Fuse float32 luminance planes ``(P, H, W)`` in [0, 1] with tiling, blending and OOM retries.
 
     Returns ``(P, H, W)`` float32, not clipped. Raises :class:`FuseCancelled`.
     """
-    a = np.asarray(a, np.float32)
-    b = np.asarray(b, np.float32)
+    if not isinstance(a, _RawLuma):
+        a = np.asarray(a, np.float32)
+    if not isinstance(b, _RawLuma):
+        b = np.asarray(b, np.float32)
     P, H, W = a.shape
     tile = int(tile) if tile else max(H, W)
     overlap = int(overlap)
@@ -176,7 +188,7 @@ def fuse_luma_planes(
         done0 = prog.done
         work_before = work(tile)
         try:
-            out = _fuse_tiles_once(fuser, a, b, tile, ov, batch, prog, _margin)
+            out = _fuse_tiles_once(fuser, a, b, tile, ov, batch, prog, _margin, _out)
             prog.tile, prog.batch = tile, batch  # later planes start from what worked
             return out
         except Exception as e:  # noqa: BLE001 - filtered below
@@ -202,3 +214,78 @@ def _empty_cache(fuser) -> None:
             torch.cuda.empty_cache()
     except Exception:  # pragma: no cover
         pass
+
+
+# ----------------------------------------------------------------------------- raw planes, tile by tile
+def _luma(x01: np.ndarray, grey: bool) -> np.ndarray:
+    """The luminance of a [0, 1] block as :func:`napari_derun.data.preprocess.split_luma` computes it for the
+    whole plane (``grey``: the plane's R = G = B, decided for the whole plane)."""
+    if x01.ndim == 2:
+        return x01.astype(np.float32, copy=False)
+    if grey:
+        return x01[..., 0].astype(np.float32)
+    return preprocess.rgb_to_ycbcr(x01[..., :3])[..., 0].astype(np.float32)
+
+
+class _RawLuma:
+    """Float32 luminance of a raw plane ``(H, W[, C])``, computed for each slice asked for (one tile)."""
+
+    def __init__(self, raw: np.ndarray, rng, grey: bool):
+        self.raw, self.rng, self.grey = raw, rng, grey
+        self.shape = (1,) + raw.shape[:2]
+
+    def __getitem__(self, idx):
+        _, sy, sx = idx
+        return _luma(preprocess.to_float01(self.raw[sy, sx], self.rng), self.grey)
+
+
+def _blocks(n: int):
+    for r0 in range(0, n, _ROWS):
+        yield slice(r0, min(n, r0 + _ROWS))
+
+
+def _check_plane(raw: np.ndarray, rng, name: str) -> bool:
+    """``ValueError`` for NaN/Inf pixels (counted block by block); True when a colour plane is grey
+    (R = G = B after scaling, as :func:`~napari_derun.data.preprocess.split_luma` decides)."""
+    if raw.dtype.kind == "f":
+        bad = sum(int((~np.isfinite(raw[r])).sum()) for r in _blocks(raw.shape[0]))
+        if bad:
+            raise ValueError(f"image {name} contains {bad} NaN/Inf values; replace them (e.g. np.nan_to_num) first")
+    if raw.ndim == 2:
+        return True
+    for r in _blocks(raw.shape[0]):
+        x = preprocess.to_float01(raw[r], rng)
+        if not (np.array_equal(x[..., 0], x[..., 1]) and np.array_equal(x[..., 0], x[..., 2])):
+            return False
+    return True
+
+
+def fuse_raw_plane(fuser, a: np.ndarray, b: np.ndarray, ranges, color_from: str, tile: int, overlap: int,
+                   batch_size: int, prog: _Progress, out: np.ndarray) -> bool:
+    """Fuse one raw plane pair ``(H, W[, C])`` (any dtype) into ``out`` (``(H, W)`` or ``(H, W, 3)``
+    float32), converting to float tile by tile; the same numbers as :func:`~napari_derun.data.preprocess.prepare_pair`
+    on the whole plane followed by :func:`fuse_luma_planes` and ``recolor``. True if the result has chroma."""
+    if a.shape[:2] != b.shape[:2]:
+        raise ValueError(f"the images differ in size: a is {a.shape[:2]} and b is {b.shape[:2]}")
+    grey_a, grey_b = _check_plane(a, ranges[0], "a"), _check_plane(b, ranges[1], "b")
+    if color_from not in ("auto", "a", "b"):
+        raise ValueError(f"color_from must be 'auto', 'a' or 'b'; got {color_from!r}")
+    order = ((a, ranges[0], grey_a), (b, ranges[1], grey_b))
+    if color_from != "a":
+        order = order[::-1]
+    src = next(((raw, rng) for raw, rng, grey in order if raw.ndim == 3 and not grey), None)
+    H, W = a.shape[:2]
+    luma = out if out.ndim == 2 else np.empty((H, W), np.float32)
+    fuse_luma_planes(fuser, _RawLuma(a, ranges[0], grey_a), _RawLuma(b, ranges[1], grey_b), tile, overlap,
+                     batch_size, _progress=prog, _out=luma[None])
+    for r in _blocks(H):
+        if src is None:
+            y = np.clip(luma[r], 0.0, 1.0)
+            if out.ndim == 3:
+                out[r] = y[..., None]
+            else:
+                out[r] = y
+        else:
+            chroma = preprocess.rgb_to_ycbcr(preprocess.to_float01(src[0][r], src[1])[..., :3])[..., 1:]
+            out[r] = preprocess.recolor(luma[r], chroma.astype(np.float32))
+    return src is not None
