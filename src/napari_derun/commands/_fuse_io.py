@@ -22,9 +22,11 @@ def _ome_pixels(xml: str) -> dict:
 
     try:
         image = tifffile.xml2dict(xml)["OME"]["Image"]
-    except (KeyError, TypeError, ValueError):
+        pixels = (image[0] if isinstance(image, list) else image).get("Pixels", {})
+    except Exception:  # noqa: BLE001 - malformed OME-XML (ParseError is a SyntaxError): no OME metadata
         return {}
-    pixels = (image[0] if isinstance(image, list) else image).get("Pixels", {})
+    if not isinstance(pixels, dict):
+        return {}
     out = {k: pixels[k] for k in _OME_KEYS if k in pixels}
     ch = pixels.get("Channel")
     chans = ch if isinstance(ch, list) else [ch] if isinstance(ch, dict) else []
@@ -46,10 +48,14 @@ def check_output_format(path) -> str:
 
 
 # ----------------------------------------------------------------------------- reading / writing
-def read_input(path, axes: str | None = None) -> tuple[Any, str | None, dict]:
+def read_input(path, axes: str | None = None, max_mb: float | None = None) -> tuple[Any, str | None, dict]:
     """Read an image as ``(array, axes, meta)``; ``meta`` holds ``kind`` (imagej/ome/tiff/image),
-    ``resolution``, ``resolutionunit`` and ``imagej`` metadata when present."""
+    ``resolution``, ``resolutionunit`` and ``imagej`` metadata when present. The size the file declares
+    is checked against ``max_mb`` / the memory before decoding (:mod:`napari_derun.data.limits`)."""
     import numpy as np
+
+    from ..data.io import check_real_dtype
+    from ..data.limits import check_declared_size
 
     p = Path(path)
     if not p.is_file():
@@ -57,12 +63,16 @@ def read_input(path, axes: str | None = None) -> tuple[Any, str | None, dict]:
     if p.suffix.lower() not in _TIF:
         from ..data.io import read_image
 
-        return read_image(p), axes, {"kind": "image"}
+        return read_image(p, max_mb=max_mb), axes, {"kind": "image"}
+    import logging
+
     import tifffile
 
     try:
         with tifffile.TiffFile(str(p)) as tif:
             s = tif.series[0]
+            check_real_dtype(p, s.dtype)
+            check_declared_size(p, s.shape, s.dtype, max_mb)
             arr = s.asarray()
             ax = s.axes
             page = tif.pages[0]
@@ -73,12 +83,19 @@ def read_input(path, axes: str | None = None) -> tuple[Any, str | None, dict]:
                                   if k in ("unit", "spacing", "finterval", "fps", "xorigin", "yorigin", "zorigin")}
             if tif.is_ome and tif.ome_metadata:
                 meta["ome"] = _ome_pixels(tif.ome_metadata)
+                if not meta["ome"] and s.kind != "ome":  # malformed OME-XML: tifffile read it as a plain TIFF
+                    meta["kind"] = "tiff"
             tags = page.tags
             if "XResolution" in tags and "YResolution" in tags:
                 meta["resolution"] = (tags["XResolution"].value, tags["YResolution"].value)
                 if "ResolutionUnit" in tags:
                     meta["resolutionunit"] = int(tags["ResolutionUnit"].value)
-    except (tifffile.TiffFileError, ValueError, OSError, IndexError, KeyError) as e:
+    except MemoryError:
+        raise ValueError(f"{p}: not enough memory to decode this TIFF; fuse a cropped or binned copy") from None
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 - tifffile and its codecs raise many types for broken files
+        logging.getLogger(__name__).debug("reading %s", p, exc_info=True)
         raise ValueError(f"{p}: cannot read TIFF ({type(e).__name__}: {e})") from None
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
@@ -111,18 +128,31 @@ def read_input(path, axes: str | None = None) -> tuple[Any, str | None, dict]:
 
 
 def _to_dtype(f, dtype_name: str, ref_dtype):
+    """The fused [0, 1] result as float32, or as ``ref_dtype`` (integers scaled to their full range,
+    converted in row blocks: no whole-plane float64 copy, and no wrap-around for 64-bit integers)."""
     import numpy as np
 
     if dtype_name == "float32" or np.dtype(ref_dtype).kind == "f":
-        return f.astype(np.float32 if dtype_name == "float32" else ref_dtype)
+        return f.astype(np.float32 if dtype_name == "float32" else ref_dtype, copy=False)
     if np.dtype(ref_dtype) == bool:
         return f >= 0.5
     info = np.iinfo(ref_dtype)
-    return np.clip(np.rint(f * info.max), 0, info.max).astype(ref_dtype)
+    top = float(info.max)
+    if int(top) > info.max:  # 2**63 - 1 and 2**64 - 1 round up in float64: the largest float below them
+        top = float(np.nextafter(top, 0.0))
+    work = np.float32 if np.dtype(ref_dtype).itemsize <= 2 else np.float64  # exact for 8/16 bits, as before
+    out = np.empty(f.shape, ref_dtype)
+    flat_in, flat_out = f.reshape(-1), out.reshape(-1)
+    step = 1 << 22
+    for i in range(0, flat_in.size, step):
+        blk = flat_in[i : i + step].astype(work)
+        flat_out[i : i + step] = np.clip(np.rint(blk * work(top)), 0.0, top)
+    return out
 
 
-def write_output(path, data, axes: str, meta: dict, provenance: dict) -> None:
-    """Write ``data`` as TIFF (ImageJ / OME / plain as the input was) with resolution and provenance."""
+def write_output(path, data, axes: str, meta: dict, provenance: dict, overwrite: bool = True) -> None:
+    """Write ``data`` as TIFF (ImageJ / OME / plain as the input was) with resolution and provenance
+    (``overwrite=False``: ``FileExistsError`` if ``path`` appeared meanwhile, never replaced)."""
     import numpy as np
     import tifffile
 
@@ -156,7 +186,7 @@ def write_output(path, data, axes: str, meta: dict, provenance: dict) -> None:
         args = dict(photometric="rgb" if axes.endswith("C") else "minisblack",
                     metadata={"axes": ij_axes, "napari_derun": provenance}, **kw)
     # a fresh temporary file (never a fixed ``.part`` name that a symlink could redirect), then rename
-    with atomic_writer(path) as fh:
+    with atomic_writer(path, overwrite=overwrite) as fh:
         tifffile.imwrite(fh, data, **args)
 
 
@@ -176,7 +206,7 @@ def read_provenance(path) -> dict | None:
         if tif.is_ome and tif.ome_metadata:
             try:
                 image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
-            except (KeyError, TypeError, ValueError):
+            except Exception:  # noqa: BLE001 - malformed OME-XML
                 image = {}
             desc = (image[0] if isinstance(image, list) else image).get("Description")
             if isinstance(desc, str):

@@ -52,9 +52,15 @@ def register(sub) -> None:
                 axes={"help": "axes of both inputs when the files do not store them, e.g. ZYX, TZYX"})
     p.add_argument("--dtype", choices=["float32", "input"], default="float32",
                    help="float32 in [0, 1] (default) or the dtype of A (integers scaled to their full range)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files (only those this command writes; never an input)")
+    p.add_argument("--max-image-mb", type=float, default=None, metavar="MIB",
+                   help="the most memory one input may take to decode and fuse (default: the memory available "
+                   "now, or NAPARI_DERUN_MAX_IMAGE_MB; 0: no limit); larger images are refused before decoding")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="dask.distributed scheduler address (e.g. tcp://127.0.0.1:8786): fuse on its workers")
+                   help="dask.distributed scheduler address (e.g. tcp://127.0.0.1:8786): fuse on its workers. "
+                   "With a folder the workers read the inputs and write the outputs themselves: they must see "
+                   "the same files at the same absolute paths (a shared file system)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -68,11 +74,15 @@ def fuse_files(a_path, b_path, out_path, model, opts: dict, callback=None, clien
     from ..engine import stacks
     from ..engine.distributed import resolve_fuser
 
+    from .._files import check_not_input
+
     out_path = Path(out_path)
+    check_not_input(out_path, (a_path, b_path))  # never, even with --overwrite
     if out_path.exists() and not opts.get("overwrite"):
-        raise FileExistsError(f"{out_path} exists; pass --overwrite to replace it")
-    a, ax_a, meta = read_input(a_path, opts.get("axes"))
-    b, ax_b, _ = read_input(b_path, opts.get("axes"))
+        raise FileExistsError(f"{out_path} exists and was left as it is; give another output name, or add "
+                              "--overwrite if it is an old result you want replaced")
+    a, ax_a, meta = read_input(a_path, opts.get("axes"), opts.get("max_mb"))
+    b, ax_b, _ = read_input(b_path, opts.get("axes"), opts.get("max_mb"))
     fuser = resolve_fuser(model)
     if ax_a or ax_b:
         ax_a, ax_b = ax_a or stacks.infer_axes(a.shape), ax_b or stacks.infer_axes(b.shape)
@@ -85,7 +95,7 @@ def fuse_files(a_path, b_path, out_path, model, opts: dict, callback=None, clien
         axes = None
     ax_a, ax_b = stacks._pair_axes(a.shape, b.shape, axes)
     overlap = opts.get("overlap")
-    ranges = (stacks.stack_ranges(a), stacks.stack_ranges(b))
+    ranges = (stacks.stack_ranges(a, name=str(a_path)), stacks.stack_ranges(b, name=str(b_path)))
     f = api.fuse(a, b, model=fuser, device=fuser.device, axes=(ax_a, ax_b), tile=opts.get("tile", 1024),
                  overlap=overlap, batch_size=opts.get("batch_size"), callback=callback, ranges=ranges,
                  client=client)
@@ -113,10 +123,11 @@ def fuse_files(a_path, b_path, out_path, model, opts: dict, callback=None, clien
 
         from .._files import atomic_writer
 
-        with atomic_writer(out_path) as fh:
+        # no --overwrite: put in place only if no other process wrote the same name meanwhile
+        with atomic_writer(out_path, overwrite=bool(opts.get("overwrite"))) as fh:
             Image.fromarray(data).save(fh, format="PNG" if Path(out_path).suffix.lower() == ".png" else "JPEG")
     else:
-        write_output(out_path, data, out_ax, meta, prov)
+        write_output(out_path, data, out_ax, meta, prov, overwrite=bool(opts.get("overwrite")))
     return {"output": str(out_path), "shape": list(data.shape), "axes": out_ax, "dtype": str(data.dtype)}
 
 
@@ -129,28 +140,30 @@ def run(args: argparse.Namespace) -> int:
     from .. import api
 
     opts = {"tile": args.tile, "overlap": args.overlap, "batch_size": args.batch_size, "axes": args.axes,
-            "dtype": args.dtype, "overwrite": args.overwrite}
+            "dtype": args.dtype, "overwrite": args.overwrite, "max_mb": args.max_image_mb}
     api._check_tiling(args.tile, args.overlap)  # before loading anything
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.max_image_mb is not None and not args.max_image_mb >= 0:
+        raise ValueError(f"--max-image-mb must be >= 0 (0: no limit), got {args.max_image_mb}")
     if len(args.inputs) == 2:  # the output must be writable before any work is done
         from .._files import check_writable
 
         out = Path(args.output)
         if not out.is_dir():
             check_output_format(out)
-            check_writable(out, overwrite=bool(args.overwrite))
+            check_writable(out, overwrite=bool(args.overwrite), inputs=args.inputs)
         for p in args.inputs:
             if not Path(p).is_file():
                 raise FileNotFoundError(f"no such image file: {p}")
+    elif len(args.inputs) == 1:
+        _check_output_folder(Path(args.inputs[0]), Path(args.output))
     fuser = api.load_model(args.model, args.device, args.precision)
     client = None
     if args.scheduler:
-        from dask.distributed import Client
+        from ..engine.distributed import connect
 
-        try:
-            client = Client(args.scheduler, timeout=10)
-        except (OSError, TimeoutError) as e:
-            raise OSError(f"cannot reach the dask scheduler at {args.scheduler} within 10 s ({e}); "
-                          "start it (dask scheduler) or check the address") from None
+        client = connect(args.scheduler)  # within CONNECT_TIMEOUT, with at least one worker, or OSError
     try:
         if len(args.inputs) == 2:
             return _run_pair(args, fuser, opts, client)
@@ -186,6 +199,19 @@ def _run_pair(args, fuser, opts, client) -> int:
     return 0
 
 
+def _check_output_folder(root: Path, outdir: Path) -> None:
+    """``ValueError`` when the output folder is (or is inside) the input folders ``root/a`` or ``root/b``:
+    results there would replace inputs or be read as inputs next time."""
+    try:
+        out = outdir.resolve()
+        for sub in (root / "a", root / "b"):
+            if sub.is_dir() and (out == sub.resolve() or sub.resolve() in out.parents):
+                raise ValueError(f"-o {outdir} is the input folder {sub} (or inside it); napari-derun never writes "
+                                 "onto its inputs, even with --overwrite: give another output folder")
+    except (OSError, RuntimeError):
+        return
+
+
 def _run_folder(args, fuser, opts, client) -> int:
     from tqdm import tqdm
 
@@ -212,8 +238,10 @@ def _run_folder(args, fuser, opts, client) -> int:
         from ..engine.distributed import model_spec
 
         spec = client.scatter(model_spec(fuser), broadcast=True)
-        futs = {client.submit(_process_remote, str(pa), str(pb), str(outdir / f"{name}.tif"), spec, opts,
-                              pure=False): name for name, pa, pb in pairs}
+        # absolute paths: a worker's working folder is not this one (the files must be on a shared file system)
+        futs = {client.submit(_process_remote, str(Path(pa).resolve()), str(Path(pb).resolve()),
+                              str((outdir / f"{name}.tif").resolve()), spec, opts, pure=False): name
+                for name, pa, pb in pairs}
         for fut in as_completed(futs):
             name = futs[fut]
             try:
