@@ -219,7 +219,7 @@ def _load(model: Any, dev: str, precision: str | None = None) -> Fuser:
 
             net, info = load_bioimageio(path)
             return Fuser(info.get("name") or path.stem, "derun", net.eval().to(dev), dev, source=str(path),
-                         sha256=file_sha256(path) if path.is_file() else None, info=info, precision=prec)
+                         sha256=info["bioimageio"]["sha256"], info=info, precision=prec)
         if path.is_dir():
             raise ValueError(f"model {name!r} is a folder without a bioimage.io package (rdf.yaml); give a "
                              f".safetensors checkpoint file, a bioimage.io package or one of {list_models()}")
