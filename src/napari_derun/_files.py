@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import IO, Iterator
 
 __all__ = ["atomic_writer", "atomic_write_bytes", "atomic_write_text", "check_writable", "check_not_input",
-           "read_bounded", "same_file", "space_message"]
+           "read_bounded", "rename_no_clobber", "same_file", "space_message"]
 
 
 def _umask_mode() -> int:
@@ -85,7 +85,7 @@ def atomic_writer(path: str | os.PathLike, mode: str = "wb", overwrite: bool = T
         if overwrite:
             os.replace(tmp, path)
         else:
-            _no_clobber_rename(tmp, path)
+            rename_no_clobber(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -94,7 +94,7 @@ def atomic_writer(path: str | os.PathLike, mode: str = "wb", overwrite: bool = T
         raise
 
 
-def _no_clobber_rename(tmp: str, path: Path) -> None:
+def rename_no_clobber(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     """Move ``tmp`` to ``path`` unless ``path`` exists (atomically where hard links work)."""
     try:
         os.link(tmp, path)

@@ -20,17 +20,17 @@ def register(sub) -> None:
     p.add_argument("-o", "--out", required=True, help="package to write: a .zip file (usual) or a folder")
     add_options(p, export_bioimageio, ("name",))
     p.add_argument("--author", action="append", default=None, help="an author of the package (repeatable)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing package")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing package: a .zip atomically, in a folder only the package's own files")
     p.add_argument("--test", action="store_true",
                    help="then run bioimageio.core's model test on the package (needs bioimageio.core)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:  # before any work
-        raise FileExistsError(f"{out} exists; add --overwrite to replace it")
-    from ..engine.bioimage_io import export_bioimageio
+    from ..engine.bioimage_io import check_package_target, export_bioimageio
+
+    out = check_package_target(Path(args.out), args.overwrite, args.model)  # before any work
 
     path = export_bioimageio(args.model, out, name=args.name, authors=args.author, overwrite=args.overwrite)
     print(f"wrote {path}")

@@ -135,7 +135,9 @@ def export_bioimageio(model: Any = "gfp_pc", out: str | os.PathLike = "derun.zip
         sample: ``(structural, salient)`` images for the test tensors and the cover (default: a built-in
             sample pair that fits the model's task).
         authors: names for the package's authors (default: ``["napari-derun"]``).
-        overwrite: replace an existing ``out``.
+        overwrite: replace an existing package: a ``.zip`` atomically (a new file renamed over it: on any
+            error the old one stays), a folder file by file (only the files of the package; the folder's
+            other files are never touched).
 
     Returns:
         The path written. The package is validated by ``bioimageio.spec`` while it is built.
@@ -152,9 +154,7 @@ def export_bioimageio(model: Any = "gfp_pc", out: str | os.PathLike = "derun.zip
     from ..core.model import DeRUNPair
     from .registry import load_model
 
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    out = check_package_target(out, overwrite, model)
     fuser = load_model(model, "cpu")
     if fuser.kind != "derun":
         raise ValueError("the training-free solver 'admm' has no weights to export; export a trained model "
@@ -243,15 +243,81 @@ def export_bioimageio(model: Any = "gfp_pc", out: str | os.PathLike = "derun.zip
             version=bmz.Version(_version()),
             config=bmz.Config(**{"napari_derun": provenance}),
         )
-        if out.exists() and overwrite:
-            import shutil
-
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
         if out.suffix.lower() == ".zip":
-            save_bioimageio_package(descr, output_path=out)
+            install_package(out, lambda target: save_bioimageio_package(descr, output_path=target), overwrite)
         else:
-            save_bioimageio_package_as_folder(descr, output_path=out)
+            install_package(out, lambda target: save_bioimageio_package_as_folder(descr, output_path=target),
+                            overwrite)
     return out
+
+
+def check_package_target(out: str | os.PathLike, overwrite: bool, model: Any = None) -> Path:
+    """``out`` as a Path when a package may be written there, else an error saying why (before any work):
+    a ``.zip`` that is a folder, a folder package over a file, an existing package without ``overwrite``,
+    or the model's own file."""
+    from .._files import check_not_input
+
+    out = Path(out)
+    from .registry import list_models
+
+    if isinstance(model, (str, os.PathLike)) and str(model) not in list_models() and Path(model).exists():
+        src = Path(model)
+        check_not_input(out, [src])
+        if out.is_dir() and src.resolve().parent == out.resolve():
+            raise ValueError(f"-o {out} holds the model being exported ({src}); napari-derun never writes onto its "
+                             "inputs: export to another folder or a .zip")
+    if out.suffix.lower() == ".zip":
+        if out.is_dir():
+            raise IsADirectoryError(f"{out} is a folder; give the package another name (a .zip file) or a folder "
+                                    "name without .zip")
+    elif out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file; a folder package needs a folder (or give a .zip file name)")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists and was left as it is; give another name, or pass --overwrite "
+                              "(Python: overwrite=True) to replace the package's own files there")
+    return out
+
+
+def install_package(out: Path, write, overwrite: bool) -> None:
+    """Write a package with ``write(target)`` into a fresh temporary place next to ``out``, then put it at
+    ``out``: a ``.zip`` by one rename (no-clobber without ``overwrite``), a folder file by file with
+    ``rdf.yaml`` last. Only the package's own files are replaced; nothing else in a folder is deleted.
+    On any error ``out`` is as it was (the temporary place is removed)."""
+    import shutil
+
+    from .._files import rename_no_clobber, space_message
+
+    out = Path(out)
+    into_existing = out.suffix.lower() != ".zip" and out.is_dir()
+    base = out if into_existing else out.parent
+    base.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".napari-derun-export.", suffix=".tmp", dir=base))
+    try:
+        try:
+            target = stage / ("package.zip" if out.suffix.lower() == ".zip" else "package")
+            write(target)
+        except OSError as e:
+            raise space_message(e, out) from None
+        if out.suffix.lower() == ".zip":
+            if overwrite:
+                os.replace(target, out)
+            else:
+                rename_no_clobber(target, out)
+            return
+        files = sorted((f for f in target.rglob("*") if f.is_file()), key=lambda f: f.name in ("rdf.yaml",
+                                                                                              "bioimageio.yaml"))
+        for f in files:
+            dest = out / f.relative_to(target)
+            if dest.is_dir() and not dest.is_symlink():
+                raise IsADirectoryError(f"cannot write {dest}: a folder of that name is in the way; nothing was "
+                                        "replaced for it")
+        out.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            dest = out / f.relative_to(target)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(f, dest)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _torchscript(pair: Any, path: Path) -> bool:
