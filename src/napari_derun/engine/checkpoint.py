@@ -24,6 +24,12 @@ __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_checkp
 
 FORMAT = "napari-derun"
 FORMAT_VERSION = 1
+#: the largest JSON document read from a checkpoint's header (a shipped one is about 30 kB)
+MAX_METADATA_BYTES = 16 << 20
+#: the longest model name kept from a file (it is copied into every output's provenance)
+MAX_NAME = 200
+#: tensor dtypes of DeRUN weights (safetensors names); anything else is refused, never cast
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 
 
 class CheckpointError(ValueError):
@@ -93,14 +99,25 @@ def read_checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(
             f"{path} is a safetensors file but not a napari-derun checkpoint (no 'napari_derun' metadata)"
         )
+    if len(raw) > MAX_METADATA_BYTES:
+        raise CheckpointError(f"{path} has {len(raw):,} bytes of napari-derun metadata, more than the "
+                              f"{MAX_METADATA_BYTES:,} a checkpoint holds; refused")
     try:
         doc = json.loads(raw)
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} has corrupt napari-derun metadata: {e}") from None
-    if doc.get("format") != FORMAT:
-        raise CheckpointError(f"{path} has format {doc.get('format')!r}, expected {FORMAT!r}")
+    except RecursionError:
+        raise CheckpointError(f"{path} has napari-derun metadata nested too deeply; refused") from None
     if not isinstance(doc, dict):
-        raise CheckpointError(f"{path} has corrupt napari-derun metadata (not a JSON object)")
+        raise CheckpointError(f"{path} has corrupt napari-derun metadata (a JSON {type(doc).__name__}, not an "
+                              "object); it was not written by napari-derun")
+    if doc.get("format") != FORMAT:
+        raise CheckpointError(f"{path} has format {str(doc.get('format'))[:80]!r}, expected {FORMAT!r}")
+    name = doc.get("name")
+    if name is not None and not isinstance(name, str):
+        doc["name"] = None
+    elif isinstance(name, str) and len(name) > MAX_NAME:
+        doc["name"] = name[:MAX_NAME] + "…"  # the name goes into every output: never megabytes of it
     version = doc.get("format_version", 0)
     if isinstance(version, bool) or not isinstance(version, int):
         raise CheckpointError(f"{path} has an invalid format_version {version!r} (expected an integer)")
@@ -134,6 +151,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu"):
         expected = {k: tuple(v.shape) for k, v in DeRUN(cfg).state_dict().items()}
     with safe_open(str(path), framework="pt") as f:
         found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys() if not k.startswith("extra/")}
+        dtypes = {k: f.get_slice(k).get_dtype() for k in found}
+    not_float = sorted(k for k, d in dtypes.items() if d not in FLOAT_DTYPES)
+    if not_float:
+        raise CheckpointError(
+            f"{path} stores weights that are not floating point ({not_float[0]}: {dtypes[not_float[0]]}"
+            + (f", and {len(not_float) - 1} more" if len(not_float) > 1 else "") + "); DeRUN weights are float32: "
+            "this file was not written by napari-derun (or was converted); refused rather than cast")
     if found != expected:
         missing = sorted(set(expected) - set(found))[:3]
         unexpected = sorted(set(found) - set(expected))[:3]
