@@ -44,9 +44,31 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, FloatingPointError) as e:  # OSError: missing, existing, unwritable files
         print(f"napari-derun {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except MemoryError as e:  # numpy's "Unable to allocate …" included
+        print(f"napari-derun {args.command}: error: out of memory ({str(e)[:200] or 'MemoryError'}); "
+              + _MEMORY_HINT.get(args.command, _MEMORY_HINT["fuse"]), file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        if not _is_out_of_memory(e):
+            raise
+        print(f"napari-derun {args.command}: error: out of memory ({str(e).splitlines()[0][:200]}); "
+              + _MEMORY_HINT.get(args.command, _MEMORY_HINT["fuse"]), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"napari-derun {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+_MEMORY_HINT = {
+    "fuse": "use a smaller --tile and --batch-size 1, fuse a cropped or binned copy, or close other programs",
+    "train": "use a smaller --batch or --patch, or close other programs",
+}
+
+
+def _is_out_of_memory(e: RuntimeError) -> bool:
+    """torch's CPU and GPU allocation failures (``RuntimeError`` subclasses, e.g. ``can't allocate memory``)."""
+    text = str(e).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text
 
 
 def _threads(n) -> None:

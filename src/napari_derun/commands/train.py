@@ -84,9 +84,10 @@ def run(args: argparse.Namespace) -> int:
     from .._files import check_writable
 
     # refuse before any work: an existing --out (without --overwrite), an unwritable place, bad numbers
-    check_writable(args.out, overwrite=args.overwrite)
+    inputs = [x for x in (args.init, args.resume) if x and Path(x).exists()]
+    check_writable(args.out, overwrite=args.overwrite, inputs=inputs)
     if args.checkpoint:
-        check_writable(args.checkpoint)
+        _check_checkpoint_target(args)
     for name in ("epochs", "batch", "patch"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -185,10 +186,82 @@ def run(args: argparse.Namespace) -> int:
         return 1
     out = Path(args.out)
     name = args.name or out.name.split(".")[0]
-    res.save(out, best=True, name=name)
+    check_fuses(res.best_model, args.lr)  # a diverged model is never saved as the result
+    where = save_or_rescue(res, out, name)
+    if where != out:
+        return 1
     print(f"wrote {out} (name {name!r}, {res.info['training']['epochs_done']} epochs, "
           f"{res.info['training']['seconds']:.0f} s on {res.info['training']['device']}, "
           f"peak RSS {peak_rss_mb():.0f} MiB"
           + (f"; {res.info['ddp']['world_size']} processes, global batch {res.info['ddp']['global_batch']}"
              if "ddp" in res.info else "") + ")")
     return 0
+
+
+def _check_checkpoint_target(args: argparse.Namespace) -> None:
+    """--checkpoint may replace an earlier training checkpoint (or the --resume file), never the --init model,
+    the --out file or any other existing file without --overwrite."""
+    from .._files import check_writable, same_file
+
+    ck = Path(args.checkpoint)
+    init = args.init if args.init and Path(args.init).exists() else None
+    check_writable(ck, inputs=[x for x in (init, args.out) if x])
+    if not ck.exists() or args.overwrite or (args.resume and same_file(ck, args.resume)):
+        return
+    try:
+        from ..engine.checkpoint import read_checkpoint_info
+
+        resumable = "training_state" in read_checkpoint_info(ck)
+    except ValueError:
+        resumable = False
+    if not resumable:
+        raise FileExistsError(f"--checkpoint {ck} exists and is not a napari-derun training checkpoint; it was left "
+                              "as it is. Give another --checkpoint name, or add --overwrite to replace it")
+
+
+def check_fuses(model, lr: float | None = None) -> None:
+    """``FloatingPointError`` when ``model`` cannot fuse a small synthetic pair to finite values (weights
+    a diverged training left finite but useless): such a model is not saved."""
+    import numpy as np
+
+    from ..engine.registry import fuse_planes, load_model
+
+    yy, xx = np.mgrid[0:64, 0:64] / 64.0
+    a = (0.5 + 0.4 * np.sin(6 * xx) * np.cos(4 * yy)).astype(np.float32)
+    b = np.clip(1.2 - 8 * ((xx - 0.5) ** 2 + (yy - 0.4) ** 2), 0, 1).astype(np.float32)
+    hint = f"; lower the learning rate (--lr {lr:g})" if lr else ""
+    try:
+        out = fuse_planes(load_model(model, "cpu"), a[None], b[None])
+    except FloatingPointError as e:
+        raise FloatingPointError(f"training diverged: the trained model cannot fuse ({e}); it was not saved{hint}") \
+            from None
+    if not np.isfinite(out).all():
+        raise FloatingPointError(f"training diverged: the trained model's fusion is not finite; it was not saved{hint}")
+
+
+def save_or_rescue(res, out: Path, name: str) -> Path:
+    """Write the trained model to ``out``; when that fails (disk full, a file-size limit, permissions), to
+    the first place that works of the temporary folder, the home folder and the working folder, and say
+    where. Returns the path written; ``OSError`` (naming every place tried) only when none works."""
+    import tempfile
+    import time
+
+    try:
+        res.save(out, best=True, name=name)
+        return out
+    except OSError as e:
+        first = e
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    tried = []
+    for folder in (Path(tempfile.gettempdir()), Path.home(), Path.cwd()):
+        alt = folder / f"{out.name.split('.')[0]}-rescued-{stamp}.safetensors"
+        try:
+            res.save(alt, best=True, name=name)
+        except OSError as e:
+            tried.append(f"{alt} ({e.strerror or e})")
+            continue
+        print(f"napari-derun train: error: could not write {out} ({first}); the trained model was saved to {alt} "
+              "instead: move it where you want it", file=sys.stderr)
+        return alt
+    raise OSError(f"could not write the trained model to {out} ({first}) nor to {', '.join(tried)}; free some space "
+                  "and train again (with --checkpoint, --resume continues from the last epoch written)")
