@@ -25,11 +25,20 @@ def prefs_path() -> Path:
     return Path(folder) / FILE_NAME
 
 
+#: the largest preferences file read (a real one is a few hundred bytes)
+MAX_BYTES = 64 * 1024
+
+
 def load_prefs() -> dict[str, Any]:
-    """The remembered preferences (an empty dict when there are none or the file is unreadable)."""
+    """The remembered preferences (an empty dict when there are none or the file is unreadable).
+
+    Only a regular file of at most :data:`MAX_BYTES` is read, without blocking: a FIFO, a link to
+    ``/dev/zero``, a huge or deeply nested file never keeps a widget from opening."""
+    from .._files import read_bounded
+
     try:
-        data = json.loads(prefs_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(read_bounded(prefs_path(), MAX_BYTES, "preferences file").decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
