@@ -55,7 +55,9 @@ def test_imagej_stack_keeps_axes_resolution_and_metadata(tmp_path, capsys):
     assert f.dtype == np.float32 and f.shape == a.shape
     np.testing.assert_allclose(f, nd.fuse(a, b, device="cpu"), atol=1e-6)
     prov = read_provenance(out)
-    assert prov["model"] == "admm" and prov["parameters"]["axes"] == "ZYX"
+    # the default --model auto: the model it chose, and why, are in the provenance
+    assert prov["model"] == prov["auto"]["model"] and prov["auto"]["reason"].startswith(f"auto: {prov['model']}")
+    assert prov["parameters"]["axes"] == "ZYX"
     assert prov["inputs"]["a"].endswith("A.tif") and len(prov["parameters"]["ranges"]) == 2
     # --dtype input: uint16 scaled to the full range
     out16 = tmp_path / "out16.tif"
@@ -193,4 +195,25 @@ def test_ome_pixel_sizes_units_and_channel_names_round_trip(tmp_path, capsys):
         px = tifffile.xml2dict(t.ome_metadata)["OME"]["Image"]["Pixels"]
     assert px["PhysicalSizeX"] == 0.65 and px["PhysicalSizeY"] == 0.65 and px["PhysicalSizeZ"] == 2.0
     assert px["PhysicalSizeXUnit"] == "µm" and px["Channel"]["Name"] == "PC"
-    assert read_provenance(out)["model"] == "admm"
+    assert read_provenance(out)["model"] == read_provenance(out)["auto"]["model"]
+
+
+def test_auto_picks_the_shipped_model_of_the_task_and_says_why(tmp_path, capsys):
+    """The default model is chosen from the content, not admm: GFP/PC files with camera names give gfp_pc,
+    --verbose says why, and swapped files are reported (issue 19, items 1 and 2)."""
+    from PIL import Image
+
+    from napari_derun.data import sample_data
+
+    pc, gfp = sample_data.gfp_pc(size=96, seed=3)
+    Image.fromarray(np.repeat(pc[..., None], 3, -1)).save(tmp_path / "03-A03.png")  # PC exported as RGB
+    Image.fromarray(gfp).save(tmp_path / "03-A03 [1].png")
+    rc, out, err = cli_inproc(capsys, tmp_path / "03-A03.png", tmp_path / "03-A03 [1].png", "-o", tmp_path / "f.tif",
+                              "--device", "cpu", "-q", "--verbose")
+    assert rc == 0, err
+    assert "model gfp_pc" in out and "auto: gfp_pc, because" in err and "fluorescence" in err
+    prov = read_provenance(tmp_path / "f.tif")
+    assert prov["model"] == "gfp_pc" and prov["auto"]["task"] == "gfp_pc" and not prov["auto"]["looks_swapped"]
+    rc, out, err = cli_inproc(capsys, tmp_path / "03-A03 [1].png", tmp_path / "03-A03.png", "-o", tmp_path / "g.tif",
+                              "--device", "cpu", "-q")
+    assert rc == 0 and "look the wrong way round" in err

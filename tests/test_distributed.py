@@ -80,7 +80,7 @@ def test_fuse_on_local_cluster_equals_single_process(tmp_path, capsys):
         for i in range(3):
             a = tifffile.imread(tmp_path / "pairs" / "a" / f"p{i}.tif")
             b = tifffile.imread(tmp_path / "pairs" / "b" / f"p{i}.tif")
-            np.testing.assert_allclose(tifffile.imread(tmp_path / "out" / f"p{i}.tif"), nd.fuse(a, b), atol=1e-6)
+            np.testing.assert_allclose(tifffile.imread(tmp_path / "out" / f"p{i}.tif"), nd.fuse(a, b, model="admm"), atol=1e-6)
 
 
 def _write_pairs(root: Path, n=3, size=40):

@@ -33,25 +33,25 @@ def test_fuse_grey_float_matches_solver():
 def test_fuse_uint8_and_uint16_normalisation():
     a, b = smooth_pair(40, 36)
     a8, b8 = (a * 255).round().astype(np.uint8), (b * 255).round().astype(np.uint8)
-    f8 = nd.fuse(a8, b8)
-    np.testing.assert_allclose(f8, nd.fuse(a8 / 255.0, b8 / 255.0), atol=1e-5)
+    f8 = nd.fuse(a8, b8, model="admm")
+    np.testing.assert_allclose(f8, nd.fuse(a8 / 255.0, b8 / 255.0, model="admm"), atol=1e-5)
     # uint16 with an arbitrary offset and gain fuses like its percentile-stretched version
     a16 = (1000 + a * 20000).astype(np.uint16)
     b16 = (500 + b * 3000).astype(np.uint16)
-    f16 = nd.fuse(a16, b16)
+    f16 = nd.fuse(a16, b16, model="admm")
     lo_a, hi_a = np.percentile(a16, (0.1, 99.9))
     lo_b, hi_b = np.percentile(b16, (0.1, 99.9))
-    ref = nd.fuse(np.clip((a16 - lo_a) / (hi_a - lo_a), 0, 1), np.clip((b16 - lo_b) / (hi_b - lo_b), 0, 1))
+    ref = nd.fuse(np.clip((a16 - lo_a) / (hi_a - lo_a), 0, 1), np.clip((b16 - lo_b) / (hi_b - lo_b), 0, 1), model="admm")
     np.testing.assert_allclose(f16, ref, atol=1e-4)
 
 
 def test_fuse_colour_on_luminance():
     a, b = smooth_pair(32, 30)
     rgb_b = np.stack([b * 0.9, b * 0.5, 0.2 + 0 * b], axis=-1).astype(np.float32)  # pseudo-colour salient
-    f = nd.fuse(a, rgb_b)
+    f = nd.fuse(a, rgb_b, model="admm")
     assert f.shape == (32, 30, 3)
     ycc_b = rgb_to_ycbcr(rgb_b)
-    luma = nd.fuse(a, ycc_b[..., 0])
+    luma = nd.fuse(a, ycc_b[..., 0], model="admm")
     # the fused luminance is the grey fusion of the luminances; chroma is b's where not clipped
     ycc_f = rgb_to_ycbcr(f)
     inside = (f > 0.01).all(-1) & (f < 0.99).all(-1)
@@ -59,9 +59,9 @@ def test_fuse_colour_on_luminance():
     np.testing.assert_allclose(ycc_f[..., 0][inside], luma[inside], atol=1e-4)
     np.testing.assert_allclose(ycc_f[..., 1:][inside], ycc_b[..., 1:][inside], atol=1e-4)
     # grey content stored as RGB is treated as grey
-    g = nd.fuse(np.stack([a] * 3, -1), b)
+    g = nd.fuse(np.stack([a] * 3, -1), b, model="admm")
     assert g.shape == (32, 30)
-    np.testing.assert_allclose(g, nd.fuse(a, b), atol=1e-6)
+    np.testing.assert_allclose(g, nd.fuse(a, b, model="admm"), atol=1e-6)
 
 
 def test_ycbcr_round_trip():
@@ -71,7 +71,7 @@ def test_ycbcr_round_trip():
 
 def test_fuse_return_stages():
     a, b = smooth_pair(30, 30)
-    f, st = nd.fuse(a, b, return_stages=True)
+    f, st = nd.fuse(a, b, model="admm", return_stages=True)
     assert st["X"].shape == (9, 30, 30) and st["E"].shape == (8, 4, 30, 30)
     np.testing.assert_allclose(np.clip(st["X"][-1], 0, 1), f, atol=1e-6)
 
@@ -90,7 +90,7 @@ def test_fuse_return_stages():
 )
 def test_bad_input_errors(a, b, match):
     with pytest.raises(ValueError, match=match):
-        nd.fuse(a, b)
+        nd.fuse(a, b, model="admm")
 
 
 def test_constant_images_fuse_without_nan():
@@ -99,7 +99,7 @@ def test_constant_images_fuse_without_nan():
         (np.full((20, 20), 7, np.uint16), np.full((20, 20), 300, np.uint16)),
         (np.full((20, 20), 0.5, np.float32), smooth_pair(20, 20)[1]),
     ]:
-        f = nd.fuse(a, b)
+        f = nd.fuse(a, b, model="admm")
         assert np.isfinite(f).all()
 
 

@@ -59,13 +59,13 @@ def test_infer_axes_defaults_and_overrides():
 
 def test_zyx_uses_whole_stack_ranges_not_per_plane():
     a, b = _stack(3)
-    f = nd.fuse(a, b, device="cpu")
+    f = nd.fuse(a, b, model="admm", device="cpu")
     assert f.shape == a.shape and f.dtype == np.float32
     ra, rb = normalization_range(a), normalization_range(b)
     ref = _reference_planes(a, b, (ra, rb))
     np.testing.assert_allclose(f, ref, atol=1e-6)
     # per-plane normalisation would give a different result for planes of different brightness
-    per_plane = np.stack([nd.fuse(a[i], b[i]) for i in range(3)])
+    per_plane = np.stack([nd.fuse(a[i], b[i], model="admm") for i in range(3)])
     assert np.abs(per_plane - f).max() > 0.01
 
 
@@ -76,7 +76,7 @@ def test_layouts_round_trip(axes, shape_from):
     a6, b6 = a[:n], b[:n]
     A = a6.reshape(shape_from + a6.shape[1:])
     B = b6.reshape(shape_from + b6.shape[1:])
-    f = nd.fuse(A, B, axes=axes, device="cpu")
+    f = nd.fuse(A, B, model="admm", axes=axes, device="cpu")
     assert f.shape == A.shape
     ref = _reference_planes(a6, b6, (normalization_range(A), normalization_range(B)))
     np.testing.assert_allclose(f.reshape(ref.shape), ref, atol=1e-6)
@@ -85,25 +85,25 @@ def test_layouts_round_trip(axes, shape_from):
 def test_axes_not_last_are_moved_back():
     a, b = _stack(3, 24, 20)
     A, B = np.moveaxis(a, 0, -1), np.moveaxis(b, 0, -1)  # YXZ
-    f = nd.fuse(A, B, axes="YXZ", device="cpu")
+    f = nd.fuse(A, B, model="admm", axes="YXZ", device="cpu")
     assert f.shape == A.shape
-    np.testing.assert_allclose(np.moveaxis(f, -1, 0), nd.fuse(a, b, device="cpu"), atol=1e-6)
+    np.testing.assert_allclose(np.moveaxis(f, -1, 0), nd.fuse(a, b, model="admm", device="cpu"), atol=1e-6)
 
 
 def test_rgb_stack_and_grey_stack():
     a, b = _stack(2, 24, 20, dtype=np.float32)
     b = np.clip(b, 0, 1)
     rgb = np.stack([b * 0.9, b * 0.4, 0.1 + 0 * b], -1).astype(np.float32)  # ZYXC
-    f = nd.fuse(a, rgb, device="cpu")
+    f = nd.fuse(a, rgb, model="admm", device="cpu")
     assert f.shape == rgb.shape
     for i in range(2):
-        np.testing.assert_allclose(f[i], nd.fuse(a[i], rgb[i]), atol=1e-6)
+        np.testing.assert_allclose(f[i], nd.fuse(a[i], rgb[i], model="admm"), atol=1e-6)
     # a single YXC plane keeps the 2-D API's result
-    assert nd.fuse(a[0], rgb[0]).shape == (24, 20, 3)
+    assert nd.fuse(a[0], rgb[0], model="admm").shape == (24, 20, 3)
     # a (Z, Y, 3) grey stack needs axes= to not be read as one colour plane
     z3a = np.stack([a[0][:, :3], a[1][:, :3], a[0][:, 5:8]])
     z3b = np.stack([b[0][:, :3], b[1][:, :3], b[0][:, 5:8]])
-    g = nd.fuse(z3a, z3b, axes="ZYX")
+    g = nd.fuse(z3a, z3b, model="admm", axes="ZYX")
     assert g.shape == (3, 24, 3)
     np.testing.assert_allclose(g, _reference_planes(z3a, z3b, ((0.0, 1.0), (0.0, 1.0))), atol=1e-6)
 
@@ -124,7 +124,7 @@ def test_dask_in_dask_out_lazy_and_equal():
 
     registry.fuse_planes = spy
     try:
-        F = nd.fuse(A, B, device="cpu", batch_size=2)
+        F = nd.fuse(A, B, model="admm", device="cpu", batch_size=2)
         assert isinstance(F, da.Array) and F.shape == a.shape and F.dtype == np.float32
         assert not calls  # lazy: nothing fused yet
         assert all(c == (a.shape[1],) for c in F.chunks[1:2]) and F.chunks[2] == (a.shape[2],)
@@ -132,7 +132,7 @@ def test_dask_in_dask_out_lazy_and_equal():
         assert calls
     finally:
         registry.fuse_planes = orig
-    np.testing.assert_allclose(got, nd.fuse(a, b, device="cpu"), atol=1e-6)
+    np.testing.assert_allclose(got, nd.fuse(a, b, model="admm", device="cpu"), atol=1e-6)
 
 
 def test_dask_rgb_and_sampled_ranges(monkeypatch):
@@ -140,8 +140,8 @@ def test_dask_rgb_and_sampled_ranges(monkeypatch):
     a, b = _stack(2, 24, 20, dtype=np.float32)
     b = np.clip(b, 0, 1)
     rgb = np.stack([b * 0.9, b * 0.4, 0.1 + 0 * b], -1).astype(np.float32)
-    F = nd.fuse(da.from_array(a), da.from_array(rgb), device="cpu")
-    np.testing.assert_allclose(F.compute(), nd.fuse(a, rgb), atol=1e-6)
+    F = nd.fuse(da.from_array(a), da.from_array(rgb), model="admm", device="cpu")
+    np.testing.assert_allclose(F.compute(), nd.fuse(a, rgb, model="admm"), atol=1e-6)
     # large dask arrays: percentiles of a strided sample, close to the exact ones
     from napari_derun import stacks as ndm
 
@@ -170,14 +170,14 @@ def test_tile_geometry_and_weights_partition_unity():
 
 def test_tiled_close_to_untiled_on_real_looking_data():
     a, b = smooth_pair(300, 260, seed=3)
-    full = nd.fuse(a, b, device="cpu", tile=0)
-    tiled = nd.fuse(a, b, device="cpu", tile=128, overlap=64)
+    full = nd.fuse(a, b, model="admm", device="cpu", tile=0)
+    tiled = nd.fuse(a, b, model="admm", device="cpu", tile=128, overlap=64)
     d = np.abs(tiled - full)
     # seams (interior): close to float precision with this overlap; borders: both solves' own padding
     assert d[32:-32, 32:-32].max() < 1e-3
     assert d.max() < 0.02
     # with a small overlap the seam error is larger: the blending matters
-    small = np.abs(nd.fuse(a, b, device="cpu", tile=128, overlap=8) - full)[32:-32, 32:-32].max()
+    small = np.abs(nd.fuse(a, b, model="admm", device="cpu", tile=128, overlap=8) - full)[32:-32, 32:-32].max()
     assert small > d[32:-32, 32:-32].max()
 
 
@@ -215,13 +215,13 @@ def test_oom_falls_back_to_smaller_batches_and_tiles():
 def test_progress_and_cancel():
     a, b = _stack(3, 40, 36)
     events = []
-    nd.fuse(a, b, device="cpu", tile=24, overlap=8, callback=lambda d, t: events.append((d, t)))
+    nd.fuse(a, b, model="admm", device="cpu", tile=24, overlap=8, callback=lambda d, t: events.append((d, t)))
     n_tiles = len(tile_starts(40, 24, 8)[0]) * len(tile_starts(36, 24, 8)[0])
     assert events[-1] == (3 * n_tiles * 9, 3 * n_tiles * 9)
     assert [d for d, _ in events] == sorted(d for d, _ in events)
     # 2-D untiled: the per-stage callback of the 2-D API
     ev2 = []
-    nd.fuse(a[0], b[0], callback=lambda d, t: ev2.append((d, t)))
+    nd.fuse(a[0], b[0], model="admm", callback=lambda d, t: ev2.append((d, t)))
     assert ev2 == [(i, 9) for i in range(1, 10)]
     # cancel between tiles / stages
     stop = threading.Event()
@@ -231,10 +231,10 @@ def test_progress_and_cancel():
             stop.set()
 
     with pytest.raises(FuseCancelled):
-        nd.fuse(a, b, device="cpu", tile=24, overlap=8, callback=cb, cancel=stop)
+        nd.fuse(a, b, model="admm", device="cpu", tile=24, overlap=8, callback=cb, cancel=stop)
     # a callback raising stops too
     def boom(done, total):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        nd.fuse(a, b, device="cpu", callback=boom)
+        nd.fuse(a, b, model="admm", device="cpu", callback=boom)

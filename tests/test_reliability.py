@@ -190,9 +190,9 @@ def test_float64_beyond_float32_range_is_scaled_not_nan():
     import napari_derun as nd
 
     a, b = smooth_pair(32, 32)
-    f = nd.fuse(a.astype(np.float64) * 1e39, b, device="cpu")
+    f = nd.fuse(a.astype(np.float64) * 1e39, b, model="admm", device="cpu")
     # the same percentile scaling as a moderately scaled copy (scaling is invariant to the factor)
-    np.testing.assert_allclose(f, nd.fuse(a.astype(np.float64) * 1e3, b, device="cpu"), atol=1e-5)
+    np.testing.assert_allclose(f, nd.fuse(a.astype(np.float64) * 1e3, b, model="admm", device="cpu"), atol=1e-5)
 
 
 @pytest.mark.parametrize("kw,message", [

@@ -96,7 +96,7 @@ def test_fuse_widget_rgb_matches_api_and_reruns_in_place(make_napari_viewer, qtb
 
     ya = preprocess.split_luma(preprocess.to_float01(a))[0]
     yb = preprocess.split_luma(preprocess.to_float01(b))[0]
-    f_l = np.clip(nd.fuse(a, b, device="cpu", return_stages=True)[1]["X"][-1], 0, 1)
+    f_l = np.clip(nd.fuse(a, b, model="admm", device="cpu", return_stages=True)[1]["X"][-1], 0, 1)
     assert set(w.last_metrics) == {"EN", "AG", "SSIM", "PSNR", "SR"}
     assert w.last_metrics["SSIM"] == pytest.approx(metrics.ssim(ya, yb, f_l, data_range=1.0), rel=1e-5)
     # SR by its definition: b's contrast (top 5 % vs darker half of b) as it appears in the result
@@ -134,7 +134,7 @@ def test_zstack_plane_by_plane_and_dask(make_napari_viewer, qtbot):
     _run(qtbot, w)
     assert w.status.state == "done", w.status.message
     out = viewer.layers["pet_mri_derun"]
-    ref = np.stack([nd.fuse(a[z], b[z], device="cpu") for z in range(3)])
+    ref = np.stack([nd.fuse(a[z], b[z], model="admm", device="cpu") for z in range(3)])
     assert out.data.shape == (3, 40, 36)
     np.testing.assert_allclose(out.data, ref, atol=1e-6)
     assert tuple(out.scale) == (2.0, 1.0, 1.0)
@@ -190,7 +190,7 @@ def test_misaligned_pair_warns_and_aligns(make_napari_viewer, qtbot):
     _run(qtbot, w)
     shift = viewer.layers["gfp_pc_derun"].metadata["derun"]["parameters"]["align_shift"]
     assert shift == pytest.approx([dy, dx])
-    ref = nd.fuse(a, job.shift_plane(b_shift, (dy, dx), True), device="cpu")
+    ref = nd.fuse(a, job.shift_plane(b_shift, (dy, dx), True), model="admm", device="cpu")
     np.testing.assert_allclose(viewer.layers["gfp_pc_derun"].data, ref, atol=1e-6)
 
 
@@ -297,9 +297,9 @@ def test_large_planes_are_tiled_like_the_library():
 
     assert isinstance(res, FusionResult) and res.n_stages == 9 and res["fused"] is res.fused  # typed, reads as a mapping
     assert res.provenance["parameters"]["tile"] == 64
-    np.testing.assert_array_equal(res.fused, nd.fuse(a, b, device="cpu", tile=64))
+    np.testing.assert_array_equal(res.fused, nd.fuse(a, b, model="admm", device="cpu", tile=64))
     # and stays close to the untiled result away from tile seams
-    whole = nd.fuse(a, b, device="cpu")
+    whole = nd.fuse(a, b, model="admm", device="cpu")
     assert np.abs(res.fused - whole).mean() < 0.02
     assert calls and calls[-1][0] == calls[-1][1]
 

@@ -6,7 +6,10 @@ of :mod:`napari_derun.engine.stacks`.
 """
 from __future__ import annotations
 
+import logging
+import sys
 import threading
+import warnings
 from typing import TYPE_CHECKING, Any, Callable
 
 from numpy.typing import ArrayLike
@@ -45,6 +48,51 @@ __all__ = [
 
 #: smallest tile side accepted by :func:`fuse` (smaller tiles are all border and take forever)
 MIN_TILE = 16
+#: ``model="auto"``: the shipped model of the task the images look like (:mod:`napari_derun.data.task_guess`)
+AUTO = "auto"
+log = logging.getLogger("napari_derun")
+
+
+def auto_model(a, b, axes=None, names=None, remembered=None) -> tuple[str, Any, str]:
+    """What ``model="auto"`` runs on this pair: ``(model, guess, message)``.
+
+    Args:
+        a: the structural image or stack (numpy or dask).
+        b: the salient image or stack.
+        axes: as in :func:`fuse` (tells whether the last axis is colour).
+        names: layer or file names, a hint when the content does not decide.
+        remembered: a model picked before, a hint when neither content nor names decide.
+
+    Returns:
+        The model name, the :class:`~napari_derun.data.task_guess.PairGuess` and a sentence saying which
+        model and why.
+    """
+    from .data.task_guess import choose_model
+
+    from .engine.stacks import _canonical_perm, _pair_axes
+
+    try:
+        ax_a, ax_b = _pair_axes(np.shape(a), np.shape(b), axes)
+        (pa, ax_a), (pb, ax_b) = _canonical_perm(ax_a), _canonical_perm(ax_b)  # (planes..., Y, X[, C])
+        a, b = (x.transpose(p) if hasattr(x, "transpose") else np.transpose(x, p) for x, p in ((a, pa), (b, pb)))
+        return choose_model(a, b, list_models(), names=names, remembered=remembered, a_rgb=ax_a.endswith("C"),
+                            b_rgb=ax_b.endswith("C"))
+    except ValueError:
+        raise  # the axes do not fit the arrays: the same message fuse() gives
+    except Exception as e:  # noqa: BLE001 - the guess is a convenience; fusion must not fail on it
+        from .data.task_guess import PairGuess
+
+        msg = f"auto: admm, because the images could not be analysed ({type(e).__name__}: {e})"
+        return TRAINING_FREE, PairGuess("ivf", msg, False), msg
+
+
+def _napari_console():
+    """The napari helpers when this runs on the GUI thread of a napari session, else None."""
+    if "napari" not in sys.modules or threading.current_thread() is not threading.main_thread():
+        return None
+    from ._widgets import _console
+
+    return _console if _console.active() else None
 
 
 def _check_tiling(tile, overlap) -> None:
@@ -83,7 +131,7 @@ def _check_inputs(a, b, axes) -> None:
 def fuse(
     a: ArrayLike | DaskArray,
     b: ArrayLike | DaskArray,
-    model: Any = TRAINING_FREE,
+    model: Any = AUTO,
     device: str = "auto",
     return_stages: bool = False,
     percentiles: tuple[float, float] = preprocess.DEFAULT_PERCENTILES,
@@ -98,6 +146,8 @@ def fuse(
     ranges: tuple[tuple[float, float], tuple[float, float]] | None = None,
     client: Any = None,
     precision: str | None = None,
+    colour: str = "auto",
+    b_colormap: Any = None,
 ) -> np.ndarray | DaskArray | tuple[np.ndarray | DaskArray, dict[str, np.ndarray]]:
     """Fuse two registered images or stacks with DeRUN or the training-free HIFM solver.
 
@@ -106,9 +156,10 @@ def fuse(
             ``YX``, ``YXC`` (RGB/RGBA), ``ZYX``, ``TYX``, ``TZYX`` (``…C``) or as given by ``axes``;
             uint8, uint16 or float (see :mod:`napari_derun.data.preprocess` for the normalisation).
         b: salient image (GFP, PET, SPECT, CT, infrared), same size (may be colour when ``a`` is not).
-        model: ``admm`` (the training-free solver), a shipped model (``gfp_pc``, ``medical``,
-            ``ivf``), a name registered in this session or a ``.safetensors`` checkpoint; see
-            :func:`load_model`.
+        model: ``auto`` (default: the shipped model of the task the images look like, see
+            :func:`auto_model`; the choice and the reason are logged, and shown in napari), ``admm``
+            (the training-free solver), a shipped model (``gfp_pc``, ``medical``, ``ivf``), a name
+            registered in this session or a ``.safetensors`` checkpoint; see :func:`load_model`.
         device: ``auto`` (a GPU when there is one), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         return_stages: also return per-stage intermediates (2-D inputs only; not tiled).
         percentiles: robust range for non-uint8 inputs, computed once for the whole stack.
@@ -128,6 +179,13 @@ def fuse(
         client: a ``dask.distributed.Client``: planes are fused on its workers.
         precision: ``"fp32"`` (default, the reference) or ``"bf16"`` (autocast; ~1.7× faster on
             CPUs with AVX512-BF16, within 1e-2 relative of fp32).
+        colour: ``"auto"`` (``"overlay"`` when ``b_colormap`` is given, else ``"chroma"``), ``"overlay"``
+            (structure in grey or in a's colours, the salient part in b's colour: what napari's additive
+            overlay of the two layers shows, fused), ``"chroma"`` (the fused luminance with the colour
+            input's chroma) or ``"luminance"`` (one grey channel); see :mod:`napari_derun.data.colour`.
+            ``overlay`` and ``luminance`` read dask inputs into memory.
+        b_colormap: the colour map a grey ``b`` is shown with (``"green"``, a matplotlib name, an
+            ``(N, 3)`` table or a callable), for ``colour="overlay"``.
 
     Returns:
         float32 fused image in [0, 1] with the layout of the inputs (``C`` = 3 when an
@@ -142,7 +200,27 @@ def fuse(
     preprocess.check_percentiles(percentiles)
     if ranges is not None:
         ranges = (preprocess.check_range(ranges[0], "ranges[0] (a)"), preprocess.check_range(ranges[1], "ranges[1] (b)"))
+    if colour not in ("auto", "overlay", "chroma", "luminance"):
+        raise ValueError(f"colour must be 'auto', 'overlay', 'chroma' or 'luminance', got {colour!r}")
+    if colour == "auto":
+        colour = "overlay" if b_colormap is not None else "chroma"
+    gui = _napari_console()
+    if isinstance(model, str) and model == AUTO:
+        if a is None or b is None:
+            preprocess.validate_pair(a, b)  # raises with the standard message
+        model, guess, msg = auto_model(a, b, axes)
+        log.info(msg)
+        if gui is not None:
+            gui.notify(msg)
+        if guess.swapped:
+            warnings.warn(f"a and b look the wrong way round: {guess.role_reason}. Pass the structural image as a "
+                          "and the salient one as b.", UserWarning, stacklevel=2)
     fuser = load_model(model, device, precision)
+    if gui is not None and callback is None:
+        with gui.progress("napari-derun: fusing") as callback:
+            return fuse(a, b, fuser, fuser.device, return_stages, percentiles, color_from, callback, axes=axes,
+                        tile=tile, overlap=overlap, batch_size=batch_size, cancel=cancel, ranges=ranges,
+                        client=client, colour=colour, b_colormap=b_colormap)
     if return_stages:
         if stacks._is_dask(a) or stacks._is_dask(b) or np.ndim(a) > 3 or (np.ndim(a) == 3 and axes not in (None, "YXC")):
             raise ValueError("return_stages=True works on one 2-D plane (YX or YXC numpy); for a stack, call "
@@ -153,6 +231,10 @@ def fuse(
         return preprocess.recolor(x[0], prep.chroma), stages
     if a is None or b is None:
         preprocess.validate_pair(a, b)  # raises with the standard message
+    if colour in ("overlay", "luminance"):
+        return _fuse_coloured(np.asarray(a), np.asarray(b), fuser, colour, b_colormap, axes, ranges, percentiles,
+                              tile=tile or 0, overlap=stacks.DEFAULT_OVERLAP if overlap is None else overlap,
+                              batch_size=batch_size, callback=callback, cancel=cancel, client=client)
     if not stacks._is_dask(a):
         a = np.asarray(a)
     if not stacks._is_dask(b):
@@ -162,3 +244,24 @@ def fuse(
         batch_size=batch_size, percentiles=percentiles, color_from=color_from, ranges=ranges,
         callback=callback, cancel=cancel, client=client,
     )
+
+
+def _fuse_coloured(a: np.ndarray, b: np.ndarray, fuser, colour: str, b_colormap, axes, ranges, percentiles,
+                   **kw) -> np.ndarray:
+    """Fuse the luminances, then colour the result (:func:`napari_derun.data.colour.compose`)."""
+    from .data import colour as col
+    from .engine import stacks
+
+    ax_a, ax_b = stacks._pair_axes(a.shape, b.shape, axes)
+    for name, ax in (("a", ax_a), ("b", ax_b)):
+        if "C" in ax and not ax.endswith("C"):
+            raise ValueError(f"colour={colour!r} needs the colour axis of {name} last (axes {ax!r})")
+    ra, rb = ranges if ranges is not None else (stacks.stack_ranges(a, percentiles, name="a"),
+                                                 stacks.stack_ranges(b, percentiles, name="b"))
+    a01, b01 = preprocess.to_float01(a, ra), preprocess.to_float01(b, rb)
+    la, _ = col.split(a01, ax_a.endswith("C"))
+    lb, _ = col.split(b01, ax_b.endswith("C"))
+    fused = stacks.fuse_stack(la, lb, fuser, axes=(ax_a.replace("C", ""), ax_b.replace("C", "")),
+                              ranges=((0.0, 1.0), (0.0, 1.0)), percentiles=percentiles, color_from="auto", **kw)
+    return col.compose(np.asarray(fused, np.float32), a01, b01, ax_a.endswith("C"), ax_b.endswith("C"), colour,
+                       b_colormap)

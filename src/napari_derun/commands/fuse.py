@@ -62,7 +62,28 @@ def register(sub) -> None:
                    "With a folder the workers read the inputs and write the outputs themselves: they must see "
                    "the same files at the same absolute paths (a shared file system)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="say which model --model auto chose for each pair, and why")
     p.set_defaults(func=run)
+
+
+class AutoModel:
+    """``--model auto``: the shipped model of each pair's task (:func:`napari_derun.api.auto_model`),
+    loaded once per name."""
+
+    def __init__(self, device: str, precision: str | None):
+        self.device, self.precision = device, precision
+        self._loaded: dict[str, Any] = {}
+
+    def pick(self, a, b, axes, names) -> tuple[Any, dict]:
+        """(Fuser, provenance entry) for one pair."""
+        from .. import api
+
+        name, guess, msg = api.auto_model(a, b, axes, names=names)
+        if name not in self._loaded:
+            self._loaded[name] = api.load_model(name, self.device, self.precision)
+        return self._loaded[name], {"model": name, "task": guess.task, "reason": msg,
+                                    "looks_swapped": guess.swapped, "role_reason": guess.role_reason}
 
 
 # ----------------------------------------------------------------------------- one pair
@@ -83,7 +104,6 @@ def fuse_files(a_path, b_path, out_path, model, opts: dict, callback=None, clien
                               "--overwrite if it is an old result you want replaced")
     a, ax_a, meta = read_input(a_path, opts.get("axes"), opts.get("max_mb"))
     b, ax_b, _ = read_input(b_path, opts.get("axes"), opts.get("max_mb"))
-    fuser = resolve_fuser(model)
     if ax_a or ax_b:
         ax_a, ax_b = ax_a or stacks.infer_axes(a.shape), ax_b or stacks.infer_axes(b.shape)
         if "C" in ax_b and "C" not in ax_a and ax_a != ax_b.replace("C", "") and a.ndim == len(ax_b) - 1:
@@ -94,6 +114,11 @@ def fuse_files(a_path, b_path, out_path, model, opts: dict, callback=None, clien
     else:
         axes = None
     ax_a, ax_b = stacks._pair_axes(a.shape, b.shape, axes)
+    auto = None
+    if isinstance(model, AutoModel):
+        fuser, auto = model.pick(a, b, (ax_a, ax_b), [Path(a_path).stem, Path(b_path).stem])
+    else:
+        fuser = resolve_fuser(model)
     overlap = opts.get("overlap")
     ranges = (stacks.stack_ranges(a, name=str(a_path)), stacks.stack_ranges(b, name=str(b_path)))
     f = api.fuse(a, b, model=fuser, device=fuser.device, axes=(ax_a, ax_b), tile=opts.get("tile", 1024),
@@ -118,6 +143,8 @@ def fuse_files(a_path, b_path, out_path, model, opts: dict, callback=None, clien
                        "axes": out_ax, "dtype": str(data.dtype), "ranges": [list(r) for r in ranges],
                        "percentiles": list(api.preprocess.DEFAULT_PERCENTILES)},
     })
+    if auto is not None:
+        prov["auto"] = auto
     if kind == "preview":
         from PIL import Image
 
@@ -128,7 +155,8 @@ def fuse_files(a_path, b_path, out_path, model, opts: dict, callback=None, clien
             Image.fromarray(data).save(fh, format="PNG" if Path(out_path).suffix.lower() == ".png" else "JPEG")
     else:
         write_output(out_path, data, out_ax, meta, prov, overwrite=bool(opts.get("overwrite")))
-    return {"output": str(out_path), "shape": list(data.shape), "axes": out_ax, "dtype": str(data.dtype)}
+    return {"output": str(out_path), "shape": list(data.shape), "axes": out_ax, "dtype": str(data.dtype),
+            "model": fuser.name, "auto": auto}
 
 
 def _process_remote(a_path, b_path, out_path, spec, opts):  # runs on a dask worker
@@ -158,7 +186,11 @@ def run(args: argparse.Namespace) -> int:
                 raise FileNotFoundError(f"no such image file: {p}")
     elif len(args.inputs) == 1:
         _check_output_folder(Path(args.inputs[0]), Path(args.output))
-    fuser = api.load_model(args.model, args.device, args.precision)
+    if args.model == api.AUTO:
+        fuser: Any = AutoModel(args.device, args.precision)
+        api.resolve_device(args.device)  # an unavailable device: refused before any work
+    else:
+        fuser = api.load_model(args.model, args.device, args.precision)
     client = None
     if args.scheduler:
         from ..engine.distributed import connect
@@ -195,7 +227,9 @@ def _run_pair(args, fuser, opts, client) -> int:
     finally:
         if bar is not None:
             bar.close()
-    print(f"fused {a} + {b} -> {res['output']} ({res['axes']} {tuple(res['shape'])} {res['dtype']})")
+    _say_auto(args, Path(a).name, res)
+    print(f"fused {a} + {b} -> {res['output']} ({res['axes']} {tuple(res['shape'])} {res['dtype']}, "
+          f"model {res['model']})")
     return 0
 
 
@@ -237,6 +271,14 @@ def _run_folder(args, fuser, opts, client) -> int:
 
         from ..engine.distributed import model_spec
 
+        if isinstance(fuser, AutoModel):  # one model for the batch, from its first pair
+            from .. import api
+
+            a0, ax0, _ = read_input(pairs[0][1], opts.get("axes"), opts.get("max_mb"))
+            b0, bx0, _ = read_input(pairs[0][2], opts.get("axes"), opts.get("max_mb"))
+            name, _, msg = api.auto_model(a0, b0, None if not (ax0 and bx0) else (ax0, bx0))
+            print(f"{msg} (from the first pair, {pairs[0][0]}, for the whole folder)", file=sys.stderr)
+            fuser = api.load_model(name, args.device, args.precision)
         spec = client.scatter(model_spec(fuser), broadcast=True)
         # absolute paths: a worker's working folder is not this one (the files must be on a shared file system)
         futs = {client.submit(_process_remote, str(Path(pa).resolve()), str(Path(pb).resolve()),
@@ -254,14 +296,28 @@ def _run_folder(args, fuser, opts, client) -> int:
     else:
         for name, pa, pb in pairs:
             try:
-                fuse_files(pa, pb, outdir / f"{name}.tif", fuser, opts)
+                res = fuse_files(pa, pb, outdir / f"{name}.tif", fuser, opts)
+                _say_auto(args, name, res, bar.write)
                 n_ok += 1
             except Exception as e:  # noqa: BLE001 - reported, the batch goes on
                 failed.append((name, f"{type(e).__name__}: {e}"))
                 bar.write(f"FAILED {name}: {type(e).__name__}: {e}", file=sys.stderr)
             bar.update(1)
     bar.close()
-    print(f"fused {n_ok} of {len(pairs)} pairs into {outdir}" + (f"; {len(failed)} failed:" if failed else ""))
-    for name, msg in failed:
-        print(f"  {name}: {msg}", file=sys.stderr)
+    # each failure was reported once as it happened (FAILED name: why); the summary names them only
+    print(f"fused {n_ok} of {len(pairs)} pairs into {outdir}"
+          + (f"; {len(failed)} failed (see above): {', '.join(n for n, _ in failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def _say_auto(args, name: str, res: dict, write=None) -> None:
+    """With ``--verbose``: which model ``--model auto`` chose and why; a pair that looks swapped is always said."""
+    auto = res.get("auto")
+    if not auto:
+        return
+    write = write or (lambda m: print(m, file=sys.stderr))
+    if getattr(args, "verbose", False):
+        write(f"{name}: {auto['reason']}")
+    if auto.get("looks_swapped"):
+        write(f"warning: {name}: A and B look the wrong way round ({auto['role_reason']}); A must be the structural "
+              "image and B the salient one")

@@ -114,7 +114,7 @@ def _features(p: np.ndarray, rgb: bool) -> _Features:
     if n:
         sizes = np.bincount(lab.ravel())[1:]
         big = lab == (np.argmax(sizes) + 1)
-        filled = ndi.binary_fill_holes(ndi.binary_closing(big, iterations=3))
+        filled = ndi.binary_fill_holes(ndi.binary_closing(big, iterations=3)) | big
         fg = float(filled.mean())
         ys, xs = np.nonzero(filled)
         touches = ys.min() == 0 or xs.min() == 0 or ys.max() == y.shape[0] - 1 or xs.max() == y.shape[1] - 1
