@@ -12,7 +12,7 @@ from helpers import smooth_pair
 from napari_derun.core.hifm import HIFMParams
 from napari_derun.core.model import DeRUN, InputRestore
 from napari_derun.data import degrade as D
-from napari_derun.data.datasets import PairDataset, degrade_batch
+from napari_derun.data.datasets import PairDataset, degrade_batch, photometric_batch
 from napari_derun.evaluation.metrics_extra import rank_metrics
 from napari_derun.training import TrainConfig, evaluate_pairs, train
 
@@ -130,6 +130,20 @@ def test_degrade_batch_is_seeded_and_keeps_the_clean_batch():
     same = degrade_batch(a, b, mods, 0.0, np.random.default_rng(0))
     np.testing.assert_array_equal(same[0], a)
     np.testing.assert_array_equal(same[1], b)
+
+
+def test_photometric_batch_changes_exposure_of_both_images():
+    a = np.stack([smooth_pair(32, 32, seed=s)[0] for s in range(8)])[:, None]
+    b = np.stack([smooth_pair(32, 32, seed=s)[1] for s in range(8)])[:, None]
+    pa, pb = photometric_batch(a, b, 1.0, np.random.default_rng(0))
+    assert pa.min() >= 0 and pa.max() <= 1 and pb.min() >= 0 and pb.max() <= 1
+    for i in range(8):
+        assert not np.allclose(pa[i], a[i]) and not np.allclose(pb[i], b[i])
+        # a monotone map: the order of the pixels is kept (away from clipping)
+        inside = (pa[i] > 0) & (pa[i] < 1)
+        order = np.argsort(a[i][inside])
+        assert np.all(np.diff(pa[i][inside][order]) >= -1e-7)
+    np.testing.assert_array_equal(photometric_batch(a, b, 0.0, np.random.default_rng(0))[0], a)
 
 
 def test_degraded_copies_keep_the_clean_references():

@@ -4,7 +4,9 @@ The test split is never used for any decision (recipe, objective weights, epoch,
 tools/eval_robust.py reads it, to report. Rules (deterministic, from the file names in ../shared/data):
 
 * ivf, by source, so that the test measures sensors no model saw: train = TNO, TNO42, MSRS, MSRStrain
-  (the TNO and MSRS sets the first models trained on), validation = M3FD and LLVIP, test = VIFB and FMB.
+  (the TNO and MSRS sets the first models trained on) and M3FD (daylight street scenes, which the night-heavy
+  TNO / MSRS sets lack), validation = LLVIP and FMB, test = VIFB (21 pairs from INO, RGBT234 and other
+  sources, day and night).
 * gfp_pc, pet_mri, spect_mri, ct_mri: test = the pairs the earlier releases held back (sorted names,
   index % 5 == 4; no shipped model ever trained on them, though the earlier releases picked their epoch on
   them); validation = every 5th of the remaining pairs; train = the rest.
@@ -19,7 +21,7 @@ from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 OUT = Path(__file__).resolve().parent / "splits"
-IVF_SOURCES = {"train": ("TNO", "TNO42", "MSRS", "MSRStrain"), "val": ("M3FD", "LLVIP"), "test": ("VIFB", "FMB")}
+IVF_SOURCES = {"train": ("TNO", "TNO42", "MSRS", "MSRStrain", "M3FD"), "val": ("LLVIP", "FMB"), "test": ("VIFB",)}
 
 
 def pair_names(folder: Path) -> list[str]:

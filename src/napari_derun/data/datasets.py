@@ -10,7 +10,7 @@ import numpy as np
 
 from . import preprocess
 
-__all__ = ["PairDataset", "degrade_batch"]
+__all__ = ["PairDataset", "degrade_batch", "photometric_batch"]
 
 
 
@@ -244,6 +244,31 @@ class PairDataset:
         if return_index:
             out = out + (idx,)
         return out
+
+
+def photometric_batch(a: np.ndarray, b: np.ndarray, p: float, rng: np.random.Generator,
+                      gamma_a: float = 0.7, gamma_b: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """Random exposure changes of a clean training batch (new clean pairs, targets included): each
+    sample with probability ``p`` gets ``x → clip(g · x^γ)`` on ``a`` (``ln γ`` uniform in
+    ``±gamma_a``, ``g`` uniform in [0.75, 1.25]) and a milder one on ``b`` (``±gamma_b``), so a model
+    trained on night scenes also meets bright, daylight structural images.
+
+    Args:
+        a, b: ``(B, 1, P, P)`` float32 patches in [0, 1].
+        p: probability per sample.
+        rng: the generator.
+
+    Returns:
+        ``(a, b)`` float32 arrays of the same shape (copies).
+    """
+    a, b = a.copy(), b.copy()
+    for i in range(a.shape[0]):
+        if rng.random() >= p:
+            continue
+        for arr, span in ((a, gamma_a), (b, gamma_b)):
+            g, gam = rng.uniform(0.75, 1.25), float(np.exp(rng.uniform(-span, span)))
+            arr[i] = np.clip(g * np.power(np.clip(arr[i], 0.0, 1.0), gam), 0.0, 1.0)
+    return a, b
 
 
 def degrade_batch(a: np.ndarray, b: np.ndarray, modalities: Sequence[tuple[str, str] | None], p: float,

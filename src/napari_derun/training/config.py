@@ -77,6 +77,10 @@ class TrainConfig(BaseModel):
         None, description="(modality of a, modality of b) for degradation training where the pairs do not say "
         "(e.g. ('phase_contrast', 'fluorescence')); keys of napari_derun.data.degrade.MODALITIES")
     degrade_levels: tuple[int, int] = Field((1, 4), description="lowest and highest degradation level drawn (1..5)")
+    photometric: float = Field(
+        0.0, ge=0, le=1, allow_inf_nan=False,
+        description="share of training patches with a random exposure change (gain and gamma) of a and, milder, "
+        "of b, applied to the clean pair (targets included): daylight-like structural images from night scenes")
     guided: bool = True
     restore: int = Field(
         0, ge=0, le=256, description="channels of the input restoration network added to the model (0: none; "

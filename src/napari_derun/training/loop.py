@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence, Union
 import numpy as np
 
 from . import ddp as _ddp
-from ..data.datasets import PairDataset, _as_dataset, degrade_batch
+from ..data.datasets import PairDataset, _as_dataset, degrade_batch, photometric_batch
 from .events import EpochEvent, StepEvent, TrainEvent
 from .config import TrainConfig
 from .validation import REFERENCE_METHODS, evaluate_pairs, reference_scores
@@ -334,6 +334,7 @@ def _loop(model, cfg, ddp, train_pairs, val_pairs, callback, stop, checkpoint_pa
             g["lr"] = lr
         rng = np.random.default_rng([cfg.seed, epoch])
         drng = np.random.default_rng([cfg.seed, epoch, 1])  # degradations: the clean draws stay as they were
+        prng = np.random.default_rng([cfg.seed, epoch, 2])  # exposure changes, likewise
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         run_loss, n_done = 0.0, 0
         for s in range(steps):
@@ -343,6 +344,8 @@ def _loop(model, cfg, ddp, train_pairs, val_pairs, callback, stop, checkpoint_pa
             # the global batch (the same draws on every rank); this rank trains on its slice of it
             na, nb, nf, idx = tr.batch(rng, cfg.batch * ddp.world_size, cfg.patch, cfg.augment,
                                        return_floor=True, return_index=True)
+            if cfg.photometric > 0:  # new clean pairs (the targets change with them)
+                na, nb = photometric_batch(na, nb, cfg.photometric, prng)
             da, db = na, nb
             if cfg.degrade > 0:  # degraded inputs, clean targets
                 mods = [tr.modalities[i] or cfg.modalities for i in idx]
