@@ -122,7 +122,8 @@ def read_image(path, max_mb: float | None = None) -> np.ndarray:
     try:
         with _open_pil(p, max_mb) as im:
             w, h = im.size
-            check_declared_size(p, (h, w, _bytes_per_pixel(im.mode)), np.uint8, max_mb)
+            bpp = _bytes_per_pixel(im.mode)
+            check_declared_size(p, (h, w) if bpp == 1 else (h, w, bpp), np.uint8, max_mb)
             im.load()
             mode = im.mode
             if mode == "P" or mode == "PA":
@@ -180,7 +181,9 @@ def _open_pil(p: Path, max_mb):
     from .limits import ENV
 
     try:
-        return Image.open(p)
+        with warnings.catch_warnings():  # over Pillow's warning size: our own limit is checked next
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(p)
     except Image.DecompressionBombError as exc:
         if max_mb is None and not os.environ.get(ENV):
             raise ValueError(f"{p}: {exc}; refused (Pillow's decompression-bomb guard). If the image is real, pass "

@@ -21,8 +21,8 @@ DEFAULT_TILE = 1024
 DEFAULT_OVERLAP = 128
 MIN_TILE = 64
 
-#: rows per block where whole planes are converted or divided block by block
-_ROWS = 256
+#: pixels per row block where whole planes are converted or divided block by block
+_BLOCK_PIXELS = 1 << 17
 
 
 class FuseCancelled(RuntimeError):
@@ -146,8 +146,8 @@ def _fuse_tiles_once(fuser, a, b, tile, overlap, batch_size, prog: _Progress, ma
             else:
                 out[p, ys[i] : ys[i] + th, xs[j] : xs[j] + tw] += r * wy[i][:, None] * wx[j][None, :]
     if not single:
-        for r0 in range(0, H, _ROWS):  # row blocks: no whole-plane float64 weight map
-            out[:, r0 : r0 + _ROWS] /= (sy[r0 : r0 + _ROWS, None] * sx[None, :]).astype(np.float32)
+        for r in _blocks(H, W):  # row blocks: no whole-plane float64 weight map
+            out[:, r] /= (sy[r, None] * sx[None, :]).astype(np.float32)
     return out
 
 
@@ -239,21 +239,23 @@ class _RawLuma:
         return _luma(preprocess.to_float01(self.raw[sy, sx], self.rng), self.grey)
 
 
-def _blocks(n: int):
-    for r0 in range(0, n, _ROWS):
-        yield slice(r0, min(n, r0 + _ROWS))
+def _blocks(n: int, width: int):
+    """Slices of about :data:`_BLOCK_PIXELS` pixels over ``n`` rows of ``width`` pixels."""
+    rows = max(1, _BLOCK_PIXELS // max(1, width))
+    for r0 in range(0, n, rows):
+        yield slice(r0, min(n, r0 + rows))
 
 
 def _check_plane(raw: np.ndarray, rng, name: str) -> bool:
     """``ValueError`` for NaN/Inf pixels (counted block by block); True when a colour plane is grey
     (R = G = B after scaling, as :func:`~napari_derun.data.preprocess.split_luma` decides)."""
     if raw.dtype.kind == "f":
-        bad = sum(int((~np.isfinite(raw[r])).sum()) for r in _blocks(raw.shape[0]))
+        bad = sum(int((~np.isfinite(raw[r])).sum()) for r in _blocks(*raw.shape[:2]))
         if bad:
             raise ValueError(f"image {name} contains {bad} NaN/Inf values; replace them (e.g. np.nan_to_num) first")
     if raw.ndim == 2:
         return True
-    for r in _blocks(raw.shape[0]):
+    for r in _blocks(*raw.shape[:2]):
         x = preprocess.to_float01(raw[r], rng)
         if not (np.array_equal(x[..., 0], x[..., 1]) and np.array_equal(x[..., 0], x[..., 2])):
             return False
@@ -278,7 +280,7 @@ def fuse_raw_plane(fuser, a: np.ndarray, b: np.ndarray, ranges, color_from: str,
     luma = out if out.ndim == 2 else np.empty((H, W), np.float32)
     fuse_luma_planes(fuser, _RawLuma(a, ranges[0], grey_a), _RawLuma(b, ranges[1], grey_b), tile, overlap,
                      batch_size, _progress=prog, _out=luma[None])
-    for r in _blocks(H):
+    for r in _blocks(H, W):
         if src is None:
             y = np.clip(luma[r], 0.0, 1.0)
             if out.ndim == 3:
