@@ -213,6 +213,50 @@ def checks(task: str, summ: dict) -> list[str]:
     return out
 
 
+#: the degraded case of each task's side-by-side figure
+FIGURE_CASES = {"ivf": [("a", "haze", 4), ("a", "low_light", 4), ("b", "stripe_noise", 4)],
+                "gfp_pc": [("b", "shot_noise", 4), ("a", "gaussian_noise", 4)],
+                "pet_mri": [("b", "poisson_counts", 4), ("a", "rician", 4)],
+                "spect_mri": [("b", "poisson_counts", 4)], "ct_mri": [("b", "ct_low_dose", 4)]}
+FIGURE_METHODS = ("restore+clean", "max", "overlay", "clean", "model")
+
+
+def figure(task: str, fusers, data: Path, crop: int, path: Path, index: int = 0) -> Path:
+    """Side by side, one row per degraded case of :data:`FIGURE_CASES`: degraded a and b, then
+    :data:`FIGURE_METHODS` (test pair ``index``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from napari_derun.data.degrade import apply
+
+    name, a, b = test_pairs(task, data, crop)[index]
+    cases = FIGURE_CASES[task]
+    cols = ["a", "b", *FIGURE_METHODS]
+    fig = Figure(figsize=(1.9 * len(cols), 2.05 * len(cases) + 0.2), dpi=90)
+    axs = fig.subplots(len(cases), len(cols), squeeze=False)
+    for r, (side, deg, lv) in enumerate(cases):
+        rng = np.random.default_rng([11, r])
+        da = apply(a, deg, lv, seed=rng) if side == "a" else a
+        db = apply(b, deg, lv, seed=rng) if side == "b" else b
+        imgs = [da, db] + [fusers.fuse(m, task, da, db, {side: deg}) for m in FIGURE_METHODS]
+        for c, (label, img) in enumerate(zip(cols, imgs)):
+            ax = axs[r][c]
+            ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(label, fontsize=8)
+            if c == 0:
+                ax.set_ylabel(f"{side}: {deg} {lv}", fontsize=8)
+    fig.suptitle(f"{task} test pair {name}", fontsize=8, y=0.995)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", nargs="+", default=list(TASK_MODEL))
@@ -225,12 +269,19 @@ def main(argv=None):
     p.add_argument("--recompute", nargs="*", default=[])
     p.add_argument("--methods", nargs="+", default=METHODS)
     p.add_argument("--out", default=None, help="write <task>.md, <task>.json and checks.md here")
+    p.add_argument("--figures", default=None, help="write robust_<task>.png side-by-side figures here")
+    p.add_argument("--figures-only", action="store_true", help="only draw the figures")
     a = p.parse_args(argv)
     models = {t: TASK_MODEL[t] for t in a.tasks}
     models.update(dict(x.split("=", 1) for x in a.model))
     clean = {t: TASK_MODEL[t] for t in a.tasks}
     clean.update(dict(x.split("=", 1) for x in a.clean))
     fusers = Fusers(models, clean)
+    if a.figures:
+        for t in a.tasks:
+            print(figure(t, fusers, Path(a.data), a.crop, Path(a.figures) / f"robust_{t}.png"))
+    if a.figures_only:
+        return
     cache = run(a.tasks, fusers, Path(a.data), a.crop, a.levels, Path(a.cache), set(a.recompute), a.methods,
                 log=lambda s: print(s, flush=True))
     if a.out:

@@ -269,10 +269,9 @@ def blur(img, level: int, seed=None) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- modality-specific models
-# Parameter ranges read from Text-IF's EMS and ControlFusion's DDL-12 degradation settings (noise std up to
-# ~50/255, blur sigma up to ~3, low light gamma 1.5-3.5 with Poisson-Gaussian noise, stripe noise and contrast
-# reduction in the infrared) and written anew here; microscopy and medical levels follow the photon / count
-# regimes of low-light fluorescence (a few photons per pixel at level 4) and low-dose PET / MRI / CT.
+# Parameter ranges from the sensors' physics (docs/metrics.md): photon / count regimes of low-light
+# fluorescence (a few photons per pixel at the cells at level 4), low-dose PET / MRI / CT, infrared
+# fixed-pattern noise and thermal contrast.
 SHOT_PHOTONS = (np.inf, 100.0, 40.0, 15.0, 5.0, 2.0)  # fluorescence: photons at full scale
 SHOT_READ = (0.0, 0.004, 0.008, 0.012, 0.02, 0.03)  # camera read noise (std, full scale = 1)
 STRIPE_SIGMA = (0.0, 0.02, 0.04, 0.06, 0.09, 0.13)  # infrared column fixed-pattern noise (std)
