@@ -71,7 +71,8 @@ def test_fuse_widget_rgb_matches_api_and_reruns_in_place(make_napari_viewer, qtb
     _run(qtbot, w)
     assert w.status.state == "done", w.status.message
     out = viewer.layers["gfp_pc_derun"]
-    ref, st = nd.fuse(a, b, model="admm", device="cpu", return_stages=True)
+    _, st = nd.fuse(a, b, model="admm", device="cpu", return_stages=True)
+    ref = nd.fuse(a, b, model="admm", device="cpu", colour="overlay")  # what the widget shows: the overlay colours
     assert out.rgb and out.data.shape == (64, 64, 3)
     np.testing.assert_allclose(out.data, ref, atol=1e-6)
     np.testing.assert_allclose(out.scale, la.scale)
@@ -190,7 +191,7 @@ def test_misaligned_pair_warns_and_aligns(make_napari_viewer, qtbot):
     _run(qtbot, w)
     shift = viewer.layers["gfp_pc_derun"].metadata["derun"]["parameters"]["align_shift"]
     assert shift == pytest.approx([dy, dx])
-    ref = nd.fuse(a, job.shift_plane(b_shift, (dy, dx), True), model="admm", device="cpu")
+    ref = nd.fuse(a, job.shift_plane(b_shift, (dy, dx), True), model="admm", device="cpu", colour="overlay")
     np.testing.assert_allclose(viewer.layers["gfp_pc_derun"].data, ref, atol=1e-6)
 
 
@@ -320,12 +321,15 @@ def test_widget_engine_equals_library_bit_for_bit():
     np.testing.assert_array_equal(res.fused, ref)
     ga, gb = _gfp_small()
     res = run_fusion(ga, gb, "admm", "cpu", b_rgb=True)
+    np.testing.assert_array_equal(res.fused, nd.fuse(ga, gb, model="admm", device="cpu", colour="overlay"))
+    res = run_fusion(ga, gb, "admm", "cpu", b_rgb=True, colour="chroma")
     np.testing.assert_array_equal(res.fused, nd.fuse(ga, gb, model="admm", device="cpu"))
 
 
 def test_grey_gfp_with_green_colormap_stays_visible(make_napari_viewer, qtbot):
     """A grey GFP layer shown in green (the usual microscopy case) fused with the shipped gfp_pc
-    model: GFP-positive cells are brighter than the rest in the fused layer, which keeps the colormap."""
+    model: an RGB layer with the structure in grey and the GFP in green: the green excess G - (R + B) / 2
+    sits on the GFP-positive cells; the 'Plain luminance' box gives the grey brightness instead."""
     from qtpy.QtCore import Qt
 
     viewer = make_napari_viewer()
@@ -339,11 +343,21 @@ def test_grey_gfp_with_green_colormap_stays_visible(make_napari_viewer, qtbot):
     qtbot.waitUntil(lambda: not w.running, timeout=WAIT)
     assert w.status.state == "done", w.status.message
     out = viewer.layers["gfp_pc_derun"]
-    assert not out.rgb and out.colormap.name == "green"
+    assert out.rgb and out.metadata["derun"]["parameters"]["colour"] == "overlay"
     f = np.asarray(out.data)
-    pos = b > 0.5 * b.max()
-    neg = b <= np.median(b)
-    assert f[pos].mean() > f[neg].mean() + 0.1, (f[pos].mean(), f[neg].mean())
+    excess = f[..., 1] - 0.5 * (f[..., 0] + f[..., 2])
+    cells = b > 0.2 * b.max()
+    assert cells.mean() < 0.15 and excess[cells].sum() > 0.8 * excess.sum()
+    assert excess[cells].mean() > 0.2 and abs(excess[~cells].mean()) < 0.02
+    w.luminance_check.value = True
+    qtbot.mouseClick(w.run_button.native, Qt.LeftButton)
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT)
+    out = viewer.layers["gfp_pc_derun"]
+    assert not out.rgb
+    lum = np.asarray(out.data)
+    pos, neg = b > 0.5 * b.max(), b <= np.median(b)
+    assert lum[pos].mean() > lum[neg].mean() + 0.1
+    np.testing.assert_allclose(lum, f[..., 1], atol=1e-5)  # the colour result's green channel is the brightness
 
 
 def test_model_registered_from_the_console_appears_at_once(make_napari_viewer):
@@ -361,37 +375,159 @@ def test_model_registered_from_the_console_appears_at_once(make_napari_viewer):
         api._SESSION.pop("from-console", None)
 
 
-def test_default_model_follows_the_data_then_the_last_choice(make_napari_viewer, qtbot):
+def test_auto_is_the_default_and_settings_are_remembered(make_napari_viewer, qtbot):
     from qtpy.QtCore import Qt
 
     from napari_derun._widgets import FuseWidget
-    from napari_derun._widgets import _fuse_widget as fwmod
+    from napari_derun._widgets._prefs import load_prefs
 
-    assert fwmod.default_model(["phase contrast", "GFP"], ["admm", "gfp_pc", "medical"]) == "gfp_pc"
-    assert fwmod.default_model(["MRI", "PET"], ["admm", "gfp_pc", "medical"]) == "medical"
-    assert fwmod.default_model(["visible", "infrared"], ["admm", "ivf"]) == "ivf"
-    assert fwmod.default_model(["x", "y"], ["admm", "gfp_pc"]) == "admm"
     viewer = make_napari_viewer()
-    a, b = _pair_u8(40, 40)
-    viewer.add_image(a, name="MRI")
-    viewer.add_image(b, name="PET")
+    a, b = sample_data.pet_mri(size=96)
+    viewer.add_image(a, name="x")
+    viewer.add_image(b, name="y", rgb=True)
     w = FuseWidget(viewer)
     viewer.window.add_dock_widget(w)
-    assert w.model_combo.value == "medical"
-    w.model_combo.value = "admm"  # the user's choice wins and is remembered once used
+    assert w.model_combo.value == "auto" and w.model_combo.choices[0] == "auto"
+    assert w.auto_label.value.startswith("medical") and "medical slice" in w.auto_label.tooltip
+    w.model_combo.value = "admm"  # an explicit choice is used, and kept as a hint for unclear content
+    w.device_combo.value = "cpu"
+    w.align_check.value = True
+    qtbot.mouseClick(w.run_button.native, Qt.LeftButton)
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT)
+    assert viewer.layers["y_x_derun"].metadata["derun"]["model"] == "admm"
+    prefs = load_prefs()
+    assert prefs["model"] == "admm" and prefs["fuse_widget"]["device"] == "cpu" and prefs["fuse_widget"]["align"]
+    w2 = FuseWidget(viewer)  # a new widget (or a new session): auto again, the settings as left
+    assert w2.model_combo.value == "auto" and w2.device_combo.value == "cpu" and w2.align_check.value
+
+
+def _open_like_file_open(viewer, a, b, first="a"):
+    """Two layers named as napari names two files opened with File > Open from a camera."""
+    pair = [("03-A03", a), ("03-A03 [1]", b)] if first == "a" else [("03-A03", b), ("03-A03 [1]", a)]
+    for name, x in pair:
+        viewer.add_image(x, name=name, rgb=x.ndim == 3)
+
+
+@pytest.mark.parametrize("task,first", [("gfp_pc", "b"), ("pet_mri", "a"), ("ivf", "b")])
+def test_run_with_no_other_click_gives_the_right_model_roles_and_result(make_napari_viewer, qtbot, task, first):
+    """Done-when of issue 19 on the bundled samples: camera names, layers in either order; Run alone gives
+    the task's shipped model, the right roles, b's bright regions brighter than their surroundings and a's
+    structure visible."""
+    from qtpy.QtCore import Qt
+
+    from napari_derun._widgets import FuseWidget
+    from napari_derun.data.task_guess import MODEL_OF_TASK
+
+    a, b = sample_data.SAMPLES[task]()
+    if task == "gfp_pc":
+        a = np.repeat(a[..., None], 3, -1)  # phase contrast exported as RGB with equal channels
+    viewer = make_napari_viewer()
+    _open_like_file_open(viewer, a, b, first)
+    w = FuseWidget(viewer)
+    viewer.window.add_dock_widget(w)
     w.device_combo.value = "cpu"
     qtbot.mouseClick(w.run_button.native, Qt.LeftButton)
     qtbot.waitUntil(lambda: not w.running, timeout=WAIT)
-    w2 = FuseWidget(viewer)
-    assert w2.model_combo.value == "admm"
-    # remembered across napari sessions: in the preferences file, read by a fresh process
-    from napari_derun._widgets._prefs import prefs_path
+    assert w.status.state == "done", w.status.message
+    assert np.array_equal(np.asarray(w.a_combo.value.data), a) and np.array_equal(np.asarray(w.b_combo.value.data), b)
+    out = [ly for ly in viewer.layers if ly.name.endswith("_derun")][0]
+    prov = out.metadata["derun"]
+    assert prov["model"] == MODEL_OF_TASK[task] and prov["auto"]["task"] == task and "because" in prov["auto"]["reason"]
+    _check_result(np.asarray(out.data), a, b)
+    notes = _notifications()
+    assert any(m.startswith(f"auto: {MODEL_OF_TASK[task]}, because") for m in notes)
 
-    assert json.loads(prefs_path().read_text())["model"] == "admm"
-    out = subprocess.run([sys.executable, "-c", "from napari_derun._widgets._prefs import default_model;"
-                          "print(default_model(['MRI', 'PET'], ['admm', 'medical']))"],
-                         capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "admm"
+
+def _check_result(f, a, b):
+    """b's bright regions brighter than their surroundings; a's structure visible (correlation)."""
+    from scipy import ndimage as ndi
+
+    lum = lambda x: x[..., :3].astype(np.float64) @ [0.299, 0.587, 0.114] if x.ndim == 3 else x.astype(np.float64)  # noqa: E731
+    fl, al, bl = lum(f), lum(a), lum(b)
+    bright = bl > np.percentile(bl, 95)
+    ring = ndi.binary_dilation(bright, iterations=6) & ~ndi.binary_dilation(bright, iterations=2)
+    assert fl[bright].mean() > fl[ring].mean() + 0.03, (fl[bright].mean(), fl[ring].mean())
+    rest = bl <= np.percentile(bl, 50)
+    ga = np.hypot(*np.gradient(ndi.gaussian_filter(al, 1)))
+    gf = np.hypot(*np.gradient(ndi.gaussian_filter(fl, 1)))
+    assert np.corrcoef(ga[rest], gf[rest])[0, 1] > 0.5  # a's edges are where the result's are
+
+
+def test_real_pairs_with_camera_names(make_napari_viewer, qtbot, shared_data):
+    """The same on real GFP/PC, PET/MRI and infrared/visible pairs (skips without ../shared/data)."""
+    from qtpy.QtCore import Qt
+
+    from napari_derun._widgets import FuseWidget
+    from napari_derun.data.io import read_image
+    from napari_derun.data.task_guess import MODEL_OF_TASK
+
+    for task, name in (("gfp_pc", "02-A02.jpg"), ("pet_mri", "11.png"), ("ivf", "VIFB_walking.jpg")):
+        a, b = read_image(shared_data / task / "a" / name), read_image(shared_data / task / "b" / name)
+        viewer = make_napari_viewer()
+        _open_like_file_open(viewer, a, b, "b")
+        w = FuseWidget(viewer)
+        w.device_combo.value = "cpu"
+        qtbot.mouseClick(w.run_button.native, Qt.LeftButton)
+        qtbot.waitUntil(lambda: not w.running, timeout=WAIT)
+        assert w.status.state == "done", w.status.message
+        out = [ly for ly in viewer.layers if ly.name.endswith("_derun")][0]
+        assert out.metadata["derun"]["model"] == MODEL_OF_TASK[task], task
+        assert np.array_equal(np.asarray(w.a_combo.value.data), a), task
+        _check_result(np.asarray(out.data), a, b)
+
+
+def test_swap_button_and_user_roles_are_kept(make_napari_viewer, qtbot):
+    from qtpy.QtCore import Qt
+
+    from napari_derun._widgets import FuseWidget
+
+    viewer = make_napari_viewer()
+    a, b = sample_data.gfp_pc(size=64, n_cells=4, seed=1)
+    la, lb = viewer.add_image(a, name="pc"), viewer.add_image(b, name="gfp", rgb=True)
+    w = FuseWidget(viewer)
+    assert (w.a_combo.value, w.b_combo.value) == (la, lb)
+    qtbot.mouseClick(w.swap_button.native, Qt.LeftButton)
+    assert (w.a_combo.value, w.b_combo.value) == (lb, la) and "swapped" in w.auto_label.value
+    w.device_combo.value = "cpu"
+    w.model_combo.value = "admm"
+    qtbot.mouseClick(w.run_button.native, Qt.LeftButton)  # the user's roles: warned, not changed
+    qtbot.waitUntil(lambda: not w.running, timeout=WAIT)
+    assert (w.a_combo.value, w.b_combo.value) == (lb, la)
+    assert any("look the wrong way round" in m for m in _notifications())
+
+
+def test_fuse_a_folder_with_progress_and_cancel(make_napari_viewer, qtbot, tmp_path):
+    from PIL import Image
+    from qtpy.QtCore import Qt
+
+    from napari_derun._widgets import FuseWidget
+    from napari_derun.commands.fuse import read_provenance
+
+    for sub in ("a", "b"):
+        (tmp_path / "pairs" / sub).mkdir(parents=True)
+    for i in range(3):
+        a, b = sample_data.gfp_pc(size=64, n_cells=4, seed=i)
+        Image.fromarray(a).save(tmp_path / "pairs" / "a" / f"p{i}.png")
+        Image.fromarray(b).save(tmp_path / "pairs" / "b" / f"p{i}.png")
+    viewer = make_napari_viewer()
+    w = FuseWidget(viewer)
+    w.device_combo.value = "cpu"
+    w.folder.folder.value = str(tmp_path / "pairs")
+    seen = []
+    w.folder._relay.progress.connect(lambda d, t, n: seen.append((d, t)))
+    qtbot.mouseClick(w.folder.run_button.native, Qt.LeftButton)
+    qtbot.waitUntil(lambda: not w.folder.running, timeout=WAIT)
+    out = tmp_path / "pairs_derun"
+    assert sorted(p.name for p in out.iterdir()) == ["p0_derun.tif", "p1_derun.tif", "p2_derun.tif"]
+    assert read_provenance(out / "p1_derun.tif")["model"] == "gfp_pc"
+    assert seen[-1] == (3, 3) and w.folder.summary["models"] == {"gfp_pc": 3}
+    # cancel after the first pair: the rest is not written
+    for p in out.iterdir():
+        p.unlink()
+    w.folder._relay.progress.connect(lambda d, t, n: w.folder.cancel() if d == 1 else None)
+    qtbot.mouseClick(w.folder.run_button.native, Qt.LeftButton)
+    qtbot.waitUntil(lambda: not w.folder.running, timeout=WAIT)
+    assert w.folder.summary["cancelled"] and len(list(out.iterdir())) < 3
 
 
 def _controls(container):
@@ -429,7 +565,8 @@ def test_layer_pickers_follow_the_layer_list_and_every_control_has_a_tooltip(mak
     viewer.layers.remove(lc)
     assert lc not in fw.a_combo.choices and lc not in tw.b_combo.choices
     # tooltips on every control of both widgets (form fields and buttons)
-    missing = [w.label or w.text for c in (fw.form, fw.buttons, tw.form1, tw.pair_buttons, tw.form2, tw.buttons)
+    missing = [w.label or w.text for c in (fw.form, fw.buttons, fw.folder, tw.form1, tw.pair_buttons, tw.form2,
+                                           tw.buttons)
                for w in _controls(c) if not w.tooltip]
     assert not missing, f"controls without a tooltip: {missing}"
     assert fw.metrics_label.tooltip and "SR" in fw.metrics_label.tooltip and tw.pair_list.toolTip()

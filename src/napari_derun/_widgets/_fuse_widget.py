@@ -7,13 +7,18 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_warning
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QProgressBar, QVBoxLayout, QWidget
 
 from . import _fuse_job as job
+from . import _pair
 from ._common import JobWidgetMixin, ProgressRelay, copy_axis_labels, copy_units, image_layers, layer_picker
-from ._prefs import default_model, save_pref
+from ._prefs import default_model, load_prefs, save_pref  # noqa: F401  (default_model: used by scripts and tests)
 from ._state import MODEL_BUS
+
+AUTO = _pair.AUTO
+#: the settings the Fuse widget remembers between sessions (preferences key ``fuse_widget``)
+REMEMBERED = ("device", "stages", "eh", "align", "luminance")
 
 CHECKPOINT = "Checkpoint file…"
 DEVICES = ["auto", "cuda", "mps", "cpu"]
@@ -21,33 +26,7 @@ A_LABEL = "Structural (phase contrast / MRI / visible)"
 B_LABEL = "Salient (GFP / PET / SPECT / infrared)"
 
 
-#: tooltips, one per control
-TIPS = {
-    "a": "The image that carries the structure: phase contrast, MRI, visible light. "
-         "Grey or RGB, 2D or nD (z, t); the same shape as the salient layer.",
-    "b": "The image whose bright signal must survive: GFP or another fluorescence channel, PET, SPECT, infrared.",
-    "model": "gfp_pc: fluorescence on phase contrast; medical: PET/SPECT/CT with MRI; ivf: infrared with visible; "
-             "admm: the training-free solver. Models registered from the console or the Fine-tune widget appear "
-             "here. See 'Which model, which metric' in the docs.",
-    "checkpoint": "A .safetensors model written by napari-derun (train, Fine-tune → Save), or a bioimage.io "
-                  "package it exported (.zip or rdf.yaml). Loaded without unpickling code.",
-    "device": "auto: a CUDA or Apple GPU when there is one, else the CPU.",
-    "in_use": "The device the next run will use.",
-    "stages": "Also add one layer per unfolding stage (the fused image after each of the 9 stages), to see "
-              "how the network gets there.",
-    "eh": "Also add the extracted feature maps E and H of every stage and filter (large: stages × filters planes).",
-    "align": "Estimate a translation of the salient image onto the structural one (phase correlation) and "
-             "apply it before fusing. For pairs that are nearly, but not exactly, registered.",
-    "run": "Fuse in the background; the result is a new layer '<salient>_<structural>_derun', updated in "
-           "place when you run again.",
-    "cancel": "Stop after the current plane or tile; nothing is added.",
-    "metrics": "Of the middle plane. EN: information (entropy); AG: sharpness (average gradient); SSIM: "
-               "structure kept from both inputs; PSNR: closeness to both; "
-               "SR: share of the salient image's contrast kept (1 = all). A copy of one input scores well on "
-               "several metrics, so read them together (docs: 'Which model, which metric').",
-    "all_metrics": "Compute all eight fusion metrics of the paper (EN, SSIM, PSNR, AG, FMI, VIF, UIQI, Qp) "
-                   "for the last result, in the background.",
-}
+from ._tips import FUSE_TIPS as TIPS  # noqa: E402  (one tooltip per control)
 
 
 def output_name(a_name: str, b_name: str) -> str:
@@ -86,7 +65,10 @@ class FuseWidget(JobWidgetMixin, QWidget):
 
         self.a_combo = layer_picker(self.viewer, A_LABEL, TIPS["a"])
         self.b_combo = layer_picker(self.viewer, B_LABEL, TIPS["b"])
+        self.swap_button = PushButton(text="Swap structural ↔ salient", tooltip=TIPS["swap"])
         self.model_combo = ComboBox(label="Model", choices=self._model_choices, tooltip=TIPS["model"])
+        self.auto_label = Label(label="auto runs", value="", tooltip=TIPS["auto"])
+        self.luminance_check = CheckBox(text="Plain luminance result (grey)", value=False, tooltip=TIPS["luminance"])
         self.ckpt_file = FileEdit(label="Checkpoint", mode="r", filter="*.safetensors *.zip *.yaml", visible=False,
                                   tooltip=TIPS["checkpoint"])
         self.device_combo = ComboBox(label="Device", choices=DEVICES, value="auto", tooltip=TIPS["device"])
@@ -102,8 +84,9 @@ class FuseWidget(JobWidgetMixin, QWidget):
         self.all_metrics_button = PushButton(text="All eight metrics", enabled=False, tooltip=TIPS["all_metrics"])
         self.form = Container(
             widgets=[
-                self.a_combo, self.b_combo, self.model_combo, self.ckpt_file, self.device_combo,
-                self.device_label, self.stages_check, self.eh_check, self.align_check,
+                self.a_combo, self.b_combo, self.swap_button, self.model_combo, self.auto_label, self.ckpt_file,
+                self.device_combo, self.device_label, self.luminance_check, self.stages_check, self.eh_check,
+                self.align_check,
             ]
         )
         self.buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
@@ -117,6 +100,10 @@ class FuseWidget(JobWidgetMixin, QWidget):
         lay.addWidget(self.status_label.native)
         lay.addWidget(self.metrics_label.native)
         lay.addWidget(self.all_metrics_button.native)
+        from ._folder import FolderFuse
+
+        self.folder = FolderFuse(self)
+        lay.addWidget(self.folder.native)
         lay.addStretch(1)
         self.status_label.native.setWordWrap(True)
         self.metrics_label.native.setWordWrap(True)
@@ -126,17 +113,23 @@ class FuseWidget(JobWidgetMixin, QWidget):
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.all_metrics_button.clicked.connect(self.compute_all_metrics)
+        self.swap_button.clicked.connect(self.swap)
+        self._roles_touched = False
+        self._setting_roles = False
+        self._warned: set[tuple[str, str]] = set()
+        for c in (self.a_combo, self.b_combo):
+            c.changed.connect(self._on_role_picked)
         # napari also calls reset_choices once the widget is docked (a layer added, removed, moved or
         # renamed); these keep an undocked widget (console, scripts) in step too
         for ev in ("inserted", "removed", "renamed"):
             getattr(self.viewer.layers.events, ev).connect(self._refresh_layers)
         MODEL_BUS.changed.connect(self._on_model_registered)
         self.destroyed.connect(lambda *_: _disconnect(MODEL_BUS.changed, self._on_model_registered))
-        self._model_touched = False
         self._refresh_layers()
-        self._suggest_model()
-        self.model_combo.changed.connect(self._mark_model_touched)
+        self.model_combo.value = AUTO
+        self._restore_settings()
         self._update_device_label()
+        self._update_auto_label()
 
     # ---------------------------------------------------------------- choices
     def reset_choices(self, *_) -> None:
@@ -147,37 +140,91 @@ class FuseWidget(JobWidgetMixin, QWidget):
     def _model_choices(self, _w=None):
         from .. import api
 
-        return api.list_models() + [CHECKPOINT]
+        return [AUTO] + api.list_models() + [CHECKPOINT]
 
     def _refresh_layers(self, *_):
         a, b = self.a_combo.value, self.b_combo.value
-        self.a_combo.reset_choices()
-        self.b_combo.reset_choices()
-        layers = image_layers(self.viewer)
-        # sensible defaults: first grey layer as structural, an RGB/other layer as salient
-        if a is None or a not in layers:
-            grey = [ly for ly in layers if not ly.rgb]
-            self.a_combo.value = (grey or layers or [None])[0]
-        if b is None or b not in layers:
-            rest = [ly for ly in layers if ly is not self.a_combo.value]
-            self.b_combo.value = (rest or [None])[0]
-        if hasattr(self, "_model_touched"):
-            self._suggest_model()
+        self._setting_roles = True
+        try:
+            self.a_combo.reset_choices()
+            self.b_combo.reset_choices()
+            layers = image_layers(self.viewer)
+            if a not in layers or b not in layers or a is None or b is None:
+                # first two image layers, in the roles their content says (not "the first grey layer")
+                da, db = _pair.default_pair(layers)
+                keep_a = a is not None and a in layers
+                keep_b = b is not None and b in layers and b is not a
+                if keep_a and not keep_b:
+                    rest = [ly for ly in layers if ly is not a]
+                    da, db = _pair.default_pair([a] + rest)
+                elif keep_b and not keep_a:
+                    rest = [ly for ly in layers if ly is not b]
+                    da, db = _pair.default_pair([b] + rest)
+                self.a_combo.value, self.b_combo.value = da, db
+        finally:
+            self._setting_roles = False
+        if hasattr(self, "auto_label"):
+            self._update_auto_label()
 
-    def _mark_model_touched(self, *_):
-        self._model_touched = True
+    def _on_role_picked(self, *_):
+        if not self._setting_roles:
+            self._roles_touched = True  # the user's roles: never swapped behind their back
+        self._update_auto_label()
 
-    def _suggest_model(self) -> None:
-        """Offer the model that fits the picked layers (until the user picks one)."""
-        if self._model_touched:
+    def swap(self) -> None:
+        """Exchange the structural and the salient layer (the Swap button)."""
+        a, b = self.a_combo.value, self.b_combo.value
+        self._setting_roles = True
+        try:
+            self.a_combo.value, self.b_combo.value = b, a
+        finally:
+            self._setting_roles = False
+        self._roles_touched = True
+        self._update_auto_label()
+
+    def _auto(self):
+        """(model, message, guess) of ``auto`` for the picked layers, or None."""
+        a, b = self.a_combo.value, self.b_combo.value
+        if a is None or b is None or a is b:
+            return None
+        available = [m for m in self.model_combo.choices if m not in (AUTO, CHECKPOINT)]
+        last = load_prefs().get("model")
+        return _pair.auto_choice(a, b, available, remembered=last if isinstance(last, str) else None)
+
+    def _update_auto_label(self, *_):
+        if not hasattr(self, "auto_label"):
             return
-        names = [ly.name for ly in (self.a_combo.value, self.b_combo.value) if ly is not None]
-        pick = default_model(names, list(self.model_combo.choices))
-        if pick in self.model_combo.choices and pick != self.model_combo.value:
-            blocker = self.model_combo.changed.blocked()
-            with blocker:
-                self.model_combo.value = pick
-            self._on_model_changed(pick)
+        self.auto_label.visible = self.model_combo.value == AUTO
+        try:
+            choice = self._auto()
+        except Exception:  # noqa: BLE001 - the label is a hint
+            choice = None
+        if choice is None:
+            self.auto_label.value = "(pick two image layers)"
+            self.auto_label.tooltip = TIPS["auto"]
+            return
+        model, msg, g = choice
+        self.auto_label.value = f"{model} ({g.task})" + ("; roles look swapped" if g.swapped else "")
+        self.auto_label.tooltip = f"{msg}\n\n{TIPS['auto']}"
+
+    def _restore_settings(self) -> None:
+        saved = load_prefs().get("fuse_widget")
+        if not isinstance(saved, dict):
+            return
+        widgets = {"device": self.device_combo, "stages": self.stages_check, "eh": self.eh_check,
+                   "align": self.align_check, "luminance": self.luminance_check}
+        for key, w in widgets.items():
+            v = saved.get(key)
+            try:
+                if v is not None and (key != "device" or v in DEVICES):
+                    w.value = v
+            except Exception:  # noqa: BLE001 - a stale preference is ignored
+                pass
+
+    def _save_settings(self) -> None:
+        save_pref("fuse_widget", {"device": self.device_combo.value, "stages": bool(self.stages_check.value),
+                                  "eh": bool(self.eh_check.value), "align": bool(self.align_check.value),
+                                  "luminance": bool(self.luminance_check.value)})
 
     def refresh_models(self, select: str | None = None) -> None:
         cur = select or self.model_combo.value
@@ -197,6 +244,8 @@ class FuseWidget(JobWidgetMixin, QWidget):
 
     def _on_model_changed(self, value):
         self.ckpt_file.visible = value == CHECKPOINT
+        if hasattr(self, "auto_label"):
+            self.auto_label.visible = value == AUTO
 
     def _update_device_label(self, *_):
         from .. import api
@@ -240,6 +289,22 @@ class FuseWidget(JobWidgetMixin, QWidget):
         except ValueError as e:
             self._fail(f"Cannot fuse: {e}")
             return
+        auto = None
+        g = _pair.guess_for(a, b)
+        if g is not None and g.swapped:
+            if self._roles_touched:
+                show_warning(f"'{a.name}' and '{b.name}' look the wrong way round: {g.role_reason}. "
+                             "Press 'Swap' if they are.")
+            else:
+                self.swap()
+                self._roles_touched = False  # swapped from the content: still not the user's choice
+                a, b = b, a
+                show_info(f"Swapped the roles: '{a.name}' is now the structural and '{b.name}' the salient image "
+                          f"({g.role_reason}). Press 'Swap' to undo.")
+        if model == AUTO:
+            model, msg, guess = self._auto()
+            auto = {"model": model, "task": guess.task, "reason": msg}
+            show_info(f"{msg} Pick another model in the Model list to override.")
         shift = None
         try:
             est = job.estimate_shift(a.data, b.data, a.rgb, b.rgb)
@@ -248,13 +313,18 @@ class FuseWidget(JobWidgetMixin, QWidget):
         self.estimated_shift = est
         if self.align_check.value:
             shift = est
-        elif job.looks_misaligned(est, job.spatial_shape(a.data, a.rgb)):
+        elif (job.looks_misaligned(est, job.spatial_shape(a.data, a.rgb)) and (a.name, b.name) not in self._warned
+              and job.shift_is_consistent(a.data, b.data, a.rgb, b.rgb, est)):
+            self._warned.add((a.name, b.name))  # once per pair of layers, not on every run
             show_warning(
                 f"'{b.name}' looks shifted by about ({est[0]:.1f}, {est[1]:.1f}) px relative to '{a.name}'. "
                 "Tick 'Align b to a first' and run again to shift it before fusing, or register the images first."
             )
-        if self.model_combo.value != CHECKPOINT:
-            save_pref("model", self.model_combo.value)  # the next Fuse widget starts with it, in any session
+        if self.model_combo.value not in (CHECKPOINT, AUTO):
+            save_pref("model", self.model_combo.value)  # a hint for 'auto' when the content is unclear
+        self._save_settings()
+        colour = "luminance" if self.luminance_check.value else "overlay"
+        cmap = _pair.colormap_table(b)
         self._cancel.clear()
         self._layers = (a, b)
         self._opts = {"with_stages": self.stages_check.value, "with_eh": self.eh_check.value}
@@ -276,6 +346,7 @@ class FuseWidget(JobWidgetMixin, QWidget):
                         a.data, b.data, model, device, a_rgb=a.rgb, b_rgb=b.rgb,
                         with_stages=self._opts["with_stages"], with_eh=self._opts["with_eh"], align_shift=shift,
                         callback=lambda d, t, m: relay.progress.emit(d, t, m), cancel=cancel, names=(a.name, b.name),
+                        colour=colour, b_colormap=cmap, auto=auto,
                     )
             except job.Cancelled:
                 return None
@@ -362,10 +433,7 @@ class FuseWidget(JobWidgetMixin, QWidget):
         kw: dict[str, Any] = {"scale": scale, "translate": translate, "rgb": result.rgb, "metadata": {"derun": prov}}
         if not result.rgb:
             kw["contrast_limits"] = (0.0, 1.0)
-            # a grey salient layer shown with a colour map (GFP in green): the fused layer keeps it
-            cmap = getattr(b, "colormap", None)
-            if not b.rgb and cmap is not None and cmap.name not in ("gray", "grey", "gray_r", "I Forest"):
-                kw["colormap"] = cmap
+            kw["colormap"] = "gray"
         copy_units(a, kw)
         copy_axis_labels(a, kw)
         self._upsert(out, result.fused, **kw)
