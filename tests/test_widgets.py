@@ -263,10 +263,46 @@ def test_finetune_plots_registers_saves_and_reloads(make_napari_viewer, qtbot, t
     pkg = tmp_path / "tuned.zip"
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(pkg), ""))
     assert w.export_button.enabled
+    # the export runs in a worker: the Qt event loop keeps running (a 20 ms timer never waits long)
+    import time
+
+    from qtpy.QtCore import QTimer
+
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start(20)
+    t0 = time.perf_counter()
     qtbot.mouseClick(w.export_button.native, Qt.LeftButton)
+    assert time.perf_counter() - t0 < 1.0 and w.io_worker is not None  # the click returns at once
+    qtbot.waitUntil(lambda: w.io_worker is None, timeout=120_000)
+    timer.stop()
+    gaps = np.diff([t0] + ticks)
+    export_s = ticks[-1] - t0
     assert pkg.is_file() and "bioimage.io" in w.status_label.value
+    assert export_s > 0.5 and len(ticks) > 10 and gaps.max() < 1.0, (export_s, len(ticks), gaps.max())
+    print(f"export {export_s:.1f} s, {len(ticks)} timer ticks, longest event-loop gap {gaps.max() * 1000:.0f} ms")
     np.testing.assert_array_equal(nd.fuse(a1, b1, model=str(pkg), device="cpu"), f_mem)
     api._SESSION.pop(name, None)
+
+
+def test_finetune_start_from_and_roles_follow_the_content(make_napari_viewer):
+    """Issue 19 item 7: 'Start from' is the model the Fuse widget's auto picks (gfp_pc for GFP/PC layers with
+    camera names, in either order), and the roles are the content's."""
+    from napari_derun._widgets import FinetuneWidget
+
+    viewer = make_napari_viewer()
+    a, b = sample_data.gfp_pc(size=96)
+    lb = viewer.add_image(b, name="03-A03", rgb=True)
+    la = viewer.add_image(np.repeat(a[..., None], 3, -1), name="03-A03 [1]", rgb=True)
+    w = FinetuneWidget(viewer)
+    assert (w.a_combo.value, w.b_combo.value) == (la, lb)
+    assert w.start_model.value == "gfp_pc"
+    w.swap()
+    assert (w.a_combo.value, w.b_combo.value) == (lb, la)
+    w.start_model.value = "admm"  # the user's choice stays
+    w.add_pair(la, lb)
+    assert w.start_model.value == "admm"
 
 
 def test_finetune_stop_keeps_best(make_napari_viewer, qtbot):
@@ -371,6 +407,8 @@ def test_model_registered_from_the_console_appears_at_once(make_napari_viewer):
     try:
         api.register_model("from-console", DeRUN.from_hifm())  # what a user types in napari's console
         assert "from-console" in fw.model_combo.choices
+        # listed among the models, before "Checkpoint file…" (issue 19, item 11)
+        assert fw.model_combo.choices[-1] == "Checkpoint file…" and fw.model_combo.choices[0] == "auto"
     finally:
         api._SESSION.pop("from-console", None)
 

@@ -10,6 +10,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label,
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QFileDialog, QListWidget, QProgressBar, QVBoxLayout, QWidget
 
+from . import _pair
 from ._common import JobWidgetMixin, ProgressRelay, image_layers, layer_picker
 from ._fuse_widget import A_LABEL, B_LABEL
 
@@ -27,7 +28,9 @@ TIPS = {
     "folder": "A folder with a/ (structural) and b/ (salient) sub-folders holding pairs with the same file names.",
     "val": "Optional held-back pair: with it, the epoch with the best validation mean rank over the fusion "
            "metrics is kept; without it, the last epoch.",
-    "start": "The model to start from: a shipped model of the same kind of data is the usual choice.",
+    "start": "The model to start from: a shipped model of the same kind of data is the usual choice. It starts "
+             "as the model the Fuse widget's 'auto' picks for the pair above (decided from the images).",
+    "swap": "Exchange the structural and the salient layer.",
     "objective": "What training minimises. 'as the start model' continues with the objective the model was "
                  "trained with (the shipped models: the fusion objective). 'fusion' keeps both images "
                  "(intensity, max gradient, SSIM, LGDE); 'paper' is Eq. 14 of the DeRUN paper, which prefers a "
@@ -117,6 +120,7 @@ class FinetuneWidget(JobWidgetMixin, QWidget):
 
         self.a_combo = layer_picker(self.viewer, A_LABEL, TIPS["a"])
         self.b_combo = layer_picker(self.viewer, B_LABEL, TIPS["b"])
+        self.swap_button = PushButton(text="Swap ↔", tooltip=TIPS["swap"])
         self.add_button = PushButton(text="Add pair", tooltip=TIPS["add"])
         self.remove_button = PushButton(text="Remove selected", tooltip=TIPS["remove"])
         self.pair_list = QListWidget()
@@ -143,7 +147,8 @@ class FinetuneWidget(JobWidgetMixin, QWidget):
         self.status_label = Label(value="Add training pairs, then press Start.")
         self.status_label.native.setWordWrap(True)
         self.form1 = Container(widgets=[self.a_combo, self.b_combo])
-        self.pair_buttons = Container(widgets=[self.add_button, self.remove_button], layout="horizontal", labels=False)
+        self.pair_buttons = Container(widgets=[self.swap_button, self.add_button, self.remove_button],
+                                      layout="horizontal", labels=False)
         self.form2 = Container(widgets=[self.folder, self.val_a, self.val_b, self.start_model, self.objective, self.epochs,
                                         self.steps, self.batch, self.lr, self.patch, self.name])
         self.buttons = Container(widgets=[self.start_button, self.stop_button, self.save_button],
@@ -158,6 +163,10 @@ class FinetuneWidget(JobWidgetMixin, QWidget):
                   self.buttons.native, self.export_row.native, self.progress, self.status_label.native, self.plot):
             lay.addWidget(w)
 
+        self.io_worker = None  # save / export in the background
+        self._start_touched = False
+        self.start_model.changed.connect(self._mark_start_touched)
+        self.swap_button.clicked.connect(self.swap)
         self.add_button.clicked.connect(lambda *_: self.add_pair())  # clicked passes `checked`
         self.remove_button.clicked.connect(self._remove_selected)
         self.start_button.clicked.connect(self.start)
@@ -182,14 +191,38 @@ class FinetuneWidget(JobWidgetMixin, QWidget):
         for c in (self.a_combo, self.b_combo, self.val_a, self.val_b):
             c.reset_choices()
         layers = image_layers(self.viewer)
-        if self.a_combo.value is None:
-            grey = [ly for ly in layers if not ly.rgb]
-            self.a_combo.value = (grey or layers or [None])[0]
-        if self.b_combo.value is None:
-            rest = [ly for ly in layers if ly is not self.a_combo.value]
-            self.b_combo.value = (rest or [None])[0]
+        if self.a_combo.value is None or self.b_combo.value is None:
+            # the first two image layers in the roles their content says (as in the Fuse widget)
+            self.a_combo.value, self.b_combo.value = _pair.default_pair(layers)
         self.pairs = [(a, b) for a, b in self.pairs if a in layers and b in layers]
         self._update_list()
+        self._suggest_start()
+
+    def _mark_start_touched(self, *_):
+        if not getattr(self, "_suggesting", False):
+            self._start_touched = True
+
+    def _suggest_start(self) -> None:
+        """Start from the model the Fuse widget's ``auto`` picks for the first pair (until the user picks one)."""
+        if getattr(self, "_start_touched", True):
+            return
+        a, b = self.pairs[0] if self.pairs else (self.a_combo.value, self.b_combo.value)
+        if a is None or b is None or a is b:
+            return
+        try:
+            model, _, _ = _pair.auto_choice(a, b, [m for m in self.start_model.choices])
+        except Exception:  # noqa: BLE001 - a suggestion only
+            return
+        if model in self.start_model.choices and model != self.start_model.value:
+            self._suggesting = True
+            try:
+                self.start_model.value = model
+            finally:
+                self._suggesting = False
+
+    def swap(self) -> None:
+        """Exchange the structural and the salient layer pickers."""
+        self.a_combo.value, self.b_combo.value = self.b_combo.value, self.a_combo.value
 
     def _update_list(self):
         self.pair_list.clear()
@@ -210,8 +243,13 @@ class FinetuneWidget(JobWidgetMixin, QWidget):
         except ValueError as e:
             show_error(f"Cannot use this pair: {e}")
             return
+        g = _pair.guess_for(a, b)
+        if g is not None and g.swapped:
+            show_info(f"'{a.name}' and '{b.name}' look the wrong way round ({g.role_reason}); if they are, remove "
+                      "the pair, press 'Swap' and add it again.")
         self.pairs.append((a, b))
         self._update_list()
+        self._suggest_start()
 
     def _remove_selected(self):
         rows = sorted({i.row() for i in self.pair_list.selectedIndexes()}, reverse=True)
@@ -350,16 +388,54 @@ class FinetuneWidget(JobWidgetMixin, QWidget):
                                                   "DeRUN checkpoint (*.safetensors)")
             if not path:
                 return None
+            return self._in_background("Saving", lambda: self._save_now(path), "Saved to {}")
+        out = self._save_now(path)
+        self._set_status("done", f"Saved to {out}")
+        return out
+
+    def _save_now(self, path) -> Path:
         from ..engine.checkpoint import save_checkpoint
 
         info = dict(self.result.info)
         info["name"] = self.registered_name
-        out = save_checkpoint(path, self.result.best_model, info)
-        self._set_status("done", f"Saved to {out}")
-        return Path(out)
+        return Path(save_checkpoint(path, self.result.best_model, info))
 
-    def export(self, path: str | None = None) -> Path | None:
-        """Write the tuned model as a bioimage.io package (asks for a file when ``path`` is None)."""
+    def _in_background(self, what: str, fn, done: str) -> None:
+        """Run a long action (export, save) in a worker thread: busy progress bar, the other buttons
+        disabled, the viewer responsive; ``done`` (formatted with the result) in the status line."""
+        from napari.qt.threading import create_worker
+
+        if self.io_worker is not None or self.running:
+            show_error("Wait for the running action to finish.")
+            return None
+        for btn in (self.save_button, self.export_button, self.start_button):
+            btn.enabled = False
+        self.progress.setRange(0, 0)
+        self.status_label.value = f"{what}…"
+        w = create_worker(fn, _start_thread=False)
+
+        def returned(out):
+            if out is not None:
+                self._set_status("done", done.format(out))
+                show_info(done.format(out))
+
+        def finished():
+            self.io_worker = None
+            for btn in (self.save_button, self.export_button, self.start_button):
+                btn.enabled = True
+            self.progress.setRange(0, 1)
+            self.progress.setValue(1)
+
+        w.returned.connect(returned)
+        w.errored.connect(lambda e: (self._set_status("error", f"{what} failed: {e}"), show_error(f"{what} failed: {e}")))
+        w.finished.connect(finished)
+        self.io_worker = w
+        w.start()
+        return None
+
+    def export(self, path: str | None = None) -> None:
+        """Write the tuned model as a bioimage.io package in the background (asks for a file when ``path`` is
+        None); the status line says when it is written (``io_worker`` is None again)."""
         if self.result is None or self.registered_name is None:
             show_error("Nothing to export yet: fine-tune first.")
             return None
@@ -370,10 +446,12 @@ class FinetuneWidget(JobWidgetMixin, QWidget):
                 return None
         from ..engine.bioimage_io import export_bioimageio
 
-        try:
-            out = export_bioimageio(self.registered_name, path, overwrite=True)
-        except ImportError as e:
-            show_error(str(e))
-            return None
-        self._set_status("done", f"Exported the bioimage.io package {out}")
-        return Path(out)
+        name = self.registered_name
+
+        def work():
+            from .._runtime import gui_threads
+
+            with gui_threads():  # leave a core for napari's GUI
+                return Path(export_bioimageio(name, path, overwrite=True))
+
+        return self._in_background("Exporting for bioimage.io", work, "Exported the bioimage.io package {}")

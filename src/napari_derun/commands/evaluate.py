@@ -11,9 +11,10 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "evaluate",
-        help="fuse every a/ + b/ pair of a folder with several methods and tabulate the 8 fusion metrics",
+        help="fuse every a/ + b/ pair of a folder with several methods and tabulate the fusion metrics",
         description="Fuse each pair of DIR/a and DIR/b (same file name = pair) with each method, score it "
-        "with SSIM PSNR AG FMI VIF EN UIQI Qp, write per_image.csv and summary.md (mean ± std).",
+        "with 14 metrics by default (the paper's eight SSIM PSNR AG FMI VIF EN UIQI Qp, then SD SF MI Qabf SCD "
+        "SR; --metrics picks fewer), write per_image.csv and summary.md (mean ± std and the mean rank).",
     )
     p.add_argument("dir", help="data folder with a/ (structural) and b/ (salient) sub-folders")
     p.add_argument("--out", "-o", default=None, help="output folder for per_image.csv and summary.md")

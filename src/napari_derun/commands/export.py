@@ -24,6 +24,8 @@ def register(sub) -> None:
                    help="replace an existing package: a .zip atomically, in a folder only the package's own files")
     p.add_argument("--test", action="store_true",
                    help="then run bioimageio.core's model test on the package (needs bioimageio.core)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print nothing but errors (with --test: the test's result line)")
     p.set_defaults(func=run)
 
 
@@ -33,13 +35,16 @@ def run(args: argparse.Namespace) -> int:
     out = check_package_target(Path(args.out), args.overwrite, args.model)  # before any work
 
     path = export_bioimageio(args.model, out, name=args.name, authors=args.author, overwrite=args.overwrite)
-    print(f"wrote {path}")
+    quiet = getattr(args, "quiet", False)
+    if not quiet:
+        print(f"wrote {path}")
     if args.test:
         from bioimageio.core import test_model
 
         summary = test_model(str(path))
         for d in summary.details:
-            print(f"{d.status:>7}  {d.name}" + "".join(f"\n         {e.msg}" for e in d.errors))
+            if not quiet or d.status != "passed":
+                print(f"{d.status:>7}  {d.name}" + "".join(f"\n         {e.msg}" for e in d.errors))
         print(f"bioimageio.core model test: {summary.status}")
         return 0 if summary.status == "passed" else 1
     return 0

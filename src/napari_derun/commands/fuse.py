@@ -214,13 +214,18 @@ def _run_pair(args, fuser, opts, client) -> int:
     out = Path(args.output)
     if out.is_dir():
         raise ValueError(f"-o {out} is a folder; for a pair give the output file name (e.g. {out}/fused.tif)")
-    bar = None if args.quiet or client is not None else tqdm(total=1, desc=Path(a).name, unit="step", leave=False)
+    bar = None
+    show = not args.quiet and client is None
 
     def cb(done, total):
-        if bar is not None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
+        nonlocal bar
+        if not show:
+            return
+        if bar is None:  # made at the first report, with the real total (not 0/1 then a jump to 1/9)
+            bar = tqdm(total=total, desc=Path(a).name, unit="step", leave=False)
+        bar.total = total
+        bar.n = done
+        bar.refresh()
 
     try:
         res = fuse_files(a, b, out, fuser, opts, callback=cb, client=client)

@@ -126,6 +126,18 @@ def run(args: argparse.Namespace) -> int:
         optimizer=args.optimizer, strategy=args.strategy,
         **(dict(zip(("w_intensity", "w_gradient", "w_ssim", "w_lgde"), args.weights)) if args.weights else {}),
     )
+    if not args.resume and str(args.init) != "admm":
+        # fine-tuning a model: continue with the objective it was trained with (as finetune() and the
+        # Fine-tune widget do); only objective options written on this command line change it
+        from ..training.loop import _stored_objective
+
+        explicit = _explicit(getattr(args, "_argv", []))
+        kept = {k: v for k, v in _stored_objective(args.init).items()
+                if k not in explicit and not (k.startswith("w_") and "weights" in explicit)}
+        if kept:
+            cfg = TrainConfig.from_dict({**cfg.to_dict(), **kept})
+            say(f"--init {args.init}: keeping its objective ({', '.join(f'{k}={v}' for k, v in kept.items())}); "
+                "give --objective / --target / --weights to change it")
     if args.resume:
         # continue with the stored settings; only options written on this command line change them
         from ..engine.checkpoint import read_checkpoint_info
@@ -146,8 +158,11 @@ def run(args: argparse.Namespace) -> int:
         nonlocal bar
         if ev["kind"] == "step":
             if bar is None:
-                bar = tqdm(total=ev["total_steps"], initial=ev["step"] - 1, disable=args.quiet, unit="step")
-            bar.update(1)
+                # made at the end of the first step, counting it: the rate comes from the steps after it
+                # (updating a bar made a moment ago showed thousands of steps per second)
+                bar = tqdm(total=ev["total_steps"], initial=ev["step"], disable=args.quiet, unit="step")
+            else:
+                bar.update(1)
             bar.set_postfix(epoch=ev["epoch"], loss=f"{ev['loss']:.4f}", lr=f"{ev['lr']:.2e}")
         else:
             msg = f"epoch {ev['epoch']}/{ev['epochs']}: train loss {ev['train_loss']:.5f}"

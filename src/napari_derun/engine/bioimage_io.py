@@ -41,13 +41,21 @@ PERCENTILES = (0.1, 99.9)
 
 # ----------------------------------------------------------------------------------------- export
 def _sample_for(info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
-    """A built-in sample pair that fits the model's task (GFP/phase contrast or PET/MRI)."""
+    """A built-in sample pair that fits the model's task: from the tasks of its training data, else its
+    name, else the model it was fine-tuned from (a GFP model named 'finetuned-1' still gets the GFP sample)."""
     from ..data import sample_data
 
-    tasks = " ".join(map(str, ((info.get("data") or {}).get("tasks") or [info.get("name", "")]))).lower()
-    if "gfp" in tasks:
-        a, b = sample_data.gfp_pc()
-        return a, b, "the built-in GFP / phase-contrast sample"
+    training = info.get("training") or {}
+    words = [*((info.get("data") or {}).get("tasks") or []), info.get("name", ""), training.get("init", ""),
+             (training.get("config") or {}).get("modalities") or ""]
+    text = " ".join(map(str, words)).lower()
+    for key, task, what in (("gfp", "gfp_pc", "GFP / phase-contrast"), ("spect", "spect_mri", "SPECT / MRI"),
+                            ("ct_mri", "ct_mri", "CT / MRI"), ("ivf", "ivf", "infrared / visible"),
+                            ("infrared", "ivf", "infrared / visible"), ("pet", "pet_mri", "PET / MRI"),
+                            ("medical", "pet_mri", "PET / MRI")):
+        if key in text:
+            a, b = sample_data.SAMPLES[task]()
+            return a, b, f"the built-in {what} sample"
     a, b = sample_data.pet_mri()
     return a, b, "the built-in PET / MRI sample"
 
@@ -67,12 +75,16 @@ def _test_inputs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _cover(a: np.ndarray, b: np.ndarray, f: np.ndarray, path: Path) -> None:
-    """A 2:1 cover: the inputs overlaid (structural grey, salient green) | the fused image."""
+    """A 2:1 cover: the inputs overlaid (structural grey, salient green) | the fused image coloured the same way
+    (:func:`napari_derun.data.colour.compose`), clipped to [0, 1] (never wrapped around to white)."""
     from PIL import Image
 
+    from ..data.colour import compose
+
+    a, b = np.clip(a, 0, 1), np.clip(b, 0, 1)
     over = np.stack([a, np.clip(a + b, 0, 1), a], -1)
-    fused = np.repeat(f[..., None], 3, -1)
-    img = (np.concatenate([over, fused], 1) * 255).round().astype(np.uint8)
+    fused = compose(np.clip(f, 0, 1), a, b, False, False, "overlay", "green")
+    img = (np.clip(np.concatenate([over, fused], 1), 0, 1) * 255).round().astype(np.uint8)
     Image.fromarray(img).save(path)
 
 

@@ -109,7 +109,9 @@ def profile(
 
     Args:
         size: side of the square test pair in pixels (at least 41).
-        methods: as in :func:`napari_derun.evaluation.evaluate`.
+        methods: derun (the model given by model, else the first shipped DeRUN), admm (training-free),
+            average, max, laplacian, pixel_max, overlay, copy_a, copy_b, or model names / checkpoint paths;
+            a list or one comma-separated string.
         device: auto (a GPU when there is one), cpu, cuda or mps.
         repeats: timed runs per method; the median is reported.
         model: the model behind ``derun`` (default: the shipped one).

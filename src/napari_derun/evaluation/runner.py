@@ -66,15 +66,8 @@ BASELINE_METHODS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 #: short names accepted for the degradations of :mod:`napari_derun.data.degrade`.
 DEGRADATION_ALIASES = {"noise": "gaussian_noise"}
 
-# folder name -> the shipped-model task it belongs to
-_TASK_OF_FOLDER = {
-    "gfp_pc": "gfp_pc",
-    "ivf": "ivf",
-    "medical": "medical",
-    "pet_mri": "medical",
-    "spect_mri": "medical",
-    "ct_mri": "medical",
-}
+#: pairs read to decide which shipped model "derun" is (the most frequent guess among them)
+GUESS_PAIRS = 3
 
 CSV_FIELDS = ("name", "method") + EVAL_METRICS + ("seconds",)
 
@@ -110,10 +103,28 @@ def _shipped_models() -> list[str]:
     return [m for m in api.list_models() if m != api.TRAINING_FREE]
 
 
-def _task_of(source: Any) -> str | None:
-    if isinstance(source, (str, os.PathLike)):
-        return _TASK_OF_FOLDER.get(Path(source).resolve().name.lower())
-    return None
+def _model_of_content(pairs: Sequence[tuple[str, Any, Any]]) -> tuple[str | None, str]:
+    """The shipped model the first pairs' content points to (:mod:`napari_derun.data.task_guess`), and why;
+    never the folder's name (a folder called ``ivf3`` or ``pet3`` says nothing)."""
+    from collections import Counter
+
+    from ..data.task_guess import analyse_pair
+
+    votes: Counter = Counter()
+    reasons = {}
+    for _, pa, pb in list(pairs)[:GUESS_PAIRS]:
+        try:
+            a = io.read_image(pa) if isinstance(pa, (str, os.PathLike)) else np.asarray(pa)
+            b = io.read_image(pb) if isinstance(pb, (str, os.PathLike)) else np.asarray(pb)
+            g = analyse_pair(a, b)
+        except (ValueError, OSError):
+            continue
+        votes[g.model] += 1
+        reasons.setdefault(g.model, g.reason)
+    if not votes:
+        return None, ""
+    model, n = votes.most_common(1)[0]
+    return model, f"{n} of the first {sum(votes.values())} pairs look like it: {reasons[model]}"
 
 
 def resolve_methods(
@@ -123,10 +134,10 @@ def resolve_methods(
 ) -> tuple[list[Method], list[str]]:
     """Turn method strings into :class:`Method` objects.
 
-    ``"derun"`` uses ``model`` if given, else the shipped model whose name is the
-    task of the data folder ``source`` (``gfp_pc``, ``ivf``, ``medical`` for
-    pet_mri / spect_mri / ct_mri), else the first shipped model.  When no DeRUN
-    model is available, ``"derun"`` is skipped and a message says so.
+    ``"derun"`` uses ``model`` if given, else the shipped model of the task the first pairs of
+    ``source`` look like (:mod:`napari_derun.data.task_guess`, from the images, not the folder's name),
+    else the first shipped model.  When no DeRUN model is available, ``"derun"`` is skipped and a
+    message says so.
 
     Returns:
         ``(methods, messages)``; ``messages`` explain skipped methods.
@@ -154,10 +165,13 @@ def resolve_methods(
                     raise ValueError(f"unknown model {model!r}: use one of {known} or a checkpoint path")
                 out.append(Method("derun", "model", model))
             elif shipped:
-                task = _task_of(source)
-                pick = task if task in shipped else shipped[0]
+                pairs = source
+                if isinstance(source, (str, os.PathLike)):
+                    pairs = io.find_pairs(Path(source))[0] if Path(source).is_dir() else []
+                task_model, why = _model_of_content(pairs or [])
+                pick = task_model if task_model in shipped else shipped[0]
                 out.append(Method("derun", "model", pick))
-                messages.append(f"derun: using model {pick!r}")
+                messages.append(f"derun: using model {pick!r}" + (f" ({why})" if task_model in shipped else ""))
             else:
                 messages.append(
                     "derun: skipped, no trained DeRUN model is available (no shipped weights and no "
@@ -355,8 +369,8 @@ def evaluate(
             and ``summary.md`` (mean ± std table, the problems list).
         device: for model-based methods: auto (a GPU when there is one), cpu, cuda or mps.
         progress: show a tqdm progress bar (on stderr).
-        model: the model behind ``derun`` (default: the shipped model of the folder's task,
-            see :func:`resolve_methods`).
+        model: the model behind ``derun`` (default: the shipped model of the task the first pairs look
+            like, see :func:`resolve_methods`).
         limit: only the first ``limit`` pairs (sorted by name).
         verbose: print problems and skipped methods.
         metrics: the metric columns to compute, a list or one comma-separated string (default all
