@@ -18,7 +18,9 @@ def test_manifest_validates():
     widgets = {w.display_name for w in pm.contributions.widgets}
     assert widgets == {"Fuse images (DeRUN)", "Fine-tune DeRUN"}
     samples = {s.display_name: s.key for s in pm.contributions.sample_data}
-    assert samples == {"GFP + phase contrast (synthetic)": "gfp_pc", "PET + MRI (synthetic)": "pet_mri"}
+    assert samples == {"GFP + phase contrast (synthetic)": "gfp_pc", "PET + MRI (synthetic)": "pet_mri",
+                       "SPECT + MRI (synthetic)": "spect_mri", "CT + MRI (synthetic)": "ct_mri",
+                       "Infrared + visible (synthetic)": "ivf"}
     # every command points to an importable python_name
     for cmd in pm.contributions.commands:
         mod, attr = cmd.python_name.split(":")

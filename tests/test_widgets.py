@@ -204,6 +204,14 @@ def test_sample_data_opens(make_napari_viewer):
     a, b = sample_data.pet_mri()
     np.testing.assert_array_equal(viewer.layers["PET"].data, b)
     assert viewer.layers["GFP"].rgb
+    # a sample for every task, each guessed as its task (issue 19: "a bundled sample pair for each task")
+    from napari_derun.data.task_guess import guess_task
+
+    for key in ("spect_mri", "ct_mri", "ivf"):
+        n = len(viewer.layers)
+        viewer.open_sample("napari-derun", key)
+        la, lb = viewer.layers[n], viewer.layers[n + 1]
+        assert guess_task(la.data, lb.data)[0] == key
 
 
 def _finetune_widget(viewer, qtbot, epochs, steps):
@@ -394,6 +402,29 @@ def test_grey_gfp_with_green_colormap_stays_visible(make_napari_viewer, qtbot):
     pos, neg = b > 0.5 * b.max(), b <= np.median(b)
     assert lum[pos].mean() > lum[neg].mean() + 0.1
     np.testing.assert_allclose(lum, f[..., 1], atol=1e-5)  # the colour result's green channel is the brightness
+
+
+def test_nd_fuse_in_napari_shows_progress_and_the_choice(make_napari_viewer, monkeypatch):
+    """nd.fuse from napari's console: a napari progress bar and a notification of what 'auto' chose."""
+    from napari_derun._widgets import _console
+
+    viewer = make_napari_viewer()
+    a, b = sample_data.pet_mri(size=64)
+    viewer.add_image(a, name="mri")
+    seen = []
+    real = _console.progress
+
+    import contextlib
+
+    @contextlib.contextmanager
+    def recording(desc):
+        with real(desc) as cb:
+            yield lambda d, t: (seen.append((d, t)), cb(d, t))
+
+    monkeypatch.setattr(_console, "progress", recording)
+    f = nd.fuse(a, b, device="cpu")
+    assert f.shape == (64, 64, 3) and seen and seen[-1][0] == seen[-1][1]
+    assert any(m.startswith("auto: medical, because") for m in _notifications())
 
 
 def test_model_registered_from_the_console_appears_at_once(make_napari_viewer):

@@ -228,9 +228,12 @@ class FuseWidget(JobWidgetMixin, QWidget):
 
     def refresh_models(self, select: str | None = None) -> None:
         cur = select or self.model_combo.value
-        self.model_combo.reset_choices()
-        if cur in self.model_combo.choices:
-            self.model_combo.value = cur
+        with self.model_combo.changed.blocked():
+            # magicgui appends new choices after the old ones: start from an empty list so that a model
+            # registered later is listed among the models, before "Checkpoint file…"
+            self.model_combo.native.clear()
+            self.model_combo.reset_choices()
+            self.model_combo.value = cur if cur in self.model_combo.choices else AUTO
 
     def _on_model_registered(self, name: str) -> None:
         try:
