@@ -306,21 +306,27 @@ def test_huge_declared_images_are_refused_before_decoding(tmp_path, capsys, monk
     a, b = _pair_files(tmp_path)
     out = str(tmp_path / "o.tif")
     header = H.tiff_header(tmp_path / "huge.tif")  # 200 bytes declaring 100000 × 100000
-    monkeypatch.setattr("napari_derun.data.limits.available_memory", lambda: 8 << 30)
+    monkeypatch.setattr("napari_derun.data.limits.available_memory", lambda: 64 << 30)
     with _peak() as m:
         assert main(["fuse", str(header), str(b), "-o", out, *FAST]) == 1
-    _one_line_error(capsys, "100000 × 100000", "refused before decoding", "--max-image-mb")
+    _one_line_error(capsys, "100000 × 100000", "decompression bomb", "refused before decoding", "--max-image-mb")
     assert m.seconds < 5 and m.mib < 500
-    # a real tiled-zlib 12000² TIFF (a few hundred kB) on a machine with 500 MiB free, then with a set limit
+    # a real tiled-zlib 12000² TIFF of a few hundred kB: a bomb without a limit, then too large for a set limit
     big = H.tiled_zlib_tiff(tmp_path / "big.tif", side=12000)
-    monkeypatch.setattr("napari_derun.data.limits.available_memory", lambda: 500 << 20)
     assert main(["fuse", str(big), str(b), "-o", out, *FAST]) == 1
-    _one_line_error(capsys, "12000 × 12000", "the memory available now")
+    _one_line_error(capsys, "12000 × 12000", "times its size")
     assert main(["fuse", str(big), str(b), "-o", out, "--max-image-mb", "100", *FAST]) == 1
-    _one_line_error(capsys, "--max-image-mb 100")
+    _one_line_error(capsys, "--max-image-mb 100", "refused before decoding")
     monkeypatch.setenv("NAPARI_DERUN_MAX_IMAGE_MB", "50")
     assert main(["fuse", str(H.png_header(tmp_path / "p.png", 12000, 12000)), str(b), "-o", out, *FAST]) == 1
     _one_line_error(capsys, "NAPARI_DERUN_MAX_IMAGE_MB=50")
+    monkeypatch.delenv("NAPARI_DERUN_MAX_IMAGE_MB")
+    # an ordinary (incompressible) image on a machine with almost no memory free: the memory rule
+    noise = np.random.default_rng(0).integers(0, 255, (300, 300), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "noise.tif", noise)
+    monkeypatch.setattr("napari_derun.data.limits.available_memory", lambda: 100_000)
+    assert main(["fuse", str(tmp_path / "noise.tif"), str(b), "-o", out, *FAST]) == 1
+    _one_line_error(capsys, "300 × 300", "the memory available now")
     assert not Path(out).exists()
 
 

@@ -72,7 +72,7 @@ def read_input(path, axes: str | None = None, max_mb: float | None = None) -> tu
         with tifffile.TiffFile(str(p)) as tif:
             s = tif.series[0]
             check_real_dtype(p, s.dtype)
-            check_declared_size(p, s.shape, s.dtype, max_mb)
+            check_declared_size(p, s.shape, s.dtype, max_mb, p.stat().st_size)
             arr = s.asarray()
             ax = s.axes
             page = tif.pages[0]

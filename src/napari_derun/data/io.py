@@ -104,7 +104,7 @@ def read_image(path, max_mb: float | None = None) -> np.ndarray:
             with tifffile.TiffFile(str(p)) as tif:
                 series = tif.series[0]
                 check_real_dtype(p, series.dtype)
-                check_declared_size(p, series.shape, series.dtype, max_mb)
+                check_declared_size(p, series.shape, series.dtype, max_mb, p.stat().st_size)
                 arr = series.asarray()
         except ValueError:
             raise
@@ -123,7 +123,7 @@ def read_image(path, max_mb: float | None = None) -> np.ndarray:
         with _open_pil(p, max_mb) as im:
             w, h = im.size
             bpp = _bytes_per_pixel(im.mode)
-            check_declared_size(p, (h, w) if bpp == 1 else (h, w, bpp), np.uint8, max_mb)
+            check_declared_size(p, (h, w) if bpp == 1 else (h, w, bpp), np.uint8, max_mb, p.stat().st_size)
             im.load()
             mode = im.mode
             if mode == "P" or mode == "PA":

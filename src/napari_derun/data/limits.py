@@ -7,6 +7,11 @@ file *before* decoding, with what to do. The limit can be raised (or switched of
 ``--max-image-mb`` on the command line or ``NAPARI_DERUN_MAX_IMAGE_MB`` in the environment, for a
 machine where the memory will be there (swap, memory freed by then).
 
+Without such an explicit limit, a *decompression bomb* is refused too: a file that declares more than
+:data:`BOMB_BYTES` of pixels at more than :data:`BOMB_RATIO` times its own size (a 1 MB TIFF declaring
+30000 × 30000 pixels: 720 times). Real images compress far less; fusing such a file would take hours
+whatever the memory. A real one is read by giving the limit explicitly.
+
 numpy only.
 """
 from __future__ import annotations
@@ -15,11 +20,16 @@ import os
 
 import numpy as np
 
-__all__ = ["ENV", "available_memory", "image_limit", "check_declared_size", "fusion_bytes"]
+__all__ = ["ENV", "BOMB_BYTES", "BOMB_RATIO", "available_memory", "image_limit", "check_declared_size",
+           "fusion_bytes"]
 
 #: the environment variable that sets the limit in MiB (0: no limit)
 ENV = "NAPARI_DERUN_MAX_IMAGE_MB"
 _MB = 1 << 20
+#: decoded bytes above which a file's compression ratio is checked (without an explicit limit)
+BOMB_BYTES = 128 * _MB
+#: decoded size / file size above which such a file is refused as a decompression bomb
+BOMB_RATIO = 100
 
 
 def available_memory() -> int | None:
@@ -68,14 +78,27 @@ def _size(n: float) -> str:
     return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / _MB:.0f} MiB"
 
 
-def check_declared_size(path, shape, dtype, max_mb: float | None = None) -> None:
+def _file_size(n: int) -> str:
+    return f"{n} byte" if n < 1024 else f"{n / 1024:.0f} kB" if n < _MB else f"{n / _MB:.1f} MB"
+
+
+def check_declared_size(path, shape, dtype, max_mb: float | None = None, file_size: int | None = None) -> None:
     """``ValueError`` when an image file declaring ``shape``/``dtype`` would need more memory than the
-    limit (:func:`image_limit`) to decode and fuse; called before decoding."""
+    limit (:func:`image_limit`) to decode and fuse, or (without an explicit limit, given ``file_size``)
+    looks like a decompression bomb; called before decoding."""
     need = fusion_bytes(shape, dtype)
+    dims = " × ".join(str(int(s)) for s in shape)
+    decoded = need - 4 * int(np.prod([int(s) for s in shape], dtype=object))
+    explicit = max_mb is not None or bool(os.environ.get(ENV))
+    if not explicit and file_size and decoded > BOMB_BYTES and decoded > BOMB_RATIO * file_size:
+        raise ValueError(
+            f"{path} is a {_file_size(file_size)} file declaring "
+            f"{dims} {np.dtype(dtype).name} pixels ({_size(decoded)}, {decoded / file_size:.0f} times its size: a "
+            f"decompression bomb?); refused before decoding. If it is a real image, read it with an explicit limit: "
+            f"--max-image-mb MiB (or {ENV})")
     limit, src = image_limit(max_mb)
     if limit is None or need <= limit:
         return
-    dims = " × ".join(str(int(s)) for s in shape)
     raise ValueError(
         f"{path} declares an image of {dims} {np.dtype(dtype).name} ({_size(need)} to decode and fuse), more "
         f"than {_size(limit)} ({src}); refused before decoding. Fuse a cropped or binned copy, or raise the limit "
