@@ -145,7 +145,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu"):
     try:
         cfg = DeRUNConfig.from_dict(doc["config"])
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path} has an invalid model config: {e}") from None
+        raise CheckpointError(f"{path} has an invalid model config: {_one_line(e)}") from None
     # compare the header's tensor names and shapes with what the config builds, before allocating
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in DeRUN(cfg).state_dict().items()}
@@ -177,6 +177,23 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu"):
     except RuntimeError as e:
         raise CheckpointError(f"{path} does not match the DeRUN architecture in its config: {e}") from None
     return model, doc, extra
+
+
+def _one_line(e: Exception) -> str:
+    """An exception's message on one line (a pydantic ValidationError as its messages joined by "; ")."""
+    errors = getattr(e, "errors", None)
+    if callable(errors):
+        try:
+            msgs = []
+            for x in errors():
+                msg = str(x.get("msg", "")).removeprefix("Value error, ")
+                loc = ".".join(map(str, x.get("loc") or ()))
+                msgs.append(f"{loc}: {msg} (got {str(x.get('input'))[:40]!r})" if loc and loc not in msg else msg)
+            if msgs:
+                return "; ".join(msgs)
+        except Exception:  # noqa: BLE001 - not a pydantic error after all
+            pass
+    return " ".join(str(e).split())
 
 
 def state_sha256(state: dict) -> str:
