@@ -622,3 +622,20 @@ def test_widget_preferences_never_block_or_crash(tmp_path, kind):
     th.start()
     th.join(5)
     assert not th.is_alive() and box == {"prefs": {}, "model": "admm"}
+
+
+@pytest.mark.qt
+def test_fuse_widget_opens_with_a_fifo_as_its_preferences(make_napari_viewer, qtbot):
+    from napari_derun._widgets import FuseWidget
+    from napari_derun._widgets._prefs import prefs_path
+
+    p = prefs_path()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(p)
+    viewer = make_napari_viewer()
+    a, b = smooth_pair(32, 32)
+    viewer.add_image(a, name="phase")
+    viewer.add_image(b, name="GFP")
+    t0 = time.perf_counter()
+    w = FuseWidget(viewer)
+    assert w.model_combo.value and time.perf_counter() - t0 < 5

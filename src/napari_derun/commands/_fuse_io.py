@@ -83,7 +83,7 @@ def read_input(path, axes: str | None = None, max_mb: float | None = None) -> tu
                                   if k in ("unit", "spacing", "finterval", "fps", "xorigin", "yorigin", "zorigin")}
             if tif.is_ome and tif.ome_metadata:
                 meta["ome"] = _ome_pixels(tif.ome_metadata)
-                if not meta["ome"] and s.kind != "ome":  # malformed OME-XML: tifffile read it as a plain TIFF
+                if not meta["ome"] and getattr(s, "kind", "ome") != "ome":  # malformed OME-XML: read as plain TIFF
                     meta["kind"] = "tiff"
             tags = page.tags
             if "XResolution" in tags and "YResolution" in tags:
