@@ -274,3 +274,25 @@ def test_shipped_model_gets_a_zero_restoration_network():
     a, b = (torch.from_numpy(x)[None, None] for x in smooth_pair(40, 40, seed=5))
     with torch.no_grad():
         torch.testing.assert_close(grown(a, b), base(a, b), rtol=0, atol=0)
+
+
+def test_salient_term_weighs_the_salient_pixels():
+    from napari_derun.core.objectives import FusionWeights, fusion_loss
+
+    a = torch.full((1, 1, 32, 32), 0.4)
+    b = torch.zeros(1, 1, 32, 32)
+    b[..., 10:14, 10:14] = 0.8  # one small bright cell on a dark background
+    w = FusionWeights(target="lift", salient=1.0)
+    target = (a + torch.relu(b - 0.0)).clamp(0, 1)
+    dim = target.clone()
+    dim[..., 10:14, 10:14] -= 0.3  # the cell dimmed by 0.3
+    _, parts = fusion_loss(dim, a, b, torch.zeros(1), w)
+    # independent computation: every salient pixel is off by 0.3, so the weighted mean is 0.3
+    assert parts["salient"] == pytest.approx(0.3, rel=1e-5)
+    assert parts["intensity"] == pytest.approx(0.3 * 16 / 1024, rel=1e-5)  # the plain L1 barely sees it
+    _, exact = fusion_loss(target, a, b, torch.zeros(1), w)
+    assert exact["salient"] == pytest.approx(0.0, abs=1e-7)
+    _, off = fusion_loss(dim, a, b, torch.zeros(1), FusionWeights(target="lift"))
+    assert "salient" not in off
+    with pytest.raises(ValueError, match="salient"):
+        FusionWeights(salient=-1.0)

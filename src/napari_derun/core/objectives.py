@@ -51,11 +51,15 @@ class FusionWeights:
     ssim: float = 1.0
     lgde: float = 0.1
     target: str = "max"
+    #: weight of the salient-contrast term: L1(X, T) weighted by b's signal above its background,
+    #: ``Σ relu(b − b₀)·|X − T| / Σ relu(b − b₀)`` (0: off). It keeps b's bright objects as bright as the
+    #: target where the plain L1 term, an average over every pixel, lets a denoising model dim them.
+    salient: float = 0.0
 
     def __post_init__(self):
         if self.target not in TARGETS:
             raise ValueError(f"unknown intensity target {self.target!r}; choose one of {', '.join(TARGETS)}")
-        for k in ("intensity", "gradient", "ssim", "lgde"):
+        for k in ("intensity", "gradient", "ssim", "lgde", "salient"):
             v = getattr(self, k)
             if not (isinstance(v, (int, float)) and v >= 0 and v == v and v != float("inf")):
                 raise ValueError(f"fusion weight {k} must be a finite number >= 0, got {v!r}")
@@ -115,6 +119,14 @@ def fusion_loss(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, b_floor: torc
         total = total + w.lgde * l_tex
     parts = {"intensity": float(l_int.detach()), "gradient": float(l_grad.detach()),
              "ssim": float(l_ssim.detach()), "lgde": float(l_tex.detach()) if l_tex is not None else 0.0}
+    if w.salient:
+        with torch.no_grad():
+            if b_floor is None:
+                b_floor = b.flatten(1).median(dim=1).values
+            s = F.relu(b - b_floor.to(b).view(-1, 1, 1, 1))
+        l_sal = (s * (x - target).abs()).sum() / (s.sum() + 1e-6)
+        total = total + w.salient * l_sal
+        parts["salient"] = float(l_sal.detach())
     return total, parts
 
 

@@ -25,7 +25,7 @@ from scipy import ndimage as ndi
 
 from .metrics import _prepare
 
-__all__ = ["RANK_METRICS", "sd", "sf", "mi", "qabf", "scd", "sr", "mutual_information", "spatial_frequency",
+__all__ = ["RANK_METRICS", "REFERENCE_METRICS", "sd", "sf", "mi", "qabf", "scd", "sr", "mutual_information", "spatial_frequency",
            "rank_metrics", "mean_ranks"]
 
 
@@ -147,6 +147,10 @@ def sr(a, b, f, *, data_range: float = 255.0, top: float = 0.05) -> float:
 
 #: Metrics of the mean rank used to compare methods and to select checkpoints (all: higher is better).
 RANK_METRICS: tuple[str, ...] = ("EN", "SD", "SF", "AG", "SSIM", "PSNR", "UIQI", "VIF", "Qabf")
+#: The rank metrics that compare the fused image with the sources. On degraded inputs scored against the
+#: clean sources these are the ones that measure fidelity: EN, SD, SF and AG look at the fused image alone
+#: and *rise* with noise (a method that passes the noise through scores better on them).
+REFERENCE_METRICS: tuple[str, ...] = ("SSIM", "PSNR", "UIQI", "VIF", "Qabf")
 
 
 def rank_metrics(a, b, f, *, data_range: float = 255.0) -> dict[str, float]:

@@ -61,6 +61,10 @@ class TrainConfig(BaseModel):
     w_gradient: float = Field(10.0, ge=0, allow_inf_nan=False)
     w_ssim: float = Field(1.0, ge=0, allow_inf_nan=False)
     w_lgde: float = Field(0.1, ge=0, allow_inf_nan=False)
+    w_salient: float = Field(
+        0.0, ge=0, allow_inf_nan=False,
+        description="weight of the salient-contrast term (L1 to the target weighted by b above its background): "
+        "keeps b's bright objects bright when training with degraded inputs")
     train_pad: int | None = Field(None, ge=0)
     select: Literal["rank", "loss"] = Field(
         "rank", description="keep the epoch with the best validation mean rank over 9 metrics, or the lowest loss")
@@ -127,7 +131,8 @@ class TrainConfig(BaseModel):
         """The :class:`~napari_derun.core.objectives.FusionWeights` of the ``"fusion"`` objective."""
         from ..core.objectives import FusionWeights
 
-        return FusionWeights(self.w_intensity, self.w_gradient, self.w_ssim, self.w_lgde, self.target)
+        return FusionWeights(self.w_intensity, self.w_gradient, self.w_ssim, self.w_lgde, self.target,
+                             salient=self.w_salient)
 
     def loss(self, x, a, b, b_floor=None):
         """``(loss, parts)`` of the configured objective."""

@@ -482,7 +482,8 @@ def _info(cfg, source, tr, va, history, best_record, info_init, t_start, device,
             "resumed_from": resumed_from,
             "loss": ("MSE(X, b) + gamma * MSE(LGDE(X), LGDE(a))" if cfg.objective == "paper" else
                      "w_intensity * L1(X, target) + w_gradient * L1(|grad X|, max(|grad a|, |grad b|)) + "
-                     "w_ssim * (1 - (SSIM(X, a) + SSIM(X, b)) / 2) + w_lgde * MSE(LGDE(X), LGDE(a))")
+                     "w_ssim * (1 - (SSIM(X, a) + SSIM(X, b)) / 2) + w_lgde * MSE(LGDE(X), LGDE(a))"
+                     + (" + w_salient * L1(X, target) weighted by relu(b - b_floor)" if cfg.w_salient else ""))
                     + " + adjoint_weight * adjoint_loss",
             "objective": cfg.objective,
             "reference_methods": list(REFERENCE_METHODS) if cfg.select == "rank" else [],
@@ -493,7 +494,8 @@ def _info(cfg, source, tr, va, history, best_record, info_init, t_start, device,
     }
 
 
-OBJECTIVE_FIELDS: tuple[str, ...] = ("objective", "target", "w_intensity", "w_gradient", "w_ssim", "w_lgde", "gamma")
+OBJECTIVE_FIELDS: tuple[str, ...] = ("objective", "target", "w_intensity", "w_gradient", "w_ssim", "w_lgde", "w_salient",
+                                     "gamma")
 
 
 def _stored_objective(model: Any) -> dict[str, Any]:

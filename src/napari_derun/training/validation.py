@@ -11,7 +11,7 @@ from ..data.datasets import PairDataset
 if TYPE_CHECKING:  # pragma: no cover
     from .config import TrainConfig
 
-__all__ = ["REFERENCE_METHODS", "reference_scores", "evaluate_pairs"]
+__all__ = ["REFERENCE_METHODS", "reference_scores", "evaluate_pairs", "combined_rank"]
 
 REFERENCE_METHODS: tuple[str, ...] = ("average", "laplacian", "max", "admm")
 
@@ -55,7 +55,8 @@ def evaluate_pairs(model, dataset: PairDataset, device: str = "cpu", gamma: floa
     "metrics": {name: mean}, "rank": mean rank or None, "per_pair": [...]}``. Metrics are
     :func:`napari_derun.evaluation.metrics_extra.rank_metrics` on grey 0–255 luminance of the first
     ``config.val_limit`` pairs ≥ 41 × 41 (``None`` when there are none); ``rank`` is the
-    model's mean rank among itself and ``references`` (from :func:`reference_scores`).
+    model's mean rank among itself and ``references`` (from :func:`reference_scores`), over the nine rank
+    metrics on clean pairs and the five reference metrics on degraded copies (:func:`combined_rank`).
     """
     import torch
 
@@ -78,7 +79,7 @@ def evaluate_pairs(model, dataset: PairDataset, device: str = "cpu", gamma: floa
             loss, parts = cfg.loss(x, ta, tb, torch.tensor([dataset.b_floor(i)]))
             losses.append(float(loss))
             parts_all.append(parts)
-            row = {"name": name, "loss": float(loss)}
+            row = {"name": name, "loss": float(loss), "degraded": ra is not a or rb is not b}
             if metrics and min(a.shape) >= 41 and (not limit or n_scored < limit):
                 f = np.clip(x[0, 0].float().cpu().numpy(), 0.0, 1.0)
                 row["metrics"] = rank_metrics(ra * 255.0, rb * 255.0, f * 255.0)
@@ -93,11 +94,29 @@ def evaluate_pairs(model, dataset: PairDataset, device: str = "cpu", gamma: floa
     if metrics:
         out["metrics"] = ({k: float(np.nanmean([r["metrics"][k] for r in scored])) for k in scored[0]["metrics"]}
                           if scored else None)
-        if scored and references:
-            table = dict(references)
-            table["model"] = [r["metrics"] for r in scored]
-            if all(len(v) == len(scored) for v in table.values()):
-                out["rank"] = mean_ranks(table)["model"]
+        if scored and references and all(len(v) == len(scored) for v in references.values()):
+            out["rank"] = combined_rank({**references, "model": [r["metrics"] for r in scored]},
+                                        [r["degraded"] for r in scored])["model"]
     return out
+
+
+def combined_rank(table: dict[str, list[dict[str, float]]], degraded: Sequence[bool]) -> dict[str, float]:
+    """Mean rank of every method over (pair, metric) entries: the nine rank metrics on clean pairs, the
+    five reference metrics (:data:`~napari_derun.evaluation.metrics_extra.REFERENCE_METRICS`) on degraded
+    copies, whose no-reference metrics (EN, SD, SF, AG) would reward passing the noise through."""
+    from ..evaluation.metrics_extra import RANK_METRICS, REFERENCE_METRICS, mean_ranks
+
+    total: dict[str, float] = {m: 0.0 for m in table}
+    weight = 0
+    for flag, metrics in ((False, RANK_METRICS), (True, REFERENCE_METRICS)):
+        idx = [i for i, d in enumerate(degraded) if bool(d) == flag]
+        if not idx:
+            continue
+        r = mean_ranks({m: [v[i] for i in idx] for m, v in table.items()}, metrics)
+        w = len(idx) * len(metrics)
+        for m in table:
+            total[m] += r[m] * w
+        weight += w
+    return {m: v / weight for m, v in total.items()} if weight else {m: float("nan") for m in table}
 
 
