@@ -83,8 +83,8 @@ def run_memory(args) -> None:
 
 
 def _mosaic_pairs(n: int = 2):
-    from napari_derun.io import find_pairs, read_image
-    from napari_derun.preprocess import prepare_pair
+    from napari_derun.data.io import find_pairs, read_image
+    from napari_derun.data.preprocess import prepare_pair
 
     root = SHARED / "ivf"
     if root.is_dir():
@@ -95,7 +95,7 @@ def _mosaic_pairs(n: int = 2):
             planes.append((p.a, p.b))
         src = "ivf mosaic"
     else:  # pragma: no cover - no shared data
-        from napari_derun import sample_data
+        from napari_derun.data import sample_data
 
         planes = []
         for s in range(n * n):

@@ -2,7 +2,7 @@
 
 Prints a table and writes JSON with, for each method, size and batch:
 parameters, multiply-adds (the counter of `napari-derun profile`,
-``napari_derun.profiling._count_torch_macs`` (torch.utils.flop_counter for convolutions and matrix products, FFTs counted alongside) at the
+``napari_derun.evaluation.profiling._count_torch_macs`` (torch.utils.flop_counter for convolutions and matrix products, FFTs counted alongside) at the
 aten level), median latency, peak memory,
 the bytes each stage must move at minimum, and the memory-bandwidth floor
 (bytes ÷ measured copy bandwidth) so the gap to the physical limit is visible.
@@ -25,9 +25,9 @@ import time
 import torch
 
 from napari_derun import api
-from napari_derun.hifm import HIFMParams
-from napari_derun.model import DeRUN
-from napari_derun.profiling import _count_torch_macs
+from napari_derun.core.hifm import HIFMParams
+from napari_derun.core.model import DeRUN
+from napari_derun.evaluation.profiling import _count_torch_macs
 
 
 def stage_bytes(kind: str, batch: int, h: int, w: int, L: int = 4, itemsize: int = 4) -> int:

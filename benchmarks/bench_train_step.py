@@ -17,8 +17,9 @@ import time
 def step_time(guided: bool, objective: str, checkpointing: bool, pad: int, steps: int, patch: int = 64) -> float:
     import torch
 
-    from napari_derun.model import DeRUN, adjoint_loss
-    from napari_derun.training import TrainConfig, _padding
+    from napari_derun.core.model import DeRUN, adjoint_loss
+    from napari_derun.training.config import TrainConfig
+    from napari_derun.training.loop import _padding
 
     torch.manual_seed(0)
     m = DeRUN.from_hifm(guided=guided)

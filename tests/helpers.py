@@ -19,3 +19,10 @@ def smooth_pair(h: int = 48, w: int = 40, seed: int = 0) -> tuple[np.ndarray, np
         b += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rng.uniform(3, 8) ** 2))
     b = b / b.max() * 0.9 + 0.02 * rng.standard_normal((h, w))
     return np.clip(a, 0, 1).astype(np.float32), np.clip(b, 0, 1).astype(np.float32)
+
+
+def forget_model(name: str, default=None):
+    """Drop a session model registered by a test (the registry keeps them for the process)."""
+    from napari_derun.engine import registry
+
+    return registry._SESSION.pop(name, default)

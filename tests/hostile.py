@@ -18,8 +18,8 @@ GOOD_RDF = "name: DeRUN test\ntype: model\nformat_version: 0.5.4\n"
 
 
 def real_checkpoint_bytes() -> bytes:
-    from napari_derun.model import DeRUN
-    from napari_derun.checkpoint import save_checkpoint
+    from napari_derun.core.model import DeRUN
+    from napari_derun.engine.checkpoint import save_checkpoint
 
     import tempfile
 
@@ -169,7 +169,7 @@ def fake_checkpoint(path: Path, metadata: str, tensors=None) -> Path:
 
 def uint8_checkpoint(path: Path) -> Path:
     """A checkpoint with the right names, shapes and config whose weights are uint8."""
-    from napari_derun.model import DeRUN
+    from napari_derun.core.model import DeRUN
 
     net = DeRUN.from_hifm()
     doc = {"format": "napari-derun", "format_version": 1, "config": net.config.to_dict()}

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_derun import baselines as B
-from napari_derun import degrade as D
+from napari_derun.evaluation import baselines as B
+from napari_derun.data import degrade as D
 
 
 def _img(seed: int, shape=(48, 64)) -> np.ndarray:

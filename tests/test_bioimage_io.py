@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import napari_derun as nd
-from napari_derun import bioimage_io, sample_data
+from napari_derun.engine import bioimage_io
+from napari_derun.data import sample_data
 
 
 def test_foreign_or_broken_packages_get_clear_messages(tmp_path):

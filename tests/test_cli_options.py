@@ -63,9 +63,9 @@ def test_add_options_types_defaults_choices_from_the_signature():
 
 @pytest.mark.parametrize("command, func_path, names", [
     ("fuse", "napari_derun.api:fuse", ("model", "device", "tile", "overlap", "batch_size")),
-    ("evaluate", "napari_derun.evaluation:evaluate", ("methods", "model", "device", "limit", "metrics")),
-    ("robustness", "napari_derun.robust:robustness", ("input", "degradations", "levels", "seed", "crop", "limit")),
-    ("profile", "napari_derun.profiling:profile", ("size", "methods", "repeats", "device")),
+    ("evaluate", "napari_derun.evaluation.runner:evaluate", ("methods", "model", "device", "limit", "metrics")),
+    ("robustness", "napari_derun.evaluation.robust:robustness", ("input", "degradations", "levels", "seed", "crop", "limit")),
+    ("profile", "napari_derun.evaluation.profiling:profile", ("size", "methods", "repeats", "device")),
 ])
 def test_command_options_match_their_function(command, func_path, names):
     import importlib
@@ -86,7 +86,7 @@ def test_command_options_match_their_function(command, func_path, names):
 
 def test_train_options_match_trainconfig():
     from napari_derun.commands.train import CLI_FIELDS
-    from napari_derun.train_config import TrainConfig
+    from napari_derun.training.config import TrainConfig
 
     acts = _actions("train")
     for n in CLI_FIELDS:

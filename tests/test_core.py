@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from helpers import smooth_pair
-from napari_derun import ops
-from napari_derun.hifm import HIFMParams, admm_iterations, hifm_admm, hifm_energy
-from napari_derun.losses import derun_loss, direction_histogram, lgde, lgde_loss
-from napari_derun.model import DeRUN, DeRUNConfig, adjoint_loss
+from napari_derun.core import ops
+from napari_derun.core.hifm import HIFMParams, admm_iterations, hifm_admm, hifm_energy
+from napari_derun.core.losses import derun_loss, direction_histogram, lgde, lgde_loss
+from napari_derun.core.model import DeRUN, DeRUNConfig, adjoint_loss
 
 
 def _dense_operator(bank: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -280,7 +280,7 @@ def test_pwsm_extractors_match_their_definition():
 def test_training_free_solver_is_a_module_with_derun_interface():
     """HIFMSolver is the solver as an nn.Module with DeRUN's forward: the engine runs both alike."""
     import napari_derun as nd
-    from napari_derun.hifm import HIFMSolver
+    from napari_derun.core.hifm import HIFMSolver
 
     a, b = smooth_pair(30, 26, seed=3)
     ta, tb = torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None]

@@ -14,7 +14,9 @@ from napari_derun.core.model import DeRUN, InputRestore
 from napari_derun.data import degrade as D
 from napari_derun.data.datasets import PairDataset, degrade_batch, photometric_batch
 from napari_derun.evaluation.metrics_extra import rank_metrics
-from napari_derun.training import TrainConfig, evaluate_pairs, train
+from napari_derun.training.config import TrainConfig
+from napari_derun.training.validation import evaluate_pairs
+from napari_derun.training.loop import train
 
 
 def const(v, shape=(256, 256)):

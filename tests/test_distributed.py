@@ -15,7 +15,7 @@ import torch
 
 import napari_derun as nd
 from helpers import smooth_pair
-from napari_derun import distributed as ndist
+from napari_derun.engine import distributed as ndist
 
 
 def _free_port() -> int:
@@ -25,7 +25,7 @@ def _free_port() -> int:
 
 
 def _perturbed_derun(seed=0):
-    from napari_derun.model import DeRUN
+    from napari_derun.core.model import DeRUN
 
     torch.manual_seed(seed)
     net = DeRUN.from_hifm()
@@ -102,8 +102,9 @@ def _train_args(data, out, batch, *extra):
 
 def test_ddp_strategy_without_torchrun_is_the_single_process_run(tmp_path):
     """Outside a torchrun job the ddp strategy is a world of one: the same draws, the same weights."""
-    from napari_derun.checkpoint import state_sha256
-    from napari_derun.training import TrainConfig, train
+    from napari_derun.engine.checkpoint import state_sha256
+    from napari_derun.training.config import TrainConfig
+    from napari_derun.training.loop import train
 
     data = tmp_path / "data"
     _write_pairs(data, n=2, size=36)
@@ -119,9 +120,9 @@ def test_ddp_strategy_without_torchrun_is_the_single_process_run(tmp_path):
 @pytest.mark.slow  # ~30 s: two torchrun processes
 def test_ddp_strategy_under_torchrun_equals_one_process_with_the_global_batch(tmp_path):
     """``napari-derun train --strategy ddp`` on two CPU ranks (gloo) x batch 2 = one process x batch 4."""
-    from napari_derun.checkpoint import load_checkpoint, state_sha256
+    from napari_derun.engine.checkpoint import load_checkpoint, state_sha256
     from napari_derun.cli import main
-    from napari_derun.model import DeRUN
+    from napari_derun.core.model import DeRUN
 
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     assert torchrun is not None, "torchrun ships with torch: it must be next to the interpreter"

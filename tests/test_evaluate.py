@@ -11,17 +11,10 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_derun import baselines, metrics
-from napari_derun.evaluation import (
-    EVAL_METRICS,
-    evaluate,
-    markdown_table,
-    method_ranks,
-    resolve_methods,
-    summarize,
-)
-from napari_derun.profiling import _baseline_macs, _count_torch_macs
-from napari_derun.robust import robustness
+from napari_derun.evaluation import baselines, metrics
+from napari_derun.evaluation.runner import EVAL_METRICS, evaluate, markdown_table, method_ranks, resolve_methods, summarize
+from napari_derun.evaluation.profiling import _baseline_macs, _count_torch_macs
+from napari_derun.evaluation.robust import robustness
 
 from helpers import smooth_pair
 
@@ -237,8 +230,8 @@ def test_lazy_package_attribute():
 @pytest.mark.slow
 def test_profile_counts():
     from napari_derun import api
-    from napari_derun.profiling import profile
-    from napari_derun.model import DeRUN
+    from napari_derun.evaluation.profiling import profile
+    from napari_derun.core.model import DeRUN
 
     rows = {r["method"]: r for r in profile(size=32, methods="derun,admm,laplacian", device="cpu", repeats=1)}
     if not [m for m in api.list_models() if m != "admm"]:
@@ -249,7 +242,7 @@ def test_profile_counts():
 
 
 def test_reference_methods_extra_columns_and_rank():
-    from napari_derun import metrics_extra as mx
+    from napari_derun.evaluation import metrics_extra as mx
 
     rng = np.random.default_rng(0)
     a = rng.uniform(0.2, 0.8, (48, 48)).astype(np.float32)

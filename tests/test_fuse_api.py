@@ -7,10 +7,10 @@ import torch
 
 import napari_derun as nd
 from helpers import smooth_pair
-from napari_derun.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_info, save_checkpoint
-from napari_derun.hifm import hifm_admm
-from napari_derun.model import DeRUN, DeRUNConfig
-from napari_derun.preprocess import rgb_to_ycbcr, ycbcr_to_rgb
+from napari_derun.engine.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_info, save_checkpoint
+from napari_derun.core.hifm import hifm_admm
+from napari_derun.core.model import DeRUN, DeRUNConfig
+from napari_derun.data.preprocess import rgb_to_ycbcr, ycbcr_to_rgb
 
 
 def test_import_is_lazy():
@@ -148,7 +148,7 @@ def test_foreign_and_corrupt_checkpoints(tmp_path):
 def test_bf16_precision_close_to_fp32():
     import torch
 
-    from napari_derun import sample_data
+    from napari_derun.data import sample_data
 
     if not torch.backends.mkldnn.is_available():
         pytest.skip("no oneDNN on this CPU build")
@@ -172,7 +172,7 @@ def test_bf16_precision_close_to_fp32():
 def test_grey_gfp_real_pair_keeps_cells_bright(shared_data):
     """Real pair 04-D04 with the GFP channel as a grey image: the shipped gfp_pc model keeps the
     GFP-positive cells brighter than their surroundings (the v0.1 weights made them darker)."""
-    from napari_derun.io import read_image
+    from napari_derun.data.io import read_image
 
     a = read_image(shared_data / "gfp_pc" / "a" / "04-D04.jpg")
     b = read_image(shared_data / "gfp_pc" / "b" / "04-D04.jpg")[..., 1]

@@ -85,6 +85,8 @@ def test_item9_bioimageio_sample_follows_the_model_and_cover_is_not_washed_out(t
 def test_item9_exported_gfp_model_uses_the_gfp_sample(tmp_path):
     import zipfile
 
+    from helpers import forget_model
+
     from napari_derun import api
     from napari_derun.core.model import DeRUN
     from napari_derun.engine.bioimage_io import export_bioimageio
@@ -93,7 +95,7 @@ def test_item9_exported_gfp_model_uses_the_gfp_sample(tmp_path):
     try:
         out = export_bioimageio("tuned-gfp", tmp_path / "p.zip")
     finally:
-        api._SESSION.pop("tuned-gfp", None)
+        forget_model("tuned-gfp", None)
     with zipfile.ZipFile(out) as z:
         assert "GFP" in z.read("README.md").decode()
         cover = np.asarray(Image.open(z.open("cover.png")), np.float64) / 255

@@ -43,7 +43,7 @@ def test_discovered_by_plugin_manager():
 
 
 def test_sample_functions_return_layer_tuples():
-    from napari_derun import sample_data
+    from napari_derun.data import sample_data
     from napari_derun._sample import make_gfp_pc, make_pet_mri
 
     for fn, ref in ((make_gfp_pc, sample_data.gfp_pc), (make_pet_mri, sample_data.pet_mri)):

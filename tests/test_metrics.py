@@ -1,4 +1,4 @@
-"""Tests of napari_derun.metrics against independent computations.
+"""Tests of napari_derun.evaluation.metrics against independent computations.
 
 References: scikit-image (SSIM, entropy), sewar (pixel VIF), hand-written loops of
 the published formulas (UIQI, fast-FMI) and hand-worked small arrays (PSNR, AG).
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_derun import metrics as M
+from napari_derun.evaluation import metrics as M
 
 DATA = Path(__file__).parents[2] / "shared" / "data"
 
@@ -380,8 +380,8 @@ def test_bad_inputs_raise(name):
 # ----------------------------------------------------------------------------
 @pytest.mark.skipif(not (DATA / "ivf").is_dir(), reason="shared data not available")
 def test_real_pair_metrics_are_sane():
-    from napari_derun.baselines import average
-    from napari_derun.io import find_pairs, read_image, to_gray01
+    from napari_derun.evaluation.baselines import average
+    from napari_derun.data.io import find_pairs, read_image, to_gray01
 
     pairs, _ = find_pairs(DATA / "ivf")
     assert pairs

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from napari_derun import metrics_extra as mx
+from napari_derun.evaluation import metrics_extra as mx
 
 
 def _imgs(seed=0, shape=(48, 52)):

@@ -10,7 +10,7 @@ import torch
 import napari_derun as nd
 from helpers import smooth_pair
 from napari_derun import api
-from napari_derun.stacks import (
+from napari_derun.engine.stacks import (
     FuseCancelled,
     blend_weights,
     fuse_luma_planes,
@@ -18,7 +18,7 @@ from napari_derun.stacks import (
     stack_ranges,
     tile_starts,
 )
-from napari_derun.preprocess import normalization_range, prepare_pair
+from napari_derun.data.preprocess import normalization_range, prepare_pair
 
 
 @pytest.fixture(autouse=True)
@@ -113,7 +113,7 @@ def test_dask_in_dask_out_lazy_and_equal():
     a, b = _stack(4, 30, 26)
     A = da.from_array(a, chunks=(3, 15, 13))
     B = da.from_array(b, chunks=(1, 30, 26))
-    from napari_derun import registry
+    from napari_derun.engine import registry
 
     calls = []
     orig = registry.fuse_planes  # what the nD engine calls
@@ -143,7 +143,7 @@ def test_dask_rgb_and_sampled_ranges(monkeypatch):
     F = nd.fuse(da.from_array(a), da.from_array(rgb), model="admm", device="cpu")
     np.testing.assert_allclose(F.compute(), nd.fuse(a, rgb, model="admm"), atol=1e-6)
     # large dask arrays: percentiles of a strided sample, close to the exact ones
-    from napari_derun import stacks as ndm
+    from napari_derun.engine import stacks as ndm
 
     x = (np.random.default_rng(0).gamma(2.0, 500.0, (8, 256, 256))).astype(np.uint16)
     monkeypatch.setattr(ndm, "EXACT_PERCENTILE_MAX", 1000)

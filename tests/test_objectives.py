@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_derun import metrics, preprocess
-from napari_derun.losses import derun_loss
-from napari_derun.objectives import FusionWeights, fusion_loss, objective_loss, salient_lift, ssim_torch
-from napari_derun.sample_data import gfp_pc, pet_mri
+from napari_derun.evaluation import metrics
+from napari_derun.data import preprocess
+from napari_derun.core.losses import derun_loss
+from napari_derun.core.objectives import FusionWeights, fusion_loss, objective_loss, salient_lift, ssim_torch
+from napari_derun.data.sample_data import gfp_pc, pet_mri
 
 
 def _t(x):
@@ -47,7 +48,7 @@ def _sample(name):
 
 
 def _real_pairs(root, task, n=3):
-    from napari_derun.training import PairDataset
+    from napari_derun.data.datasets import PairDataset
 
     ds = PairDataset(root / task, select=lambda i, name: i < n)
     return list(zip(ds.a, ds.b))

@@ -168,10 +168,17 @@ def test_layers_import_only_lower_layers():
     assert not bad, "imports against the layering " + " < ".join(LAYERS) + ":\n" + "\n".join(sorted(set(bad)))
 
 
-def test_former_module_names_import_the_same_modules():
+def test_no_alias_modules_and_no_import_hook():
+    """Each module has one name: no ``sys.meta_path`` finder of the package, no old top-level names."""
     import importlib
+    import sys
+
+    import pytest
 
     import napari_derun
 
-    for old, new in napari_derun._MOVED.items():
-        assert importlib.import_module(f"napari_derun.{old}") is importlib.import_module(f"napari_derun.{new}"), old
+    assert not [f for f in sys.meta_path if type(f).__module__.startswith("napari_derun")]
+    for old in ("metrics", "model", "registry", "stacks", "checkpoint", "train_config", "preprocess"):
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(f"napari_derun.{old}")
+    assert {"fuse", "load_model", "list_models", "register_model", "train", "TrainConfig"} <= set(dir(napari_derun))

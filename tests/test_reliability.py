@@ -12,10 +12,11 @@ import torch
 from safetensors.torch import save_file
 
 from helpers import smooth_pair
-from napari_derun.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from napari_derun.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from napari_derun.cli import main
-from napari_derun.model import DeRUN
-from napari_derun.training import TrainConfig, train
+from napari_derun.core.model import DeRUN
+from napari_derun.training.config import TrainConfig
+from napari_derun.training.loop import train
 
 
 def _pair_files(tmp_path):
@@ -324,7 +325,7 @@ def test_without_validation_the_latest_weights_are_kept():
 @pytest.mark.parametrize("kw,field", [({"n_iter": 10_000_000}, "n_iter"), ({"lam": -1.0}, "lam"),
                                       ({"rho": 0.0}, "rho"), ({"theta": float("inf")}, "theta")])
 def test_hifm_parameters_are_bounded(kw, field):
-    from napari_derun.hifm import HIFMParams
+    from napari_derun.core.hifm import HIFMParams
 
     with pytest.raises(ValueError, match=field):
         HIFMParams(**kw)

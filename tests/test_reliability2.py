@@ -246,7 +246,7 @@ def test_checkpoint_limit_override_and_short_names(tmp_path, monkeypatch):
 
 def test_folder_package_records_the_weights_sha256(tmp_path):
     import napari_derun as nd
-    from napari_derun.checkpoint import file_sha256
+    from napari_derun.engine.checkpoint import file_sha256
 
     folder = tmp_path / "pkg"
     folder.mkdir()
@@ -269,7 +269,7 @@ def test_folder_package_records_the_weights_sha256(tmp_path):
     ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
 ])
 def test_checkpoint_metadata_that_is_not_an_object(tmp_path, capsys, meta, message):
-    from napari_derun.checkpoint import CheckpointError, load_checkpoint
+    from napari_derun.engine.checkpoint import CheckpointError, load_checkpoint
 
     p = H.fake_checkpoint(tmp_path / "m.safetensors", meta)
     with pytest.raises(CheckpointError, match=message):
@@ -281,7 +281,7 @@ def test_checkpoint_metadata_that_is_not_an_object(tmp_path, capsys, meta, messa
 
 def test_non_float_weights_are_refused_not_cast(tmp_path):
     import napari_derun as nd
-    from napari_derun.checkpoint import CheckpointError
+    from napari_derun.engine.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="not floating point.*U8"):
         nd.load_model(str(H.uint8_checkpoint(tmp_path / "u8.safetensors")), "cpu")
@@ -290,9 +290,9 @@ def test_non_float_weights_are_refused_not_cast(tmp_path):
 
 
 def test_a_huge_model_name_is_not_copied_into_outputs(tmp_path):
-    from napari_derun.checkpoint import save_checkpoint
+    from napari_derun.engine.checkpoint import save_checkpoint
     from napari_derun.commands.fuse import read_provenance
-    from napari_derun.model import DeRUN
+    from napari_derun.core.model import DeRUN
 
     ck = save_checkpoint(tmp_path / "m.safetensors", DeRUN.from_hifm(), {"name": "n" * 10_000_000})
     a, b = _pair_files(tmp_path)

@@ -17,14 +17,24 @@ from helpers import smooth_pair
 
 import torch
 
-from napari_derun.checkpoint import load_checkpoint  # noqa: E402
-from napari_derun.hifm import HIFMParams  # noqa: E402
-from napari_derun.model import DeRUN  # noqa: E402
-from napari_derun.training import PairDataset, TrainConfig, evaluate_pairs, finetune, train  # noqa: E402
+from napari_derun.engine.checkpoint import load_checkpoint  # noqa: E402
+from napari_derun.core.hifm import HIFMParams  # noqa: E402
+from napari_derun.core.model import DeRUN  # noqa: E402
+from napari_derun.data.datasets import PairDataset
+from napari_derun.training.config import TrainConfig
+from napari_derun.training.validation import evaluate_pairs
+from napari_derun.training.loop import finetune, train# noqa: E402
 
 STEP_KEYS = {"kind", "step", "total_steps", "epoch", "loss", "pixel", "lgde", "lr"}
 EPOCH_KEYS = {"kind", "epoch", "epochs", "train_loss", "val_loss", "metrics", "rank", "lr", "best"}
 FUSION_STEP_KEYS = {"kind", "step", "total_steps", "epoch", "loss", "intensity", "gradient", "ssim", "lgde", "lr"}
+
+
+def _keys(ev) -> set[str]:
+    """An event's fields, with the objective's ``parts`` flattened in."""
+    import dataclasses
+
+    return {f.name for f in dataclasses.fields(ev) if f.name != "parts"} | set(getattr(ev, "parts", {}) or {})
 
 
 def tiny(seed=0):
@@ -160,15 +170,15 @@ def test_loss_decreases_and_callbacks():
                                                                 val_initial=True, augment=False,
                                                                 objective="paper", select="loss"),
                 callback=events.append)
-    steps = [e for e in events if e["kind"] == "step"]
-    epochs = [e for e in events if e["kind"] == "epoch"]
+    steps = [e for e in events if e.kind == "step"]
+    epochs = [e for e in events if e.kind == "epoch"]
     assert len(steps) == 12 and len(epochs) == 3
-    assert all(set(e) == STEP_KEYS for e in steps)
-    assert all(set(e) == EPOCH_KEYS for e in epochs)
-    assert [e["step"] for e in steps] == list(range(1, 13)) and steps[0]["total_steps"] == 12
+    assert all(_keys(e) == STEP_KEYS for e in steps)
+    assert all(_keys(e) == EPOCH_KEYS for e in epochs)
+    assert [e.step for e in steps] == list(range(1, 13)) and steps[0].total_steps == 12
     for e in steps:
-        assert e["loss"] >= e["pixel"] + 10 * e["lgde"] - 1e-6
-    assert set(epochs[-1]["metrics"]) == {"EN", "SD", "SF", "AG", "SSIM", "PSNR", "UIQI", "VIF", "Qabf", "SCD", "SR"}
+        assert e.loss >= e.parts["pixel"] + 10 * e.parts["lgde"] - 1e-6
+    assert set(epochs[-1].metrics) == {"EN", "SD", "SF", "AG", "SSIM", "PSNR", "UIQI", "VIF", "Qabf", "SCD", "SR"}
     # validation loss (full images, deterministic) went down from the model-based start
     init_loss = res.info["metrics"]["initial"]["val_loss"]
     assert min(h["val_loss"] for h in res.history) < init_loss
@@ -187,8 +197,8 @@ def test_fusion_objective_selects_by_validation_rank():
     c = cfg(epochs=3, steps_per_epoch=2, val_metrics=True, val_initial=True, augment=False, lr=3e-3)
     assert c.objective == "fusion" and c.select == "rank"
     res = train(prs, val_pairs=prs[:1], init="admm", config=c, callback=events.append)
-    steps = [e for e in events if e["kind"] == "step"]
-    assert all(set(e) == FUSION_STEP_KEYS for e in steps)
+    steps = [e for e in events if e.kind == "step"]
+    assert all(_keys(e) == FUSION_STEP_KEYS for e in steps)
     assert res.model.config.guided  # a new model is the guided DeRUN by default
     ranks = [h["rank"] for h in res.history]
     assert all(r is not None and 1.0 <= r <= 5.0 for r in ranks)  # model among 4 references
@@ -196,7 +206,7 @@ def test_fusion_objective_selects_by_validation_rank():
     assert best["selected_by"] == "validation mean rank" and best["rank"] == min(ranks)
     assert best["epoch"] == res.history[ranks.index(min(ranks))]["epoch"]
     # the kept weights are the ones that scored that rank
-    from napari_derun.training import reference_scores
+    from napari_derun.training.validation import reference_scores
 
     ev = evaluate_pairs(res.best_model, PairDataset(prs[:1]), config=c, references=reference_scores(PairDataset(prs[:1])))
     assert ev["rank"] == pytest.approx(best["rank"])
@@ -204,7 +214,7 @@ def test_fusion_objective_selects_by_validation_rank():
 
 
 def test_checkpointed_forward_same_gradients():
-    from napari_derun.losses import derun_loss
+    from napari_derun.core.losses import derun_loss
 
     m = tiny()
     with torch.no_grad():  # move the nonlinear branches off zero so every piece matters
@@ -230,12 +240,12 @@ def test_stop_flag_returns_best():
 
     def cb(e):
         seen.append(e)
-        if e["kind"] == "epoch" and e["epoch"] == 2:
+        if e.kind == "epoch" and e.epoch == 2:
             ev.set()
 
     res = train(prs, val_pairs=prs[:1], init=tiny(), config=cfg(epochs=50, steps_per_epoch=2), callback=cb, stop=ev)
     assert res.stopped and len(res.history) == 2
-    assert sum(e["kind"] == "step" for e in seen) == 4
+    assert sum(e.kind == "step" for e in seen) == 4
     best = min(res.history, key=lambda h: h["val_loss"])
     ev2 = evaluate_pairs(res.best_model, PairDataset(prs[:1]), metrics=False, config=cfg())
     assert ev2["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
@@ -277,7 +287,7 @@ def test_checkpoint_and_resume(tmp_path, one_thread):
     assert all(torch.equal(v, part.model.state_dict()[k]) for k, v in model.state_dict().items())
     events = []
     res = train(prs, val_pairs=prs[:1], resume=ck, callback=events.append)
-    assert [e["epoch"] for e in events if e["kind"] == "epoch"] == [3]
+    assert [e.epoch for e in events if e.kind == "epoch"] == [3]
     assert [h["epoch"] for h in res.history] == [1, 2, 3]
     # resuming gives exactly the uninterrupted run (same optimizer state, schedule and sampling)
     sf, sr = full.model.state_dict(), res.model.state_dict()
@@ -301,7 +311,7 @@ def test_finetune_from_checkpoint_path(tmp_path):
 def test_cli_train(tmp_path):
     write_folder(tmp_path / "data", n=4)
     init = tmp_path / "init.safetensors"
-    from napari_derun.checkpoint import save_checkpoint
+    from napari_derun.engine.checkpoint import save_checkpoint
 
     save_checkpoint(init, tiny(), {"name": "tiny"})
     out = tmp_path / "model.safetensors"
@@ -330,7 +340,7 @@ SHIPPED = ["gfp_pc", "medical", "ivf"]
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_weights_load_and_fuse(name):
     import napari_derun as nd
-    from napari_derun import sample_data
+    from napari_derun.data import sample_data
     from napari_derun.api import WEIGHTS_DIR
 
     path = WEIGHTS_DIR / f"{name}.safetensors"
@@ -351,7 +361,7 @@ def test_finetune_gfp_does_not_worsen_validation_rank(shared_data, one_thread):
     """Fine-tuning the shipped gfp_pc model on 5 pairs keeps or improves its validation mean rank
     (the starting model is a candidate, so the kept model never scores worse), and the recorded
     scores are what an independent re-evaluation of the returned model gives."""
-    from napari_derun.training import reference_scores
+    from napari_derun.training.validation import reference_scores
 
     ds = PairDataset(shared_data / "gfp_pc")
     tr = PairDataset._from_planes(ds.names[:5], ds.a[:5], ds.b[:5], ds.source)
@@ -367,8 +377,8 @@ def test_finetune_gfp_does_not_worsen_validation_rank(shared_data, one_thread):
     assert ev["rank"] == pytest.approx(best["rank"]) and ev["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
 
 
-def test_events_are_typed_and_read_as_mappings():
-    from napari_derun.events import EpochEvent, StepEvent
+def test_events_are_typed():
+    from napari_derun.training.events import EpochEvent, StepEvent
 
     prs = pairs(2, 48, 48)
     events = []
@@ -378,9 +388,10 @@ def test_events_are_typed_and_read_as_mappings():
     epochs = [e for e in events if isinstance(e, EpochEvent)]
     assert len(steps) == 4 and len(epochs) == 2
     s = steps[0]
-    assert s.kind == "step" and s["loss"] == s.loss and s["pixel"] == s.parts["pixel"]
-    assert dict(s)["lgde"] == s.parts["lgde"] and s.get("nope") is None
-    assert [e.epoch for e in epochs] == [1, 2] and epochs[0]["val_loss"] == epochs[0].val_loss
+    assert s.kind == "step" and isinstance(s.loss, float) and set(s.parts) == {"pixel", "lgde"}
+    assert [e.epoch for e in epochs] == [1, 2] and epochs[0].val_loss is not None
+    with pytest.raises(TypeError):  # attribute access only: events are not mappings
+        s["loss"]
 
 
 def test_train_config_is_validated():
@@ -409,7 +420,7 @@ def test_train_config_is_validated():
 def test_selection_floor_on_salient_contrast():
     """``min_sr``: an epoch that loses the salient image's contrast ranks behind every epoch that
     keeps at least ``min_sr`` of it, whatever its mean rank; without a floor the rank decides."""
-    from napari_derun.training import _selected_by, _selection_score
+    from napari_derun.training.loop import _selected_by, _selection_score
 
     keeps, hides = ({"SR": 0.7}, 3.0), ({"SR": 0.4}, 1.5)
     plain = TrainConfig()

@@ -12,9 +12,9 @@ import napari  # noqa: F401  (the testing extra installs napari and pytest-qt)
 import pytestqt  # noqa: F401
 
 import napari_derun as nd  # noqa: E402
-from napari_derun import sample_data  # noqa: E402
+from napari_derun.data import sample_data  # noqa: E402
 
-from helpers import smooth_pair  # noqa: E402
+from helpers import forget_model, smooth_pair  # noqa: E402
 
 pytestmark = pytest.mark.qt
 
@@ -92,8 +92,9 @@ def test_fuse_widget_rgb_matches_api_and_reruns_in_place(make_napari_viewer, qtb
     assert tuple(xs.axis_labels)[0] == "stage" and tuple(es.axis_labels)[:2] == ("filter", "stage")
     assert tuple(viewer.dims.axis_labels)[-4:-2] == ("filter", "stage")
     assert tuple(xs.axis_labels) == tuple(viewer.dims.axis_labels)[-3:]
-    # live metrics of the result: the fast subset, against napari_derun.metrics directly
-    from napari_derun import metrics, preprocess
+    # live metrics of the result: the fast subset, against napari_derun.evaluation.metrics directly
+    from napari_derun.evaluation import metrics
+    from napari_derun.data import preprocess
 
     ya = preprocess.split_luma(preprocess.to_float01(a))[0]
     yb = preprocess.split_luma(preprocess.to_float01(b))[0]
@@ -291,7 +292,7 @@ def test_finetune_plots_registers_saves_and_reloads(make_napari_viewer, qtbot, t
     assert export_s > 0.5 and len(ticks) > 10 and gaps.max() < 1.0, (export_s, len(ticks), gaps.max())
     print(f"export {export_s:.1f} s, {len(ticks)} timer ticks, longest event-loop gap {gaps.max() * 1000:.0f} ms")
     np.testing.assert_array_equal(nd.fuse(a1, b1, model=str(pkg), device="cpu"), f_mem)
-    api._SESSION.pop(name, None)
+    forget_model(name, None)
 
 
 def test_finetune_start_from_and_roles_follow_the_content(make_napari_viewer):
@@ -322,13 +323,13 @@ def test_finetune_stop_keeps_best(make_napari_viewer, qtbot):
     w = _finetune_widget(viewer, qtbot, epochs=500, steps=2)
     w.add_pair(la, lb)
     w.name.value = "tuned-stop"
-    w._relay.payload.connect(lambda ev: w.stop() if ev.get("kind") == "step" else None)
+    w._relay.payload.connect(lambda ev: w.stop() if ev.kind == "step" else None)
     w.start()
     qtbot.waitUntil(lambda: not w.running, timeout=WAIT)
     assert w.status.state == "done", w.status.message
     assert 1 <= len(w.plot.losses) < 10
     assert w.result is not None and w.result.best_model is not None
-    api._SESSION.pop(w.registered_name, None)
+    forget_model(w.registered_name, None)
 
 
 def test_large_planes_are_tiled_like_the_library():
@@ -340,7 +341,7 @@ def test_large_planes_are_tiled_like_the_library():
     res = run_fusion(a, b, "admm", "cpu", tile=64, callback=lambda d, t, m: calls.append((d, t)))
     from napari_derun._widgets._fuse_job import FusionResult
 
-    assert isinstance(res, FusionResult) and res.n_stages == 9 and res["fused"] is res.fused  # typed, reads as a mapping
+    assert isinstance(res, FusionResult) and res.n_stages == 9  # typed
     assert res.provenance["parameters"]["tile"] == 64
     np.testing.assert_array_equal(res.fused, nd.fuse(a, b, model="admm", device="cpu", tile=64))
     # and stays close to the untiled result away from tile seams
@@ -430,7 +431,7 @@ def test_nd_fuse_in_napari_shows_progress_and_the_choice(make_napari_viewer, mon
 def test_model_registered_from_the_console_appears_at_once(make_napari_viewer):
     from napari_derun import api
     from napari_derun._widgets import FuseWidget
-    from napari_derun.model import DeRUN
+    from napari_derun.core.model import DeRUN
 
     viewer = make_napari_viewer()
     fw = FuseWidget(viewer)
@@ -441,7 +442,7 @@ def test_model_registered_from_the_console_appears_at_once(make_napari_viewer):
         # listed among the models, before "Checkpoint file…" (issue 19, item 11)
         assert fw.model_combo.choices[-1] == "Checkpoint file…" and fw.model_combo.choices[0] == "auto"
     finally:
-        api._SESSION.pop("from-console", None)
+        forget_model("from-console", None)
 
 
 def test_auto_is_the_default_and_settings_are_remembered(make_napari_viewer, qtbot):

@@ -26,7 +26,7 @@ REFS = ["admm", "average", "laplacian", "max", "pixel_max", "overlay", "copy_a",
 
 
 def val_pairs(task: str, data: Path = DATA, every: int = 5):
-    from napari_derun.io import find_pairs
+    from napari_derun.data.io import find_pairs
 
     pairs, _ = find_pairs(data / task)
     pairs = sorted(pairs, key=lambda p: p[0])
@@ -72,7 +72,9 @@ def figure(task: str, pairs, models: dict[str, str], path: Path, n: int = 2) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from napari_derun import api, baselines, io, preprocess
+    from napari_derun import api
+    from napari_derun.evaluation import baselines
+    from napari_derun.data import io, preprocess
 
     cols = ["a", "b", "average", "max (pixelwise)", "admm"] + list(models)
     fig, axes = plt.subplots(n, len(cols), figsize=(2.0 * len(cols), 2.1 * n), squeeze=False)
@@ -110,7 +112,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     import torch
 
-    from napari_derun.evaluation import evaluate
+    from napari_derun.evaluation.runner import evaluate
 
     torch.set_num_threads(1)
     out = Path(a.out)

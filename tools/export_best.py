@@ -20,8 +20,10 @@ def main(argv=None):
     ap.add_argument("out")
     ap.add_argument("--name", required=True)
     ap.add_argument("--tasks", nargs="+", required=True)
+    ap.add_argument("--split", default="per task, pairs sorted by name, every 5th (index % 5 == 4) held back for "
+                    "validation", help="how the pairs were split (stored in the provenance)")
     a = ap.parse_args(argv)
-    from napari_derun.checkpoint import load_checkpoint, save_checkpoint
+    from napari_derun.engine.checkpoint import load_checkpoint, save_checkpoint
 
     model, info, extra = load_checkpoint(a.checkpoint)
     best = {k[len("best/"):]: v for k, v in extra.items() if k.startswith("best/")}
@@ -30,9 +32,10 @@ def main(argv=None):
     info = {k: v for k, v in info.items() if k not in ("format", "format_version", "config", "training_state")}
     info["name"] = a.name
     info.setdefault("data", {})["tasks"] = a.tasks
-    info["data"]["split"] = "per task, pairs sorted by name, every 5th (index % 5 == 4) held back for validation"
+    info["data"]["split"] = a.split
     info["data"]["licence"] = ("derived from research-use images listed in shared/data/SOURCES.md "
-                               "(MMIF-CDDFuse test_img, SuperFusion MSRS test set, GFP/PC pairs); see docs/training.md")
+                               "(MMIF-CDDFuse test_img, SuperFusion MSRS test set, MSRS train, TNO, M3FD, GFP/PC "
+                               "pairs); see docs/training.md")
     hist = info.get("history", [])
     info["exported"] = {"from": Path(a.checkpoint).name, "epochs_done": hist[-1]["epoch"] if hist else 0,
                         "steps_done": sum(h.get("steps", 0) for h in hist),

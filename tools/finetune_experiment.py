@@ -29,7 +29,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     import torch
 
-    from napari_derun.training import PairDataset, finetune, peak_rss_mb
+    from napari_derun.data.datasets import PairDataset
+    from napari_derun.training.loop import finetune, peak_rss_mb
 
     torch.set_num_threads(1)
     tr_all, va_all = PairDataset(DATA / a.task).split(every=5)

@@ -7,9 +7,11 @@ import time
 
 import torch
 
-from napari_derun.losses import derun_loss
-from napari_derun.model import DeRUN, adjoint_loss
-from napari_derun.training import _forward_checkpointed, peak_rss_mb
+from napari_derun.core.losses import derun_loss
+from napari_derun.core.model import DeRUN, adjoint_loss
+from torch.utils.checkpoint import checkpoint
+
+from napari_derun.training.loop import peak_rss_mb
 
 p = argparse.ArgumentParser()
 p.add_argument("--checkpointing", action="store_true")
@@ -25,7 +27,7 @@ print(f"before training: peak RSS {peak_rss_mb():.0f} MiB")
 for i in range(a.steps):
     ta, tb = torch.rand(a.batch, 1, a.patch, a.patch), torch.rand(a.batch, 1, a.patch, a.patch)
     t = time.perf_counter()
-    x = _forward_checkpointed(m, ta, tb) if a.checkpointing else m(ta, tb)
+    x = checkpoint(m, ta, tb, use_reentrant=False) if a.checkpointing else m(ta, tb)
     loss = derun_loss(x, ta, tb)[0] + 0.01 * adjoint_loss(m)
     opt.zero_grad()
     loss.backward()

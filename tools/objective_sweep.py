@@ -26,10 +26,10 @@ def main(argv=None):
     a = ap.parse_args(argv)
     import torch
 
-    from napari_derun import baselines
-    from napari_derun.datasets import PairDataset
-    from napari_derun.losses import derun_loss
-    from napari_derun.objectives import FusionWeights, fusion_loss, salient_lift
+    from napari_derun.evaluation import baselines
+    from napari_derun.data.datasets import PairDataset
+    from napari_derun.core.losses import derun_loss
+    from napari_derun.core.objectives import FusionWeights, fusion_loss, salient_lift
 
     torch.set_num_threads(1)
     t = lambda x: torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32))[None, None]  # noqa: E731

@@ -239,9 +239,9 @@ def cases(d: Path, cli):
                            H.fake_checkpoint(r / f"m{len(os.listdir(r))}.safetensors", meta))
 
     def big_name():
-        from napari_derun.checkpoint import save_checkpoint
+        from napari_derun.engine.checkpoint import save_checkpoint
         from napari_derun.commands.fuse import read_provenance
-        from napari_derun.model import DeRUN
+        from napari_derun.core.model import DeRUN
 
         p = save_checkpoint(r / "named.safetensors", DeRUN.from_hifm(), {"name": "n" * 10_000_000})
         o = r / "named.tif"
@@ -352,7 +352,7 @@ def cases(d: Path, cli):
         return run
 
     def folder_sha():
-        from napari_derun.checkpoint import file_sha256
+        from napari_derun.engine.checkpoint import file_sha256
 
         folder = r / "pkgdir"
         folder.mkdir()

@@ -55,7 +55,7 @@ def fake_ckpt(path: Path, change: dict | str, version=1):
     import torch
     from safetensors.torch import save_file
 
-    from napari_derun.model import DeRUN
+    from napari_derun.core.model import DeRUN
 
     cfg = {**DeRUN.from_hifm().config.to_dict(), **change} if isinstance(change, dict) else change
     doc = {"format": "napari-derun", "format_version": version, "config": cfg}
@@ -67,9 +67,10 @@ def cases(d: Path):
     import torch
 
     import napari_derun as nd
-    from napari_derun.checkpoint import load_checkpoint
-    from napari_derun.model import DeRUN
-    from napari_derun.training import TrainConfig, train
+    from napari_derun.engine.checkpoint import load_checkpoint
+    from napari_derun.core.model import DeRUN
+    from napari_derun.training.config import TrainConfig
+    from napari_derun.training.loop import train
 
     a, b = _pair(d)
     af = a.astype(np.float64) / 255

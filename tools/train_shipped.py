@@ -25,7 +25,7 @@ SPLITS = Path(__file__).resolve().parent / "splits"
 def load_split(tasks, data=DATA, every=5, splits=None):
     """``(train, val)`` of ``tasks``: from the split files in ``splits`` (tools/splits/<task>.json, the
     test pairs left out entirely) or, without, every ``every``-th pair held back for validation."""
-    from napari_derun.training import PairDataset
+    from napari_derun.data.datasets import PairDataset
 
     trs, vas = [], []
     for t in tasks:
@@ -43,7 +43,7 @@ def load_split(tasks, data=DATA, every=5, splits=None):
 
 def center_crop(ds, side):
     """Every pair cropped to its central ``side`` × ``side`` (at most) window (cheaper validation)."""
-    from napari_derun.training import PairDataset
+    from napari_derun.data.datasets import PairDataset
 
     def c(x):
         h, w = x.shape
@@ -58,7 +58,7 @@ def with_degraded(va, seed=1000):
     """The validation pairs plus, per pair, a degraded copy of a and one of b (degradations of the pair's
     modalities in turn, levels 2 and 4 alternating), scored against the clean pair."""
     from napari_derun.data.degrade import MODALITIES
-    from napari_derun.training import PairDataset
+    from napari_derun.data.datasets import PairDataset
 
     parts = [va]
     for i, mods in enumerate(va.modalities):
@@ -109,7 +109,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     import torch
 
-    from napari_derun.training import TrainConfig, peak_rss_mb, train
+    from napari_derun.training.config import TrainConfig
+    from napari_derun.training.loop import peak_rss_mb, train
 
     torch.set_num_threads(a.threads)
     tr, va = load_split(a.tasks, Path(a.data), splits=a.splits)
@@ -118,7 +119,7 @@ def main(argv=None):
     if a.val_degraded:
         va = with_degraded(va)
     if a.only:
-        from napari_derun.training import PairDataset
+        from napari_derun.data.datasets import PairDataset
 
         keep = [i for i, n in enumerate(tr.names) if any(t in n for t in a.only)]
         if not keep:
@@ -136,11 +137,11 @@ def main(argv=None):
                       degrade=a.degrade, restore=a.restore, photometric=a.photometric, w_salient=a.w_salient, **w)
 
     def cb(e):
-        if e["kind"] == "epoch":
-            m = e["metrics"] or {}
-            print(json.dumps({"epoch": e["epoch"], "train_loss": round(e["train_loss"], 5),
-                              "val_loss": e["val_loss"], "rank": e["rank"], "SR": m.get("SR"), "SCD": m.get("SCD"),
-                              "lr": e["lr"], "best": e["best"], "time": time.strftime("%H:%M:%S")}), flush=True)
+        if e.kind == "epoch":
+            m = e.metrics or {}
+            print(json.dumps({"epoch": e.epoch, "train_loss": round(e.train_loss, 5),
+                              "val_loss": e.val_loss, "rank": e.rank, "SR": m.get("SR"), "SCD": m.get("SCD"),
+                              "lr": e.lr, "best": e.best, "time": time.strftime("%H:%M:%S")}), flush=True)
 
     resume = a.checkpoint if (a.resume and a.checkpoint and Path(a.checkpoint).exists()) else None
     t0 = time.perf_counter()

@@ -19,14 +19,11 @@ import numpy as np
 from .data import preprocess
 if TYPE_CHECKING:  # dask is imported only when a dask array comes in
     from dask.array import Array as DaskArray
-from .engine.registry import (  # noqa: F401  (the public API, and names the tests and widgets use)
-    _SESSION,
+from .engine.registry import (  # noqa: F401  (the public API)
     MODELS,
     TRAINING_FREE,
     WEIGHTS_DIR,
     Fuser,
-    _load,
-    _shipped,
     fuse_planes,
     list_models,
     load_model,
@@ -95,7 +92,9 @@ def _napari_console():
     return _console if _console.active() else None
 
 
-def _check_tiling(tile, overlap) -> None:
+def check_tiling(tile, overlap) -> None:
+    """Raise ValueError unless ``tile`` (0/None: no tiling, else at least :data:`MIN_TILE`) and ``overlap`` are
+    whole numbers of pixels."""
     for name, v in (("tile", tile), ("overlap", overlap)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
             raise ValueError(f"{name} must be an integer number of pixels, got {v!r}")
@@ -195,7 +194,7 @@ def fuse(
     """
     from .engine import stacks
 
-    _check_tiling(tile, overlap)
+    check_tiling(tile, overlap)
     _check_inputs(a, b, axes)
     preprocess.check_percentiles(percentiles)
     if ranges is not None:

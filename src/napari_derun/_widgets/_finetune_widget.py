@@ -281,7 +281,7 @@ class FinetuneWidget(JobWidgetMixin, QWidget):
         if self.running:
             return
         try:
-            from .. import training
+            from ..training import loop as training
         except ImportError as e:  # pragma: no cover
             show_error(f"Training is not available: {e}")
             return
@@ -325,19 +325,19 @@ class FinetuneWidget(JobWidgetMixin, QWidget):
             self._stop.set()
             self._set_status("running", "Stopping after this step…")
 
-    def _on_event(self, ev: dict) -> None:
+    def _on_event(self, ev) -> None:
         self.events.append(ev)
-        if ev.get("kind") == "step":
-            self.plot.steps.append(int(ev["step"]))
-            self.plot.losses.append(float(ev["loss"]))
-            self.progress.setRange(0, int(ev["total_steps"]))
-            self.progress.setValue(int(ev["step"]))
+        if ev.kind == "step":
+            self.plot.steps.append(int(ev.step))
+            self.plot.losses.append(float(ev.loss))
+            self.progress.setRange(0, int(ev.total_steps))
+            self.progress.setValue(int(ev.step))
             if not self._stop.is_set():
-                self.status_label.value = (f"Epoch {ev['epoch']}, step {ev['step']}/{ev['total_steps']}: "
-                                           f"loss {ev['loss']:.4g}")
-        elif ev.get("kind") == "epoch" and ev.get("val_loss") is not None:
+                self.status_label.value = (f"Epoch {ev.epoch}, step {ev.step}/{ev.total_steps}: "
+                                           f"loss {ev.loss:.4g}")
+        elif ev.kind == "epoch" and ev.val_loss is not None:
             self.plot.val_steps.append(self.plot.steps[-1] if self.plot.steps else 0)
-            self.plot.val_losses.append(float(ev["val_loss"]))
+            self.plot.val_losses.append(float(ev.val_loss))
         self.plot.redraw()
 
     def _on_errored(self, exc):

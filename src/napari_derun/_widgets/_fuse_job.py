@@ -17,7 +17,6 @@ from typing import Any, Callable
 import numpy as np
 
 from ..data import preprocess
-from ..training.events import _MappingEvent
 
 __all__ = [
     "Cancelled",
@@ -184,8 +183,8 @@ def full_metrics(a_l: np.ndarray, b_l: np.ndarray, f_l: np.ndarray) -> dict[str,
 
 
 @dataclass(frozen=True, eq=False)
-class FusionResult(_MappingEvent):
-    """What one run of the Fuse widget's job produced (attribute access; also reads as a mapping).
+class FusionResult:
+    """What one run of the Fuse widget's job produced.
 
     Attributes:
         fused: float32 in [0, 1], ``(..., Y, X)`` or ``(..., Y, X, 3)``.

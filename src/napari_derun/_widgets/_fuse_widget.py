@@ -14,7 +14,7 @@ from . import _fuse_job as job
 from . import _pair
 from ._common import JobWidgetMixin, ProgressRelay, copy_axis_labels, copy_units, image_layers, layer_picker
 from ._prefs import default_model, load_prefs, save_pref  # noqa: F401  (default_model: used by scripts and tests)
-from ._state import MODEL_BUS
+from ..api import MODELS
 
 AUTO = _pair.AUTO
 #: the settings the Fuse widget remembers between sessions (preferences key ``fuse_widget``)
@@ -123,8 +123,8 @@ class FuseWidget(JobWidgetMixin, QWidget):
         # renamed); these keep an undocked widget (console, scripts) in step too
         for ev in ("inserted", "removed", "renamed"):
             getattr(self.viewer.layers.events, ev).connect(self._refresh_layers)
-        MODEL_BUS.changed.connect(self._on_model_registered)
-        self.destroyed.connect(lambda *_: _disconnect(MODEL_BUS.changed, self._on_model_registered))
+        MODELS.changed.connect(self._on_model_registered)
+        self.destroyed.connect(lambda *_: _disconnect(MODELS.changed, self._on_model_registered))
         self._refresh_layers()
         self.model_combo.value = AUTO
         self._restore_settings()
@@ -239,7 +239,7 @@ class FuseWidget(JobWidgetMixin, QWidget):
         try:
             self.refresh_models()
         except RuntimeError:  # this widget's Qt side is gone (viewer closed)
-            _disconnect(MODEL_BUS.changed, self._on_model_registered)
+            _disconnect(MODELS.changed, self._on_model_registered)
 
     def showEvent(self, event):  # noqa: N802 (Qt name)
         self.refresh_models()

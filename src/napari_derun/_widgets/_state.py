@@ -6,23 +6,6 @@ from dataclasses import dataclass
 from psygnal import evented
 
 
-def _model_bus():
-    """The core registry's signal holder (``napari_derun.api.MODELS``), imported lazily."""
-    from ..api import MODELS
-
-    return MODELS
-
-
-class _LazyBus:
-    @property
-    def changed(self):
-        return _model_bus().changed
-
-
-#: widgets listen to ``MODEL_BUS.changed``: the same signal as ``napari_derun.api.MODELS.changed``
-MODEL_BUS = _LazyBus()
-
-
 @evented
 @dataclass
 class JobStatus:

@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
 
     opts = {"tile": args.tile, "overlap": args.overlap, "batch_size": args.batch_size, "axes": args.axes,
             "dtype": args.dtype, "overwrite": args.overwrite, "max_mb": args.max_image_mb}
-    api._check_tiling(args.tile, args.overlap)  # before loading anything
+    api.check_tiling(args.tile, args.overlap)  # before loading anything
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.max_image_mb is not None and not args.max_image_mb >= 0:

@@ -156,23 +156,23 @@ def run(args: argparse.Namespace) -> int:
 
     def cb(ev):
         nonlocal bar
-        if ev["kind"] == "step":
+        if ev.kind == "step":
             if bar is None:
                 # made at the end of the first step, counting it: the rate comes from the steps after it
                 # (updating a bar made a moment ago showed thousands of steps per second)
-                bar = tqdm(total=ev["total_steps"], initial=ev["step"], disable=args.quiet, unit="step")
+                bar = tqdm(total=ev.total_steps, initial=ev.step, disable=args.quiet, unit="step")
             else:
                 bar.update(1)
-            bar.set_postfix(epoch=ev["epoch"], loss=f"{ev['loss']:.4f}", lr=f"{ev['lr']:.2e}")
+            bar.set_postfix(epoch=ev.epoch, loss=f"{ev.loss:.4f}", lr=f"{ev.lr:.2e}")
         else:
-            msg = f"epoch {ev['epoch']}/{ev['epochs']}: train loss {ev['train_loss']:.5f}"
-            if ev["val_loss"] is not None:
-                msg += f", val loss {ev['val_loss']:.5f}"
-            if ev.get("rank") is not None:
-                msg += f", mean rank {ev['rank']:.2f}"
-            if ev["metrics"]:
-                msg += ", " + ", ".join(f"{k} {v:.3f}" for k, v in ev["metrics"].items())
-            msg += " (best)" if ev["best"] else ""
+            msg = f"epoch {ev.epoch}/{ev.epochs}: train loss {ev.train_loss:.5f}"
+            if ev.val_loss is not None:
+                msg += f", val loss {ev.val_loss:.5f}"
+            if ev.rank is not None:
+                msg += f", mean rank {ev.rank:.2f}"
+            if ev.metrics:
+                msg += ", " + ", ".join(f"{k} {v:.3f}" for k, v in ev.metrics.items())
+            msg += " (best)" if ev.best else ""
             (bar.write if bar is not None else print)(msg)
 
     # Ctrl-C stops at the next step and the best model so far is written (a second Ctrl-C aborts)

@@ -192,22 +192,25 @@ class PWSMStage(nn.Module):
                  guide: torch.Tensor | None = None) -> torch.Tensor:
         """``lin ⋆ x + spec(relu(shared(x)))`` with circular boundaries.
 
-        For a guided extractor the shared branch sees ``[x, a]``; ``guide`` is then the
-        precomputed contribution of ``a`` to the hidden map (:meth:`guide_features`), added
-        before the ReLU, so the guide never reaches the linear part.
-        One 3×3 conv computes the linear bank and the shared branch together (same input).
-        (Padding x by 2 so that the hidden map carries the border the specific conv needs was
-        measured slower: oneDNN took twice as long on the resulting shapes.)
+        For a guided extractor the shared branch sees ``[x, a]``: ``guide`` is then the structural
+        image ``a`` (on the same grid), stacked as a second input channel whose weights reach only
+        the hidden map, so the guide never reaches the linear part. One 3×3 conv computes the linear
+        bank and the shared branch together (same input). The maps are channels-last and the
+        convolutions skip the padded copy (:func:`~napari_derun.core.ops.circ_conv3`): oneDNN runs
+        the 1–12-channel convolutions of DeRUN 2–4× faster so (docs/performance.md).
         """
         n = lin.shape[0]
         cx = x.shape[1]
         w = torch.cat([lin, shared.weight[:, :cx]], 0)
-        bias = torch.cat([shared.bias.new_zeros(n), shared.bias])
-        out = F.conv2d(ops.circ_pad1(x), w, bias)
-        lin_out, hid = out.split([n, out.shape[1] - n], dim=1)  # one SplitBackward instead of two slice copies
         if guide is not None:
-            hid = hid + guide
-        return lin_out + F.conv2d(ops.circ_pad1(F.relu(hid)), spec.weight, spec.bias)
+            w = torch.cat([w, torch.cat([lin.new_zeros(n, 1, *lin.shape[-2:]), shared.weight[:, cx:]], 0)], 1)
+            x = ops.stack_channels(x, guide)
+        elif cx > 1:
+            x = x.contiguous(memory_format=torch.channels_last)
+        bias = torch.cat([shared.bias.new_zeros(n), shared.bias])
+        out = ops.circ_conv3(x, w, bias)
+        lin_out, hid = out.split([n, out.shape[1] - n], dim=1)  # one SplitBackward instead of two slice copies
+        return lin_out + ops.circ_conv3(F.relu(hid), spec.weight, spec.bias)
 
     def guide_features(self, a: torch.Tensor) -> torch.Tensor | None:
         """The structural image's fixed contribution to the shared forward branch (guided only)."""
@@ -323,7 +326,7 @@ class DeRUNStage(nn.Module):
     def forward(self, state: dict[str, torch.Tensor], m: torch.Tensor,
                 guide: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         ext = self.ext
-        g = ext.guide_features(guide) if guide is not None else None
+        g = guide  # the guided extractors take the structural image as a second channel
         H_, W_ = m.shape[-2:]
         rho, tau = self._pos(self.raw_rho), self._pos(self.raw_tau)
         E, Fm, Hk, G = state["E"], state["F"], state["H"], state["G"]
@@ -406,7 +409,8 @@ class DeRUN(nn.Module):
             if self.lift is not None:
                 guide = ops.reflect_pad(a, pads)
                 m = m + self.lift(guide, ops.reflect_pad(b, pads))
-            z = torch.zeros(m.shape[0], self.config.n_filters, *m.shape[-2:], dtype=m.dtype, device=m.device)
+            z = torch.zeros(m.shape[0], self.config.n_filters, *m.shape[-2:], dtype=m.dtype, device=m.device
+                            ).contiguous(memory_format=torch.channels_last)
             state = {"E": z, "F": z, "H": z, "G": z}
             for stage in self.stages:
                 if use_ckpt:

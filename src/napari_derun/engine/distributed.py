@@ -49,22 +49,22 @@ class ModelSpec:
     precision: str = "fp32"
 
     def load(self):
-        from . import registry as api
+        from . import registry
         from ..core.hifm import HIFMParams
 
         if self.kind == "admm":
-            f = api.load_model(HIFMParams.from_dict(self.hifm), self.device, self.precision)
+            f = registry.load_model(HIFMParams.from_dict(self.hifm), self.device, self.precision)
             f.name = self.name or "admm"
             return f
         if self.kind == "path":
-            return api.load_model(self.path, self.device, self.precision)
+            return registry.load_model(self.path, self.device, self.precision)
         import torch
 
         from ..core.model import DeRUN, DeRUNConfig
 
         net = DeRUN(DeRUNConfig.from_dict(self.config))
         net.load_state_dict({k: torch.from_numpy(v) for k, v in self.state.items()})
-        f = api.load_model(net, self.device, self.precision)
+        f = registry.load_model(net, self.device, self.precision)
         f.name, f.source, f.info = self.name, "in-memory", dict(self.info)
         return f
 

@@ -108,7 +108,7 @@ class _Progress:
 def _fuse_tiles_once(fuser, a, b, tile, overlap, batch_size, prog: _Progress, margin=None, out=None):
     """One attempt at fusing luminance planes ``(P, H, W)`` with the given tile/batch (may raise OOM);
     ``a``/``b`` are float32 arrays or :class:`_RawLuma` (converted per tile); into ``out`` when given."""
-    from . import registry as api
+    from . import registry
 
     P, H, W = a.shape
     ys, th = tile_starts(H, tile, overlap)
@@ -138,7 +138,7 @@ def _fuse_tiles_once(fuser, a, b, tile, overlap, batch_size, prog: _Progress, ma
         def cb(stage, n, k=k):
             prog.step(k)
 
-        res = api.fuse_planes(fuser, ta, tb, callback=cb)
+        res = registry.fuse_planes(fuser, ta, tb, callback=cb)
         del ta, tb
         for (p, i, j), r in zip(chunk, res):
             if single:

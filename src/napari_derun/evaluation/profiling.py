@@ -119,7 +119,7 @@ def profile(
     Returns:
         rows ``{"method", "params", "macs", "conv_macs", "fft_macs", "median_ms", "note"}``.
     """
-    from ..engine import registry as api
+    from ..engine import registry
 
     if size < 8:
         raise ValueError(f"size must be >= 8, got {size}")
@@ -147,9 +147,9 @@ def profile(
 
                     target = DeRUN.from_hifm()
                     note = "no shipped weights: default architecture, untrained"
-            fuser = api.load_model(target, device)
+            fuser = registry.load_model(target, device)
             ta, tb = a[None], b[None]
-            run = lambda fuser=fuser: api.fuse_planes(fuser, ta, tb)  # noqa: E731
+            run = lambda fuser=fuser: registry.fuse_planes(fuser, ta, tb)  # noqa: E731
             run()  # warm-up
             macs = _count_torch_macs(run)
             params = fuser.module.num_parameters()
@@ -159,7 +159,7 @@ def profile(
                 import torch
 
                 def run(fuser=fuser, _sync=torch.cuda.synchronize):  # noqa: E306
-                    api.fuse_planes(fuser, ta, tb)
+                    registry.fuse_planes(fuser, ta, tb)
                     _sync()
         run()
         times = []

@@ -10,7 +10,7 @@
 Methods are strings: ``"derun"`` (a shipped DeRUN, see :func:`resolve_methods`),
 ``"admm"`` (training-free HIFM solver), ``"average"``, ``"max"``, ``"laplacian"``,
 ``"pixel_max"``, ``"overlay"``, ``"copy_a"``, ``"copy_b"`` (:mod:`napari_derun.evaluation.baselines`),
-or any other model name / checkpoint path accepted by :func:`napari_derun.api.load_model`.
+or any other model name / checkpoint path accepted by :func:`napari_derun.engine.registry.load_model`.
 
 All methods fuse the same luminance planes in [0, 1] produced by
 :func:`napari_derun.data.preprocess.prepare_pair` (uint8 / 255, other dtypes by the
@@ -86,21 +86,21 @@ class Method:
         if self.kind == "baseline":
             f = self.target(a, b)
         else:
-            from ..engine import registry as api
+            from ..engine import registry
 
             if self._fuser is None:
-                self._fuser = api.load_model(self.target, device)
+                self._fuser = registry.load_model(self.target, device)
                 # warm-up (allocations, kernel selection) so that timings are steady
                 z = np.zeros((1, 32, 32), np.float32)
-                api.fuse_planes(self._fuser, z, z)
-            f = api.fuse_planes(self._fuser, a[None], b[None])[0]
+                registry.fuse_planes(self._fuser, z, z)
+            f = registry.fuse_planes(self._fuser, a[None], b[None])[0]
         return np.clip(np.asarray(f, dtype=np.float32), 0.0, 1.0)
 
 
 def _shipped_models() -> list[str]:
-    from ..engine import registry as api
+    from ..engine import registry
 
-    return [m for m in api.list_models() if m != api.TRAINING_FREE]
+    return [m for m in registry.list_models() if m != registry.TRAINING_FREE]
 
 
 def _model_of_content(pairs: Sequence[tuple[str, Any, Any]]) -> tuple[str | None, str]:
@@ -146,7 +146,7 @@ def resolve_methods(
         ValueError: an unknown method (not a baseline, model name or checkpoint path),
             an unknown ``model``, or no method left.
     """
-    from ..engine import registry as api
+    from ..engine import registry
 
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
@@ -158,8 +158,8 @@ def resolve_methods(
             out.append(Method(m, "baseline", BASELINE_METHODS[m]))
         elif m == "derun":
             if known is None:
-                known = api.list_models()
-            shipped = [x for x in known if x != api.TRAINING_FREE]
+                known = registry.list_models()
+            shipped = [x for x in known if x != registry.TRAINING_FREE]
             if model is not None:
                 if model not in known and not Path(model).expanduser().exists():
                     raise ValueError(f"unknown model {model!r}: use one of {known} or a checkpoint path")
@@ -179,7 +179,7 @@ def resolve_methods(
                 )
         else:
             if known is None:
-                known = api.list_models()
+                known = registry.list_models()
             if m in known or Path(m).expanduser().is_file():
                 label = m if m in known else Path(m).stem
                 out.append(Method(label, "model", m))

@@ -212,8 +212,8 @@ def _train(
             model name, a checkpoint path, or a :class:`~napari_derun.core.model.DeRUN` (copied).
         config: :class:`TrainConfig` (paper recipe by default).
         callback: ``callback(event)`` with a :class:`~napari_derun.training.events.StepEvent` after every
-            step and an :class:`~napari_derun.training.events.EpochEvent` after every epoch (dataclasses
-            that also read as mappings: ``ev.loss`` or ``ev["loss"]``).
+            step and an :class:`~napari_derun.training.events.EpochEvent` after every epoch (frozen
+            dataclasses: ``ev.kind``, ``ev.loss``, ``ev.parts``).
         stop: ``threading.Event`` or zero-argument callable; when set, training stops at the
             next step and the best model so far is returned.
         checkpoint_path: written (atomically) after every epoch with the optimizer state.
