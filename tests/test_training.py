@@ -17,10 +17,10 @@ from helpers import smooth_pair
 
 import torch
 
-from napari_derun.engine.checkpoint import load_checkpoint  # noqa: E402
+from napari_derun.io.checkpoint import load_checkpoint  # noqa: E402
 from napari_derun.core.hifm import HIFMParams  # noqa: E402
 from napari_derun.core.model import DeRUN  # noqa: E402
-from napari_derun.data.datasets import PairDataset
+from napari_derun.training.datasets import PairDataset
 from napari_derun.training.config import TrainConfig
 from napari_derun.training.validation import evaluate_pairs
 from napari_derun.training.loop import finetune, train# noqa: E402
@@ -311,24 +311,28 @@ def test_finetune_from_checkpoint_path(tmp_path):
 def test_cli_train(tmp_path):
     write_folder(tmp_path / "data", n=4)
     init = tmp_path / "init.safetensors"
-    from napari_derun.engine.checkpoint import save_checkpoint
+    from napari_derun.io.checkpoint import save_checkpoint
 
     save_checkpoint(init, tiny(), {"name": "tiny"})
     out = tmp_path / "model.safetensors"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "napari_derun.cli", "train", str(tmp_path / "data"), "--out", str(out), "--init", str(init),
            "--epochs", "1", "--patch", "32", "--batch", "2", "--steps-per-epoch", "2", "--val-fraction", "0.25",
-           "--no-val-metrics", "--device", "cpu", "--name", "tiny_cli", "--threads", "1"]
+           "--no-val-metrics", "--device", "cpu", "--name", "tiny_cli", "--threads", "1",
+           "--degrade", "1", "--modalities", "mri,pet", "--restore", "4", "--w-salient", "2"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout
     info = json.loads((tmp_path / "model.safetensors.json").read_text())
     assert info["name"] == "tiny_cli"
+    stored = info["training"]["config"]
+    assert (stored["degrade"], stored["modalities"], stored["restore"], stored["w_salient"]) == (1.0, ["mri", "pet"], 4, 2.0)
     assert info["data"]["train"]["count"] == 3 and info["data"]["val"]["names"] == ["p3"]
     import napari_derun as nd
 
     fz = nd.load_model(str(out), device="cpu")
     assert fz.name == "tiny_cli"
+    assert fz.module.config.restore == 4  # --restore grew the start model
     r = subprocess.run([sys.executable, "-m", "napari_derun.cli", "train", str(tmp_path / "missing"), "--out",
                         str(tmp_path / "other.safetensors")], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 1 and "does not exist" in r.stderr

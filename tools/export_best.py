@@ -23,7 +23,7 @@ def main(argv=None):
     ap.add_argument("--split", default="per task, pairs sorted by name, every 5th (index % 5 == 4) held back for "
                     "validation", help="how the pairs were split (stored in the provenance)")
     a = ap.parse_args(argv)
-    from napari_derun.engine.checkpoint import load_checkpoint, save_checkpoint
+    from napari_derun.io.checkpoint import load_checkpoint, save_checkpoint
 
     model, info, extra = load_checkpoint(a.checkpoint)
     best = {k[len("best/"):]: v for k, v in extra.items() if k.startswith("best/")}

@@ -11,7 +11,7 @@ _PARSER = None
 #: TrainConfig fields offered as options: type, default, choices and help come from the config itself
 CLI_FIELDS = ("epochs", "lr", "batch", "patch", "steps_per_epoch", "decay", "objective", "target", "select",
               "min_sr", "device", "seed", "grad_clip",
-              "optimizer", "strategy")
+              "optimizer", "strategy", "degrade", "modalities", "photometric", "restore", "w_salient")
 
 
 def add_config_options(parser: argparse.ArgumentParser, names) -> None:
@@ -123,7 +123,9 @@ def run(args: argparse.Namespace) -> int:
         decay=args.decay, device=args.device, seed=args.seed, num_threads=args.threads,
         val_metrics=not args.no_val_metrics, objective=args.objective, target=args.target,
         guided=not args.plain, select=args.select, grad_clip=args.grad_clip, min_sr=args.min_sr,
-        optimizer=args.optimizer, strategy=args.strategy,
+        optimizer=args.optimizer, strategy=args.strategy, degrade=args.degrade, photometric=args.photometric,
+        restore=args.restore, w_salient=args.w_salient,
+        modalities=tuple(m.strip() for m in args.modalities.split(",")) if args.modalities else None,
         **(dict(zip(("w_intensity", "w_gradient", "w_ssim", "w_lgde"), args.weights)) if args.weights else {}),
     )
     if not args.resume and str(args.init) != "admm":
@@ -140,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
                 "give --objective / --target / --weights to change it")
     if args.resume:
         # continue with the stored settings; only options written on this command line change them
-        from ..engine.checkpoint import read_checkpoint_info
+        from ..io.checkpoint import read_checkpoint_info
 
         stored = (read_checkpoint_info(args.resume).get("training") or {}).get("config") or {}
         over = {}
@@ -224,7 +226,7 @@ def _check_checkpoint_target(args: argparse.Namespace) -> None:
     if not ck.exists() or args.overwrite or (args.resume and same_file(ck, args.resume)):
         return
     try:
-        from ..engine.checkpoint import read_checkpoint_info
+        from ..io.checkpoint import read_checkpoint_info
 
         resumable = "training_state" in read_checkpoint_info(ck)
     except ValueError:
