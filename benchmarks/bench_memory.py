@@ -83,7 +83,7 @@ def run_memory(args) -> None:
 
 
 def _mosaic_pairs(n: int = 2):
-    from napari_derun.data.io import find_pairs, read_image
+    from napari_derun.io.planes import find_pairs, read_image
     from napari_derun.data.preprocess import prepare_pair
 
     root = SHARED / "ivf"

@@ -33,7 +33,7 @@ def _synthetic(size: int, seed: int) -> np.ndarray:
 
 
 def _real(folder: str, name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
-    from napari_derun.data.io import find_pairs, read_image, to_gray01
+    from napari_derun.io.planes import find_pairs, read_image, to_gray01
 
     pairs, _ = find_pairs(folder)
     match = [p for p in pairs if p[0] == name]

@@ -1,11 +1,12 @@
 """CPU time of one DeRUN training step (batch 4 × 64², one thread) for the training settings.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_train_step.py [--steps 6]
+    OMP_NUM_THREADS=1 python benchmarks/bench_train_step.py [--steps 6] [--rows now restore] [--json out.json]
 
 Reports process CPU seconds per step (``time.process_time``: robust to other jobs on a shared
 machine, unlike wall time) for: the v0.1 shipped-weights setting (plain model, paper loss, activation
 checkpointing, reflect pad 16) and what tools/train_shipped.py uses now (guided model, fusion loss, no
-checkpointing, pad 4), plus the steps between.
+checkpointing, pad 4), plus the steps between, and the next shipped setting (guided with the input
+restoration network, ``restore=12``), with and without activation checkpointing.
 """
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import json
 import time
 
 
-def step_time(guided: bool, objective: str, checkpointing: bool, pad: int, steps: int, patch: int = 64) -> float:
+def step_time(guided: bool, objective: str, checkpointing: bool, pad: int, steps: int, patch: int = 64,
+              restore: int = 0) -> float:
+    """Median process CPU seconds of one training step (after two warm-up steps)."""
     import torch
 
     from napari_derun.core.model import DeRUN, adjoint_loss
@@ -22,7 +25,7 @@ def step_time(guided: bool, objective: str, checkpointing: bool, pad: int, steps
     from napari_derun.training.loop import _padding
 
     torch.manual_seed(0)
-    m = DeRUN.from_hifm(guided=guided)
+    m = DeRUN.from_hifm(guided=guided, **({"restore": restore} if restore else {}))
     cfg = TrainConfig(objective=objective)
     opt = torch.optim.Adam(m.parameters(), 1e-3)
     a, b = torch.rand(4, 1, patch, patch), torch.rand(4, 1, patch, patch)
@@ -41,25 +44,37 @@ def step_time(guided: bool, objective: str, checkpointing: bool, pad: int, steps
     return times[len(times) // 2]
 
 
+ROWS = {
+    "v01": ("v0.1 setting: plain, paper loss, checkpointing, pad 16", False, "paper", True, 16, 0),
+    "plain16": ("plain, paper loss, no checkpointing, pad 16", False, "paper", False, 16, 0),
+    "plain4": ("plain, paper loss, no checkpointing, pad 4", False, "paper", False, 4, 0),
+    "now": ("guided, fusion loss, no checkpointing, pad 4 (the shipped runs)", True, "fusion", False, 4, 0),
+    "restore": ("guided + restore=12, fusion loss, no checkpointing, pad 4", True, "fusion", False, 4, 12),
+    "restore_ckpt": ("guided + restore=12, fusion loss, checkpointing, pad 4", True, "fusion", True, 4, 12),
+}
+
+
 def main(argv=None):
+    """Time the chosen settings (``--rows``, default all) and print a table and JSON."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
-    rows = [
-        ("v0.1 setting: plain, paper loss, checkpointing, pad 16", False, "paper", True, 16),
-        ("plain, paper loss, no checkpointing, pad 16", False, "paper", False, 16),
-        ("plain, paper loss, no checkpointing, pad 4", False, "paper", False, 4),
-        ("guided, fusion loss, no checkpointing, pad 4 (now)", True, "fusion", False, 4),
-    ]
     out = []
-    for label, *args in rows:
-        t = step_time(*args, steps=a.steps)
-        out.append({"setting": label, "cpu_s_per_step": round(t, 3)})
+    for key in a.rows:
+        label, *args = ROWS[key]
+        t = step_time(*args[:4], steps=a.steps, restore=args[4])
+        out.append({"key": key, "setting": label, "cpu_s_per_step": round(t, 3)})
         print(f"| {label} | {t:.3f} |", flush=True)
-    print(json.dumps({"torch": torch.__version__, "rows": out}))
+    res = {"torch": torch.__version__, "rows": out}
+    print(json.dumps(res))
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(res, fh, indent=1)
 
 
 if __name__ == "__main__":

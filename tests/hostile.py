@@ -19,7 +19,7 @@ GOOD_RDF = "name: DeRUN test\ntype: model\nformat_version: 0.5.4\n"
 
 def real_checkpoint_bytes() -> bytes:
     from napari_derun.core.model import DeRUN
-    from napari_derun.engine.checkpoint import save_checkpoint
+    from napari_derun.io.checkpoint import save_checkpoint
 
     import tempfile
 

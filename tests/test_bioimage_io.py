@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import napari_derun as nd
-from napari_derun.engine import bioimage_io
+from napari_derun.engine import bmz_export as bioimage_io
 from napari_derun.data import sample_data
 
 

@@ -11,7 +11,7 @@ import tifffile
 
 import napari_derun as nd
 from helpers import smooth_pair
-from napari_derun.commands.fuse import read_provenance
+from napari_derun.io.images import read_provenance
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 

@@ -12,7 +12,7 @@ from helpers import smooth_pair
 from napari_derun.core.hifm import HIFMParams
 from napari_derun.core.model import DeRUN, InputRestore
 from napari_derun.data import degrade as D
-from napari_derun.data.datasets import PairDataset, degrade_batch, photometric_batch
+from napari_derun.training.datasets import PairDataset, degrade_batch, photometric_batch
 from napari_derun.evaluation.metrics_extra import rank_metrics
 from napari_derun.training.config import TrainConfig
 from napari_derun.training.validation import evaluate_pairs

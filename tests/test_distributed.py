@@ -102,7 +102,7 @@ def _train_args(data, out, batch, *extra):
 
 def test_ddp_strategy_without_torchrun_is_the_single_process_run(tmp_path):
     """Outside a torchrun job the ddp strategy is a world of one: the same draws, the same weights."""
-    from napari_derun.engine.checkpoint import state_sha256
+    from napari_derun.io.checkpoint import state_sha256
     from napari_derun.training.config import TrainConfig
     from napari_derun.training.loop import train
 
@@ -120,7 +120,7 @@ def test_ddp_strategy_without_torchrun_is_the_single_process_run(tmp_path):
 @pytest.mark.slow  # ~30 s: two torchrun processes
 def test_ddp_strategy_under_torchrun_equals_one_process_with_the_global_batch(tmp_path):
     """``napari-derun train --strategy ddp`` on two CPU ranks (gloo) x batch 2 = one process x batch 4."""
-    from napari_derun.engine.checkpoint import load_checkpoint, state_sha256
+    from napari_derun.io.checkpoint import load_checkpoint, state_sha256
     from napari_derun.cli import main
     from napari_derun.core.model import DeRUN
 

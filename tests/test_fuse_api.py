@@ -7,7 +7,7 @@ import torch
 
 import napari_derun as nd
 from helpers import smooth_pair
-from napari_derun.engine.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_info, save_checkpoint
+from napari_derun.io.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_info, save_checkpoint
 from napari_derun.core.hifm import hifm_admm
 from napari_derun.core.model import DeRUN, DeRUNConfig
 from napari_derun.data.preprocess import rgb_to_ycbcr, ycbcr_to_rgb
@@ -172,7 +172,7 @@ def test_bf16_precision_close_to_fp32():
 def test_grey_gfp_real_pair_keeps_cells_bright(shared_data):
     """Real pair 04-D04 with the GFP channel as a grey image: the shipped gfp_pc model keeps the
     GFP-positive cells brighter than their surroundings (the v0.1 weights made them darker)."""
-    from napari_derun.data.io import read_image
+    from napari_derun.io.planes import read_image
 
     a = read_image(shared_data / "gfp_pc" / "a" / "04-D04.jpg")
     b = read_image(shared_data / "gfp_pc" / "b" / "04-D04.jpg")[..., 1]

@@ -1,4 +1,4 @@
-"""Tests of napari_derun.data.io: reading images, pairing folders, grey conversion."""
+"""Tests of napari_derun.io.planes: reading images, pairing folders, grey conversion."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_derun.data.io import find_pairs, read_image, to_gray01
+from napari_derun.io.planes import find_pairs, read_image, to_gray01
 
 DATA = Path(__file__).parents[2] / "shared" / "data"
 

@@ -23,7 +23,7 @@ def _folder(root, task, n=2, size=64):
 def test_item5_train_init_keeps_the_models_objective(tmp_path, capsys):
     """`train --init gfp_pc` continues with gfp_pc's target (lift), as the widget does; --target overrides."""
     from napari_derun.cli import main
-    from napari_derun.engine.checkpoint import read_checkpoint_info
+    from napari_derun.io.checkpoint import read_checkpoint_info
 
     data = _folder(tmp_path / "d", "gfp_pc", n=2, size=48)
     common = ["--epochs", "1", "--steps-per-epoch", "1", "--batch", "1", "--patch", "32", "--no-val-metrics", "-q",
@@ -53,7 +53,7 @@ def test_item8_no_misalignment_warning_on_registered_real_gfp_pairs(shared_data)
     from scipy import ndimage as ndi
 
     from napari_derun._widgets import _fuse_job as job
-    from napari_derun.data.io import find_pairs, read_image
+    from napari_derun.io.planes import find_pairs, read_image
 
     warned = 0
     for _, pa, pb in find_pairs(shared_data / "gfp_pc")[0][:10]:
@@ -69,7 +69,7 @@ def test_item8_no_misalignment_warning_on_registered_real_gfp_pairs(shared_data)
 
 
 def test_item9_bioimageio_sample_follows_the_model_and_cover_is_not_washed_out(tmp_path):
-    from napari_derun.engine import bioimage_io as bio
+    from napari_derun.engine import bmz_export as bio
 
     a, b, text = bio._sample_for({"name": "finetuned-1", "training": {"init": "gfp_pc"}})
     assert "GFP" in text and np.array_equal(a, sample_data.gfp_pc()[0])
@@ -89,7 +89,7 @@ def test_item9_exported_gfp_model_uses_the_gfp_sample(tmp_path):
 
     from napari_derun import api
     from napari_derun.core.model import DeRUN
-    from napari_derun.engine.bioimage_io import export_bioimageio
+    from napari_derun.engine.bmz_export import export_bioimageio
 
     api.register_model("tuned-gfp", DeRUN.from_hifm(), {"training": {"init": "gfp_pc"}})
     try:

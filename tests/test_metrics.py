@@ -381,7 +381,7 @@ def test_bad_inputs_raise(name):
 @pytest.mark.skipif(not (DATA / "ivf").is_dir(), reason="shared data not available")
 def test_real_pair_metrics_are_sane():
     from napari_derun.evaluation.baselines import average
-    from napari_derun.data.io import find_pairs, read_image, to_gray01
+    from napari_derun.io.planes import find_pairs, read_image, to_gray01
 
     pairs, _ = find_pairs(DATA / "ivf")
     assert pairs

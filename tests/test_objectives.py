@@ -48,7 +48,7 @@ def _sample(name):
 
 
 def _real_pairs(root, task, n=3):
-    from napari_derun.data.datasets import PairDataset
+    from napari_derun.training.datasets import PairDataset
 
     ds = PairDataset(root / task, select=lambda i, name: i < n)
     return list(zip(ds.a, ds.b))

@@ -135,7 +135,7 @@ def test_one_docstring_style_google():
 
 
 #: the package's folders by role, each importing only those before it (utilities: _files, _runtime)
-LAYERS = ("core", "data", "engine", "evaluation", "training")
+LAYERS = ("core", "data", "io", "engine", "evaluation", "training")
 
 
 def _layer_of(parts: tuple[str, ...]) -> str:
@@ -182,3 +182,16 @@ def test_no_alias_modules_and_no_import_hook():
         with pytest.raises(ModuleNotFoundError):
             importlib.import_module(f"napari_derun.{old}")
     assert {"fuse", "load_model", "list_models", "register_model", "train", "TrainConfig"} <= set(dir(napari_derun))
+
+
+def test_commands_parse_arguments_only():
+    """``commands/`` is argparse and printing: no torch, no tifffile (images go through ``io.images``)."""
+    banned = ("torch", "tifffile")
+    for name, p in _modules().items():
+        if not name.startswith("napari_derun.commands"):
+            continue
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                    else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            for m in mods:
+                assert m.split(".")[0] not in banned, f"{name} imports {m}"

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from helpers import smooth_pair
-from napari_derun.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from napari_derun.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from napari_derun.cli import main
 from napari_derun.core.model import DeRUN
 from napari_derun.training.config import TrainConfig

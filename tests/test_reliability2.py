@@ -66,7 +66,7 @@ def _status(key: str) -> int:
 
 # ------------------------------------------------------------------ 1, 7: export --overwrite
 def test_export_overwrite_into_a_folder_keeps_its_other_files(tmp_path, monkeypatch):
-    from napari_derun.engine.bioimage_io import install_package
+    from napari_derun.engine.bmz_export import install_package
 
     proj = tmp_path / "proj"
     (proj / "data").mkdir(parents=True)
@@ -87,7 +87,7 @@ def test_export_overwrite_into_a_folder_keeps_its_other_files(tmp_path, monkeypa
 
 
 def test_export_zip_is_replaced_atomically(tmp_path):
-    from napari_derun.engine.bioimage_io import install_package
+    from napari_derun.engine.bmz_export import install_package
 
     pkg = tmp_path / "m.zip"
     pkg.write_bytes(b"old package")
@@ -246,7 +246,7 @@ def test_checkpoint_limit_override_and_short_names(tmp_path, monkeypatch):
 
 def test_folder_package_records_the_weights_sha256(tmp_path):
     import napari_derun as nd
-    from napari_derun.engine.checkpoint import file_sha256
+    from napari_derun.io.checkpoint import file_sha256
 
     folder = tmp_path / "pkg"
     folder.mkdir()
@@ -269,7 +269,7 @@ def test_folder_package_records_the_weights_sha256(tmp_path):
     ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
 ])
 def test_checkpoint_metadata_that_is_not_an_object(tmp_path, capsys, meta, message):
-    from napari_derun.engine.checkpoint import CheckpointError, load_checkpoint
+    from napari_derun.io.checkpoint import CheckpointError, load_checkpoint
 
     p = H.fake_checkpoint(tmp_path / "m.safetensors", meta)
     with pytest.raises(CheckpointError, match=message):
@@ -281,7 +281,7 @@ def test_checkpoint_metadata_that_is_not_an_object(tmp_path, capsys, meta, messa
 
 def test_non_float_weights_are_refused_not_cast(tmp_path):
     import napari_derun as nd
-    from napari_derun.engine.checkpoint import CheckpointError
+    from napari_derun.io.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="not floating point.*U8"):
         nd.load_model(str(H.uint8_checkpoint(tmp_path / "u8.safetensors")), "cpu")
@@ -290,8 +290,8 @@ def test_non_float_weights_are_refused_not_cast(tmp_path):
 
 
 def test_a_huge_model_name_is_not_copied_into_outputs(tmp_path):
-    from napari_derun.engine.checkpoint import save_checkpoint
-    from napari_derun.commands.fuse import read_provenance
+    from napari_derun.io.checkpoint import save_checkpoint
+    from napari_derun.io.images import read_provenance
     from napari_derun.core.model import DeRUN
 
     ck = save_checkpoint(tmp_path / "m.safetensors", DeRUN.from_hifm(), {"name": "n" * 10_000_000})

@@ -78,7 +78,7 @@ def test_real_pairs_guess_accuracy(shared_data):
     """On the real development pairs the guessed model is right for at least 95 % of every task
     (measured: gfp_pc 99 %, ivf 98 %, pet/spect/ct 100 %; tools/task_guess_accuracy.py), and no more
     than 2 % of pairs in the right order are said to be swapped."""
-    from napari_derun.data.io import find_pairs, read_image
+    from napari_derun.io.planes import find_pairs, read_image
 
     for task in ("gfp_pc", "ivf", "pet_mri", "spect_mri", "ct_mri"):
         pairs, _ = find_pairs(shared_data / task)
@@ -93,7 +93,7 @@ def test_real_pairs_guess_accuracy(shared_data):
 
 def test_real_pairs_a_few_of_each_task(shared_data):
     """Fast check on the first three real pairs of each task (skips without ../shared/data)."""
-    from napari_derun.data.io import find_pairs, read_image
+    from napari_derun.io.planes import find_pairs, read_image
 
     for task in ("gfp_pc", "ivf", "pet_mri", "spect_mri", "ct_mri"):
         for _, pa, pb in find_pairs(shared_data / task)[0][:3]:

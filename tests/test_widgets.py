@@ -528,7 +528,7 @@ def test_real_pairs_with_camera_names(make_napari_viewer, qtbot, shared_data):
     from qtpy.QtCore import Qt
 
     from napari_derun._widgets import FuseWidget
-    from napari_derun.data.io import read_image
+    from napari_derun.io.planes import read_image
     from napari_derun.data.task_guess import MODEL_OF_TASK
 
     for task, name in (("gfp_pc", "02-A02.jpg"), ("pet_mri", "11.png"), ("ivf", "VIFB_walking.jpg")):
@@ -571,7 +571,7 @@ def test_fuse_a_folder_with_progress_and_cancel(make_napari_viewer, qtbot, tmp_p
     from qtpy.QtCore import Qt
 
     from napari_derun._widgets import FuseWidget
-    from napari_derun.commands.fuse import read_provenance
+    from napari_derun.io.images import read_provenance
 
     for sub in ("a", "b"):
         (tmp_path / "pairs" / sub).mkdir(parents=True)

@@ -26,7 +26,7 @@ REFS = ["admm", "average", "laplacian", "max", "pixel_max", "overlay", "copy_a",
 
 
 def val_pairs(task: str, data: Path = DATA, every: int = 5):
-    from napari_derun.data.io import find_pairs
+    from napari_derun.io.planes import find_pairs
 
     pairs, _ = find_pairs(data / task)
     pairs = sorted(pairs, key=lambda p: p[0])

@@ -29,7 +29,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     import torch
 
-    from napari_derun.data.datasets import PairDataset
+    from napari_derun.training.datasets import PairDataset
     from napari_derun.training.loop import finetune, peak_rss_mb
 
     torch.set_num_threads(1)

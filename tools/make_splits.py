@@ -26,7 +26,7 @@ IVF_SOURCES = {"train": ("TNO", "TNO42", "MSRS", "MSRStrain", "M3FD"), "val": ("
 
 def pair_names(folder: Path) -> list[str]:
     """The pair names (common file stems, as napari-derun's folder reader pairs them), sorted."""
-    from napari_derun.data.io import find_pairs
+    from napari_derun.io.planes import find_pairs
 
     return sorted(name for name, _, _ in find_pairs(folder)[0])
 

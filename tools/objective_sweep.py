@@ -27,7 +27,7 @@ def main(argv=None):
     import torch
 
     from napari_derun.evaluation import baselines
-    from napari_derun.data.datasets import PairDataset
+    from napari_derun.training.datasets import PairDataset
     from napari_derun.core.losses import derun_loss
     from napari_derun.core.objectives import FusionWeights, fusion_loss, salient_lift
 

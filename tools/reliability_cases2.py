@@ -78,7 +78,7 @@ def cases(d: Path, cli):
         return f"{res}; the folder's own files {'kept' if kept else 'LOST'}"
 
     def export_disk_full():
-        from napari_derun.engine.bioimage_io import install_package
+        from napari_derun.engine.bmz_export import install_package
 
         pkg = r / "old.zip"
         pkg.write_bytes(b"old package")
@@ -239,8 +239,8 @@ def cases(d: Path, cli):
                            H.fake_checkpoint(r / f"m{len(os.listdir(r))}.safetensors", meta))
 
     def big_name():
-        from napari_derun.engine.checkpoint import save_checkpoint
-        from napari_derun.commands.fuse import read_provenance
+        from napari_derun.io.checkpoint import save_checkpoint
+        from napari_derun.io.images import read_provenance
         from napari_derun.core.model import DeRUN
 
         p = save_checkpoint(r / "named.safetensors", DeRUN.from_hifm(), {"name": "n" * 10_000_000})
@@ -345,14 +345,14 @@ def cases(d: Path, cli):
 
     def read_only(path):
         def run():
-            from napari_derun.commands.fuse import read_input
+            from napari_derun.io.images import read_input
 
             x, _, _ = read_input(path, max_mb=0)
             return f"decoded {x.shape} {x.dtype} (fusing it on this 2-core machine would take hours)"
         return run
 
     def folder_sha():
-        from napari_derun.engine.checkpoint import file_sha256
+        from napari_derun.io.checkpoint import file_sha256
 
         folder = r / "pkgdir"
         folder.mkdir()

@@ -67,7 +67,7 @@ def cases(d: Path):
     import torch
 
     import napari_derun as nd
-    from napari_derun.engine.checkpoint import load_checkpoint
+    from napari_derun.io.checkpoint import load_checkpoint
     from napari_derun.core.model import DeRUN
     from napari_derun.training.config import TrainConfig
     from napari_derun.training.loop import train

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_derun.data.io import find_pairs, read_image
+from napari_derun.io.planes import find_pairs, read_image
 from napari_derun.data.task_guess import MODEL_OF_TASK, analyse_pair
 
 TASKS = ("gfp_pc", "ivf", "pet_mri", "spect_mri", "ct_mri")

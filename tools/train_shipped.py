@@ -25,7 +25,7 @@ SPLITS = Path(__file__).resolve().parent / "splits"
 def load_split(tasks, data=DATA, every=5, splits=None):
     """``(train, val)`` of ``tasks``: from the split files in ``splits`` (tools/splits/<task>.json, the
     test pairs left out entirely) or, without, every ``every``-th pair held back for validation."""
-    from napari_derun.data.datasets import PairDataset
+    from napari_derun.training.datasets import PairDataset
 
     trs, vas = [], []
     for t in tasks:
@@ -43,7 +43,7 @@ def load_split(tasks, data=DATA, every=5, splits=None):
 
 def center_crop(ds, side):
     """Every pair cropped to its central ``side`` × ``side`` (at most) window (cheaper validation)."""
-    from napari_derun.data.datasets import PairDataset
+    from napari_derun.training.datasets import PairDataset
 
     def c(x):
         h, w = x.shape
@@ -58,7 +58,7 @@ def with_degraded(va, seed=1000):
     """The validation pairs plus, per pair, a degraded copy of a and one of b (degradations of the pair's
     modalities in turn, levels 2 and 4 alternating), scored against the clean pair."""
     from napari_derun.data.degrade import MODALITIES
-    from napari_derun.data.datasets import PairDataset
+    from napari_derun.training.datasets import PairDataset
 
     parts = [va]
     for i, mods in enumerate(va.modalities):
@@ -119,7 +119,7 @@ def main(argv=None):
     if a.val_degraded:
         va = with_degraded(va)
     if a.only:
-        from napari_derun.data.datasets import PairDataset
+        from napari_derun.training.datasets import PairDataset
 
         keep = [i for i, n in enumerate(tr.names) if any(t in n for t in a.only)]
         if not keep:

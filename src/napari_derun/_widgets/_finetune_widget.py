@@ -394,7 +394,7 @@ class FinetuneWidget(JobWidgetMixin, QWidget):
         return out
 
     def _save_now(self, path) -> Path:
-        from ..engine.checkpoint import save_checkpoint
+        from ..io.checkpoint import save_checkpoint
 
         info = dict(self.result.info)
         info["name"] = self.registered_name
@@ -444,7 +444,7 @@ class FinetuneWidget(JobWidgetMixin, QWidget):
                                                   "bioimage.io model package (*.zip)")
             if not path:
                 return None
-        from ..engine.bioimage_io import export_bioimageio
+        from ..engine.bmz_export import export_bioimageio
 
         name = self.registered_name
 

@@ -50,7 +50,7 @@ class FolderFuse(Container):
         """Check the folder and fuse its pairs in a worker thread."""
         if self.running:
             return
-        from ..data.io import find_pairs
+        from ..io.planes import find_pairs
 
         root = Path(str(self.folder.value or "")).expanduser()
         if not str(self.folder.value or "").strip() or not root.is_dir():

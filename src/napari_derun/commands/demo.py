@@ -21,11 +21,11 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
-    import tifffile
     from PIL import Image
 
     from .. import api
     from ..data import sample_data
+    from ..io.images import write_tiff
 
     from .._files import atomic_write_text, atomic_writer, check_writable
 
@@ -43,8 +43,7 @@ def run(args: argparse.Namespace) -> int:
             arr = img if img.dtype == np.uint8 else (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
             with atomic_writer(out / f"{name}_{tag}.png") as fh:
                 Image.fromarray(arr).save(fh, format="PNG")
-        with atomic_writer(out / f"{name}_fused.tif") as fh:
-            tifffile.imwrite(fh, fused.astype(np.float32))
+        write_tiff(out / f"{name}_fused.tif", fused.astype(np.float32))
         summary[name] = {"model": model, "seconds": round(dt, 3), "shape": list(fused.shape)}
         print(f"{name}: fused {a.shape[:2]} with model={model} in {dt:.2f} s -> {out / (name + '_fused.png')}")
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def register(sub) -> None:
-    from ..engine.bioimage_io import export_bioimageio
+    from ..engine.bmz_export import export_bioimageio
     from ._options import add_options
 
     p = sub.add_parser(
@@ -30,7 +30,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.bioimage_io import check_package_target, export_bioimageio
+    from ..engine.bmz_export import check_package_target, export_bioimageio
 
     out = check_package_target(Path(args.out), args.overwrite, args.model)  # before any work
 

@@ -20,17 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._fuse_io import (  # noqa: F401  (the names scripts and tests use from here)
-    _OME_KEYS,
-    _PREVIEW,
-    _TIF,
-    _ome_pixels,
-    _to_dtype,
-    check_output_format,
-    read_input,
-    read_provenance,
-    write_output,
-)
+from ..io.images import check_output_format, read_input, to_dtype, write_output
 
 
 def register(sub) -> None:
@@ -135,7 +125,7 @@ def fuse_files(a_path, b_path, out_path, model, opts: dict, callback=None, clien
                              f"{out_ax} {arr.shape}; write a .tif for stacks")
         data = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
     else:
-        data = _to_dtype(np.asarray(f), opts.get("dtype", "float32"), a.dtype)
+        data = to_dtype(np.asarray(f), opts.get("dtype", "float32"), a.dtype)
     prov = fuser.provenance()
     prov.update({
         "inputs": {"a": str(a_path), "b": str(b_path)},
@@ -254,7 +244,7 @@ def _check_output_folder(root: Path, outdir: Path) -> None:
 def _run_folder(args, fuser, opts, client) -> int:
     from tqdm import tqdm
 
-    from ..data.io import find_pairs
+    from ..io.planes import find_pairs
 
     root = Path(args.inputs[0])
     if not root.is_dir():

@@ -44,11 +44,52 @@ def sobel_bank(dtype: torch.dtype = torch.float32, device=None, scale: float = 1
     return bank.to(dtype=dtype, device=device)
 
 
+def _circ_pad1_into(x: torch.Tensor) -> torch.Tensor:
+    B, C, H, W = x.shape
+    fmt = torch.channels_last if C > 1 and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    out = torch.empty(B, C, H + 2, W + 2, dtype=x.dtype, device=x.device, memory_format=fmt)
+    out[..., 1:-1, 1:-1] = x
+    out[..., 0, 1:-1] = x[..., -1, :]
+    out[..., -1, 1:-1] = x[..., 0, :]
+    out[..., :, 0] = out[..., :, -2]
+    out[..., :, -1] = out[..., :, 1]
+    return out
+
+
+class _CircPad1(torch.autograd.Function):
+    """Circular padding by one pixel whose backward folds the ghost rows and columns back in place
+    (no zero-filled full-size gradients, one autograd node)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return _circ_pad1_into(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        gc = g[..., :, 1:-1].clone()
+        gc[..., :, -1] += g[..., :, 0]
+        gc[..., :, 0] += g[..., :, -1]
+        gx = gc[..., 1:-1, :].clone()
+        gx[..., -1, :] += gc[..., 0, :]
+        gx[..., 0, :] += gc[..., -1, :]
+        return gx
+
+
 def circ_pad1(x: torch.Tensor) -> torch.Tensor:
-    """Circular padding by one pixel on each side (``F.pad(x, (1, 1, 1, 1), mode="circular")``),
-    built from two concatenations: the same values, ~1.7× faster forward + backward on CPU."""
-    x = torch.cat([x[..., -1:, :], x, x[..., :1, :]], dim=-2)
-    return torch.cat([x[..., -1:], x, x[..., :1]], dim=-1)
+    """Circular padding by one pixel on each side (``F.pad(x, (1, 1, 1, 1), mode="circular")``).
+
+    Written into one buffer in ``x``'s memory format (channels-last stays channels-last), with a
+    custom backward (:class:`_CircPad1`) where a gradient is needed: the training step's convolutions
+    ran ~1.4× faster forward + backward than with the padding by concatenation (docs/performance.md).
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _CircPad1.apply(x)
+    return _circ_pad1_into(x)
+
+
+#: grids of at least this many pixels use the convolution without a padded copy (:func:`circ_conv3`);
+#: on smaller ones (the training patches) the two border strips cost more than the copy saves
+STRIP_MIN_PIXELS = 128 * 128
 
 
 def circ_conv3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -68,7 +109,7 @@ def circ_conv3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
         ``(B, C_out, H, W)``, in ``x``'s memory format.
     """
     H, W = x.shape[-2:]
-    if H < 3 or W < 3:
+    if H < 3 or W < 3 or H * W < STRIP_MIN_PIXELS:
         return F.conv2d(circ_pad1(x), weight, bias)
     out = F.conv2d(x, weight, bias, padding=1)
     rows = torch.cat([x[..., -1:, :], x[..., :2, :], x[..., -2:, :], x[..., :1, :]], dim=-2)

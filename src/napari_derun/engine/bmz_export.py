@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ._bmz_read import CHECKPOINT_NAME, is_bioimageio_package, load_bioimageio
+from ..io.bioimage_io import CHECKPOINT_NAME, is_bioimageio_package, load_bioimageio
 
 __all__ = ["export_bioimageio", "load_bioimageio", "is_bioimageio_package", "CHECKPOINT_NAME"]
 
@@ -162,7 +162,7 @@ def export_bioimageio(model: Any = "gfp_pc", out: str | os.PathLike = "derun.zip
                           "pip install 'napari-derun[bioimageio]'") from e
     import torch
 
-    from .checkpoint import save_checkpoint
+    from ..io.checkpoint import save_checkpoint
     from ..core.model import DeRUNPair
     from .registry import load_model
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import state_sha256
+from ..io.checkpoint import state_sha256
 
 __all__ = ["ModelSpec", "model_spec", "resolve_fuser", "state_sha256", "connect", "CONNECT_TIMEOUT"]
 

@@ -159,7 +159,7 @@ def load_model(model: Any = TRAINING_FREE, device: str = "auto", precision: str 
         model: ``"admm"`` (training-free HIFM solver), a shipped weight name (see
             :func:`list_models`), a session model name, a path to a ``.safetensors``
             checkpoint or to a bioimage.io package exported by napari-derun (``.zip``, folder or
-            ``rdf.yaml``, see :mod:`napari_derun.engine.bioimage_io`), a :class:`~napari_derun.core.hifm.HIFMParams`
+            ``rdf.yaml``, see :mod:`napari_derun.engine.bmz_export`), a :class:`~napari_derun.core.hifm.HIFMParams`
             or :class:`~napari_derun.core.hifm.HIFMSolver`, a
             :class:`~napari_derun.core.model.DeRUN`, or a :class:`Fuser` (moved to ``device``).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
@@ -168,7 +168,7 @@ def load_model(model: Any = TRAINING_FREE, device: str = "auto", precision: str 
             Fuser's precision.
 
     Raises:
-        ValueError: unknown name; :class:`~napari_derun.engine.checkpoint.CheckpointError` for bad files.
+        ValueError: unknown name; :class:`~napari_derun.io.checkpoint.CheckpointError` for bad files.
     """
     dev = resolve_device(device)
     if precision not in (None, "fp32", "bf16"):
@@ -177,7 +177,7 @@ def load_model(model: Any = TRAINING_FREE, device: str = "auto", precision: str 
 
 
 def _load(model: Any, dev: str, precision: str | None = None) -> Fuser:
-    from .checkpoint import file_sha256, load_checkpoint
+    from ..io.checkpoint import file_sha256, load_checkpoint
     from ..core.hifm import HIFMParams, HIFMSolver
     from ..core.model import DeRUN
 
@@ -212,10 +212,10 @@ def _load(model: Any, dev: str, precision: str | None = None) -> Fuser:
             raise ValueError(
                 f"unknown model {name!r}: use one of {list_models()} or the path of a .safetensors checkpoint"
             )
-        from ._bmz_read import is_bioimageio_package
+        from ..io.bioimage_io import is_bioimageio_package
 
         if is_bioimageio_package(path):  # a package written by napari-derun export (zip, folder or rdf.yaml)
-            from ._bmz_read import load_bioimageio
+            from ..io.bioimage_io import load_bioimageio
 
             net, info = load_bioimageio(path)
             return Fuser(info.get("name") or path.stem, "derun", net.eval().to(dev), dev, source=str(path),

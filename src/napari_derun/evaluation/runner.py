@@ -31,7 +31,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..data import io, preprocess
+from ..data import preprocess
+from ..io import planes as io
 from . import baselines, metrics_extra
 from .metrics import METRIC_NAMES, all_metrics
 

@@ -1,4 +1,4 @@
-"""Reading bioimage.io packages written by :func:`napari_derun.engine.bioimage_io.export_bioimageio`, without
+"""Reading bioimage.io packages written by :func:`napari_derun.engine.bmz_export.export_bioimageio`, without
 ``bioimageio.spec`` and without unpickling (below the model registry, which loads packages by path).
 
 A package comes from elsewhere, so nothing in it is trusted: sizes are checked from the zip directory

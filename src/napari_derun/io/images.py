@@ -1,5 +1,10 @@
-"""Reading and writing the files of ``napari-derun fuse``: TIFF axes and metadata (ImageJ, OME, plain),
-PNG/JPEG previews, the provenance stored in the output, and the output dtype."""
+"""Reading and writing nD images with their metadata: TIFF axes and metadata (ImageJ, OME, plain), PNG/JPEG
+previews, the provenance stored in a fused output (:func:`read_provenance`), and the output dtype.
+
+The command line (``napari-derun fuse``) and scripts use the same functions::
+
+    from napari_derun.io.images import read_input, read_provenance, write_output
+"""
 from __future__ import annotations
 
 import json
@@ -54,14 +59,14 @@ def read_input(path, axes: str | None = None, max_mb: float | None = None) -> tu
     is checked against ``max_mb`` / the memory before decoding (:mod:`napari_derun.data.limits`)."""
     import numpy as np
 
-    from ..data.io import check_real_dtype
+    from .planes import check_real_dtype
     from ..data.limits import check_declared_size
 
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"no such image file: {p}")
     if p.suffix.lower() not in _TIF:
-        from ..data.io import read_image
+        from .planes import read_image
 
         return read_image(p, max_mb=max_mb), axes, {"kind": "image"}
     import logging
@@ -127,7 +132,7 @@ def read_input(path, axes: str | None = None, max_mb: float | None = None) -> tu
     return arr, axes, meta
 
 
-def _to_dtype(f, dtype_name: str, ref_dtype):
+def to_dtype(f, dtype_name: str, ref_dtype):
     """The fused [0, 1] result as float32, or as ``ref_dtype`` (integers scaled to their full range,
     converted in row blocks: no whole-plane float64 copy, and no wrap-around for 64-bit integers)."""
     import numpy as np
@@ -188,6 +193,21 @@ def write_output(path, data, axes: str, meta: dict, provenance: dict, overwrite:
     # a fresh temporary file (never a fixed ``.part`` name that a symlink could redirect), then rename
     with atomic_writer(path, overwrite=overwrite) as fh:
         tifffile.imwrite(fh, data, **args)
+
+
+def write_tiff(path, data) -> None:
+    """Write ``data`` as a plain TIFF (no axes metadata), atomically (a new file renamed over ``path``).
+
+    Args:
+        path: the ``.tif`` file to write.
+        data: the array, written with its own dtype.
+    """
+    import tifffile
+
+    from .._files import atomic_writer
+
+    with atomic_writer(path) as fh:
+        tifffile.imwrite(fh, data)
 
 
 def _imagej_order(axes: str) -> str | None:

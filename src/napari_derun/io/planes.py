@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .limits import check_declared_size
+from ..data.limits import check_declared_size
 
 __all__ = ["IMAGE_EXTENSIONS", "read_image", "find_pairs", "to_gray01"]
 
@@ -178,7 +178,7 @@ def _open_pil(p: Path, max_mb):
     then applies."""
     from PIL import Image
 
-    from .limits import ENV
+    from ..data.limits import ENV
 
     try:
         with warnings.catch_warnings():  # over Pillow's warning size: our own limit is checked next

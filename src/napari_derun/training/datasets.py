@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from . import preprocess
+from ..data import preprocess
 
 __all__ = ["PairDataset", "degrade_batch", "photometric_batch"]
 
@@ -43,7 +43,7 @@ class PairDataset:
         self.names: list[str] = []
         self.problems: list[str] = []
         if isinstance(pairs, (str, os.PathLike)):
-            from .io import find_pairs, read_image
+            from ..io.planes import find_pairs, read_image
 
             root = Path(pairs).expanduser()
             if not root.is_dir():
@@ -90,7 +90,7 @@ class PairDataset:
 
     def with_modalities(self, modality_a: str, modality_b: str) -> "PairDataset":
         """Declare every pair's modalities (for degradation training); returns ``self``."""
-        from .degrade import MODALITIES
+        from ..data.degrade import MODALITIES
 
         for m in (modality_a, modality_b):
             if m not in MODALITIES:
@@ -103,7 +103,7 @@ class PairDataset:
         ``(side, degradation, level)`` (side ``"a"`` or ``"b"``), the pair with that input degraded
         (seeded by ``seed``, the pair and the case). The copies keep the clean sources as
         :attr:`ref_a`, :attr:`ref_b`; names get a ``@side:degradation:level`` suffix."""
-        from .degrade import apply
+        from ..data.degrade import apply
 
         names, a, b, ra, rb, mods = [], [], [], [], [], []
         for i in range(len(self)):
@@ -156,7 +156,7 @@ class PairDataset:
         """Join datasets (names prefixed with ``prefix/`` when given, to keep them unique; a prefix that
         names a task of :data:`~napari_derun.data.degrade.TASK_MODALITIES` also sets the pairs'
         modalities where they were unknown)."""
-        from .degrade import TASK_MODALITIES
+        from ..data.degrade import TASK_MODALITIES
 
         names, a, b, ra, rb, mods, src, probs = [], [], [], [], [], [], [], []
         for i, d in enumerate(datasets):
@@ -290,7 +290,7 @@ def degrade_batch(a: np.ndarray, b: np.ndarray, modalities: Sequence[tuple[str, 
     Returns:
         ``(a, b)`` float32 arrays of the same shape.
     """
-    from .degrade import MODALITIES, apply
+    from ..data.degrade import MODALITIES, apply
 
     a, b = a.copy(), b.copy()
     for i, mods in enumerate(modalities):

@@ -73,8 +73,8 @@ class DDPContext:
             dist.barrier()
 
     def gather_hashes(self, state: dict) -> list[str]:
-        """Every rank's :func:`~napari_derun.engine.checkpoint.state_sha256` of ``state`` (rank order)."""
-        from ..engine.checkpoint import state_sha256
+        """Every rank's :func:`~napari_derun.io.checkpoint.state_sha256` of ``state`` (rank order)."""
+        from ..io.checkpoint import state_sha256
 
         digest = state_sha256(state)
         if not self.active:

@@ -3,7 +3,7 @@
 No Qt / napari here: the napari widget, the CLI (``napari-derun train``) and scripts
 all call :func:`train` / :func:`finetune`.
 
-* :class:`~napari_derun.data.datasets.PairDataset` (re-exported here) holds the pairs.
+* :class:`~napari_derun.training.datasets.PairDataset` (re-exported here) holds the pairs.
 * :class:`TrainConfig` carries the paper's schedule as defaults (Adam (0.9, 0.999),
   lr 1e-4, batch 4, 150 epochs, lr × 0.9 every 10 epochs after epoch 50) plus the
   adjoint loss of :func:`napari_derun.core.model.adjoint_loss` (weight 0.01), and the
@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence, Union
 import numpy as np
 
 from . import ddp as _ddp
-from ..data.datasets import PairDataset, _as_dataset, degrade_batch, photometric_batch
+from .datasets import PairDataset, _as_dataset, degrade_batch, photometric_batch
 from .events import EpochEvent, StepEvent, TrainEvent
 from .config import TrainConfig
 from .validation import REFERENCE_METHODS, evaluate_pairs, reference_scores
@@ -69,7 +69,7 @@ class TrainResult:
 
     def save(self, path, best: bool = True, name: str | None = None):
         """Write the best (or last) model as a checkpoint with the training info."""
-        from ..engine.checkpoint import save_checkpoint
+        from ..io.checkpoint import save_checkpoint
 
         info = dict(self.info)
         if name:
@@ -222,7 +222,7 @@ def _train(
     """
     import torch
 
-    from ..engine.checkpoint import load_checkpoint
+    from ..io.checkpoint import load_checkpoint
     from ..engine.registry import resolve_device
 
     t_start = time.perf_counter()
@@ -272,7 +272,7 @@ def _loop(model, cfg, ddp, train_pairs, val_pairs, callback, stop, checkpoint_pa
     """The epochs of :func:`_train` (every rank of a ``ddp`` job runs it; rank 0 validates and writes)."""
     import torch
 
-    from ..engine.checkpoint import save_checkpoint
+    from ..io.checkpoint import save_checkpoint
     from ..core.model import adjoint_loss
 
     device = ddp.device

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..data.datasets import PairDataset
+from .datasets import PairDataset
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import TrainConfig
