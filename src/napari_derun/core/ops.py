@@ -24,6 +24,8 @@ __all__ = [
     "filter_bank_adjoint",
     "psf2otf",
     "fourier_solve",
+    "solve_denominator",
+    "fourier_apply",
     "reflect_pad",
     "crop",
     "default_pad",
@@ -132,6 +134,55 @@ def stack_channels(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return out
 
 
+_PW = getattr(torch.ops.mkldnn, "_convolution_pointwise", None) if torch.backends.mkldnn.is_available() else None
+
+
+def fused_ok(x: torch.Tensor) -> bool:
+    """Whether :func:`extract_fused` may run on ``x``: CPU, float32, no autograd, no autocast, oneDNN."""
+    return (_PW is not None and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu") and min(x.shape[-2:]) >= 2)
+
+
+def extract_fused(x: torch.Tensor, w_lin: torch.Tensor, w_hid: torch.Tensor, b_hid: torch.Tensor,
+                  w_spec: torch.Tensor, b_spec: torch.Tensor) -> torch.Tensor:
+    """``w_lin ⋆ x + w_spec ⋆ relu(w_hid ⋆ x + b_hid) + b_spec`` with circular boundaries, for inference.
+
+    oneDNN's fused convolutions (ReLU and the final sum as post-operations, no separate passes over
+    the hidden map), channels-last, on circularly padded copies. No autograd (see :func:`fused_ok`);
+    the same values as the differentiable path to rounding.
+
+    Args:
+        x: ``(B, C, H, W)``.
+        w_lin: ``(L, C, 3, 3)``, the linear bank (no bias).
+        w_hid: ``(h, C, 3, 3)`` and ``b_hid`` ``(h,)``: the shared branch.
+        w_spec: ``(L, h, 3, 3)`` and ``b_spec`` ``(L,)``: the specific branch.
+
+    Returns:
+        ``(B, L, H, W)``, channels-last.
+    """
+    cl = torch.channels_last
+    one, zero = [1, 1], [0, 0]
+    # x padded by 2: the hidden map then comes out padded by 1 (the grid is periodic), ready for the
+    # specific convolution without a padded copy of its 8 channels
+    xp = _circ_pad2(x.contiguous(memory_format=cl) if x.shape[1] > 1 else x)
+    lin = F.conv2d(xp[..., 1:-1, 1:-1], w_lin).contiguous(memory_format=cl)
+    hid = _PW(xp, w_hid, b_hid, zero, one, one, 1, "relu", [None], "").contiguous(memory_format=cl)
+    return _PW.binary(hid, lin, w_spec, b_spec, zero, one, one, 1, "add", 1.0, None, [], "")
+
+
+def _circ_pad2(x: torch.Tensor) -> torch.Tensor:
+    """Circular padding by two pixels (``H, W ≥ 2``), in ``x``'s memory format."""
+    B, C, H, W = x.shape
+    fmt = torch.channels_last if C > 1 and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    out = torch.empty(B, C, H + 4, W + 4, dtype=x.dtype, device=x.device, memory_format=fmt)
+    out[..., 2:-2, 2:-2] = x
+    out[..., :2, 2:-2] = x[..., -2:, :]
+    out[..., -2:, 2:-2] = x[..., :2, :]
+    out[..., :, :2] = out[..., :, -4:-2]
+    out[..., :, -2:] = out[..., :, 2:4]
+    return out
+
+
 def _circ_pad(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
     ph, pw = kh // 2, kw // 2
     if ph == 0 and pw == 0:
@@ -225,7 +276,21 @@ def fourier_solve(
         ``(B, 1, H, W)``. The denominator is ``>= 1`` so the system is always
         well posed.
     """
-    H, W = rhs.shape[-2:]
+    return fourier_apply(rhs, solve_denominator(otf_l, rho, otf_k, tau))
+
+
+def solve_denominator(otf_l: torch.Tensor, rho: torch.Tensor, otf_k: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """``1 + Σ_l ρ_l |OTF_l|² + Σ_k τ_k |OTF_k|²``, the diagonal of :func:`fourier_solve`'s system.
+
+    Args:
+        otf_l: ``(L, H, W//2+1)``.
+        rho: ``(L,)`` or ``(B, L)``.
+        otf_k: ``(K, H, W//2+1)``.
+        tau: ``(K,)`` or ``(B, K)``.
+
+    Returns:
+        real ``(1|B, 1, H, W//2+1)``.
+    """
     pl = otf_l.real ** 2 + otf_l.imag ** 2  # (L, H, Wf)
     pk = otf_k.real ** 2 + otf_k.imag ** 2
     rho = rho.reshape(-1, rho.shape[-1])  # (1|B, L)
@@ -233,9 +298,21 @@ def fourier_solve(
     denom = 1.0 + torch.einsum("bl,lhw->bhw", rho.to(pl.dtype), pl) + torch.einsum(
         "bk,khw->bhw", tau.to(pk.dtype), pk
     )
-    spec = torch.fft.rfft2(rhs)
-    out = torch.fft.irfft2(spec / denom[:, None], s=(H, W))
-    return out
+    return denom[:, None]
+
+
+def fourier_apply(rhs: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
+    """Solve the diagonal Fourier system: ``irfft2(rfft2(rhs) / denom)``.
+
+    Args:
+        rhs: ``(B, 1, H, W)`` real.
+        denom: from :func:`solve_denominator`.
+
+    Returns:
+        ``(B, 1, H, W)``.
+    """
+    H, W = rhs.shape[-2:]
+    return torch.fft.irfft2(torch.fft.rfft2(rhs) / denom, s=(H, W))
 
 
 def default_pad(h: int, w: int, pad: int = 16) -> tuple[int, int, int, int]:
