@@ -97,9 +97,65 @@ def test_core_has_no_qt_or_napari_imports():
                 assert m.split(".")[0] not in qt, f"{name} imports {m}"
 
 
-def test_no_module_over_600_lines():
+def test_no_module_over_500_lines():
     long = {n: len(p.read_text(encoding="utf-8").splitlines()) for n, p in _modules().items()}
-    assert {n: k for n, k in long.items() if k > 600} == {}
+    assert {n: k for n, k in long.items() if k > 500} == {}
+
+
+def _public_api() -> set[str]:
+    """Functions of the public API: the top-level names of ``napari_derun`` and every function the API
+    reference renders (``::: module.name`` in docs/api.md)."""
+    import re
+
+    import napari_derun
+
+    doc = (PKG.parents[1] / "docs" / "api.md").read_text(encoding="utf-8")
+    names = set(re.findall(r"^::: (napari_derun\.[\w.]+)$", doc, flags=re.M))
+    return names | {f"{mod}.{name}" for name, mod in napari_derun._LAZY.items()}
+
+
+#: functions still over the limits, each a known debt of issue 20 (the list may only shrink): the widget
+#: job's own fusion path (it goes when the widget runs the one pipeline) and the nD engine's internals
+#: that pass a fusion's options down as arguments (they shrink with one options object)
+KNOWN_LONG = {
+    "napari_derun._widgets._fuse_job.run_fusion",
+    "napari_derun.engine.stacks.fuse_stack",
+    "napari_derun.engine.stacks._fuse_core",
+    "napari_derun.engine.stacks._block_fuse",
+    "napari_derun.engine.stacks._fuse_dask",
+    "napari_derun.engine.tiling.fuse_luma_planes",
+    "napari_derun.evaluation._metrics_qp.phase_congruency",
+}
+
+
+def _long_functions() -> dict[str, tuple[int, int]]:
+    """``module.function`` (methods: ``module.Class.method``) -> (lines, parameters) of every function over
+    80 lines or 10 parameters (``self``/``cls`` not counted)."""
+    out = {}
+    for mod, p in _modules().items():
+        tree = ast.parse(p.read_text(encoding="utf-8"))
+        parents = {c: n for n in ast.walk(tree) for c in ast.iter_child_nodes(n)}
+        for n in ast.walk(tree):
+            if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            a = n.args
+            params = [*a.posonlyargs, *a.args, *a.kwonlyargs, *filter(None, (a.vararg, a.kwarg))]
+            k = len(params) - (1 if a.args and a.args[0].arg in ("self", "cls") else 0)
+            lines = n.end_lineno - n.lineno + 1
+            if lines > 80 or k > 10:
+                owner = parents.get(n)
+                name = f"{owner.name}.{n.name}" if isinstance(owner, ast.ClassDef) else n.name
+                out[f"{mod}.{name}"] = (lines, k)
+    return out
+
+
+def test_no_long_function_outside_the_public_api():
+    """No function over 80 lines or 10 parameters, except the public API (whose keyword options are
+    its interface) and the listed debts."""
+    long = _long_functions()
+    bad = {n: v for n, v in long.items() if n not in _public_api() and n not in KNOWN_LONG}
+    assert not bad, f"functions over 80 lines or 10 parameters (lines, parameters): {bad}"
+    assert not KNOWN_LONG - set(long), f"fixed, remove from KNOWN_LONG: {KNOWN_LONG - set(long)}"
 
 
 

@@ -424,7 +424,7 @@ def test_train_config_is_validated():
 def test_selection_floor_on_salient_contrast():
     """``min_sr``: an epoch that loses the salient image's contrast ranks behind every epoch that
     keeps at least ``min_sr`` of it, whatever its mean rank; without a floor the rank decides."""
-    from napari_derun.training.loop import _selected_by, _selection_score
+    from napari_derun.training.validation import selected_by as _selected_by, selection_score as _selection_score
 
     keeps, hides = ({"SR": 0.7}, 3.0), ({"SR": 0.4}, 1.5)
     plain = TrainConfig()

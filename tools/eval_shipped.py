@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_derun.data.task_guess import MODEL_OF_TASK as TASK_MODEL
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-TASK_MODEL = {"gfp_pc": "gfp_pc", "pet_mri": "medical", "spect_mri": "medical", "ct_mri": "medical", "ivf": "ivf"}
 #: FMI and Qp (slow, not in the mean rank) are left out here; `napari-derun evaluate` computes them
 METRICS = ("SSIM", "PSNR", "AG", "VIF", "EN", "UIQI", "SD", "SF", "MI", "Qabf", "SCD", "SR")
 REFS = ["admm", "average", "laplacian", "max", "pixel_max", "overlay", "copy_a", "copy_b"]

@@ -19,6 +19,7 @@ import numpy as np
 from .data import preprocess
 if TYPE_CHECKING:  # dask is imported only when a dask array comes in
     from dask.array import Array as DaskArray
+from .engine.tiling import MIN_TILE
 from .engine.registry import (  # noqa: F401  (the public API)
     MODELS,
     TRAINING_FREE,
@@ -43,8 +44,6 @@ __all__ = [
     "WEIGHTS_DIR",
 ]
 
-#: smallest tile side accepted by :func:`fuse` (smaller tiles are all border and take forever)
-MIN_TILE = 16
 #: ``model="auto"``: the shipped model of the task the images look like (:mod:`napari_derun.data.task_guess`)
 AUTO = "auto"
 log = logging.getLogger("napari_derun")

@@ -82,3 +82,11 @@ class JobWidgetMixin:
         self.worker.errored.connect(self._on_errored)
         self.worker.finished.connect(self._on_finished)
         self.worker.start()
+
+
+def disconnect_quietly(signal, slot) -> None:
+    """Disconnect ``slot`` from ``signal``; nothing when it is not connected (or the object is gone)."""
+    try:
+        signal.disconnect(slot)
+    except Exception:  # noqa: BLE001 - already disconnected, or the Qt object was deleted
+        pass

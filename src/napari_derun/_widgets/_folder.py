@@ -75,7 +75,7 @@ class FolderFuse(Container):
         def work():
             from .._runtime import gui_threads
             from ..commands.fuse import AutoModel, fuse_files
-            from ._fuse_job import Cancelled
+            from ..engine.tiling import FuseCancelled
 
             fuser = AutoModel(device, None) if model == "auto" else api.load_model(model, device)
             opts = {"tile": 1024, "overlap": None, "batch_size": None, "axes": None, "dtype": "float32",
@@ -85,7 +85,7 @@ class FolderFuse(Container):
 
             def cb(d, t):
                 if cancel.is_set():
-                    raise Cancelled("folder fusion cancelled")
+                    raise FuseCancelled("folder fusion cancelled")
 
             with gui_threads():
                 for i, (name, pa, pb) in enumerate(pairs):
@@ -96,7 +96,7 @@ class FolderFuse(Container):
                         res = fuse_files(pa, pb, out / f"{name}_derun.tif", fuser, opts, callback=cb)
                         done.append(name)
                         models[res["model"]] = models.get(res["model"], 0) + 1
-                    except Cancelled:
+                    except FuseCancelled:
                         break
                     except Exception as e:  # noqa: BLE001 - reported, the batch goes on
                         failed.append(f"{name}: {type(e).__name__}: {e}")

@@ -17,9 +17,9 @@ from typing import Any, Callable
 import numpy as np
 
 from ..data import preprocess
+from ..engine.tiling import FuseCancelled
 
 __all__ = [
-    "Cancelled",
     "FAST_METRICS",
     "FusionResult",
     "check_pair",
@@ -35,10 +35,6 @@ __all__ = [
 FAST_METRICS = ("EN", "AG", "SSIM", "PSNR", "SR")
 #: a pair whose estimated shift exceeds this many pixels is reported as misaligned
 MISALIGN_PX = 3.0
-
-
-class Cancelled(Exception):
-    """Raised from the progress callback to stop a run at the next stage / plane."""
 
 
 def spatial_shape(data, rgb: bool) -> tuple[int, ...]:
@@ -168,11 +164,9 @@ def shift_plane(x: np.ndarray, shift: tuple[float, float], rgb: bool) -> np.ndar
 def fast_metrics(a_l: np.ndarray, b_l: np.ndarray, f_l: np.ndarray) -> dict[str, float]:
     """EN, AG, SSIM, PSNR (:mod:`napari_derun.evaluation.metrics`) and SR, the share of the salient image's
     contrast kept (:mod:`napari_derun.evaluation.metrics_extra`), of luminance planes in [0, 1]."""
-    from ..evaluation import metrics as m
-    from ..evaluation import metrics_extra as mx
+    from ..evaluation.metrics_extra import METRIC_FUNCTIONS
 
-    fns = {"EN": m.en, "AG": m.ag, "SSIM": m.ssim, "PSNR": m.psnr, "SR": mx.sr}
-    return {k: float(fns[k](a_l, b_l, f_l, data_range=1.0)) for k in FAST_METRICS}
+    return {k: float(METRIC_FUNCTIONS[k](a_l, b_l, f_l, data_range=1.0)) for k in FAST_METRICS}
 
 
 def full_metrics(a_l: np.ndarray, b_l: np.ndarray, f_l: np.ndarray) -> dict[str, float]:
@@ -237,8 +231,8 @@ def run_fusion(
         with_eh: also return ``stages["E"]``/``["H"]`` ``(N, L, ..., Y, X)``.
         align_shift: ``(dy, dx)`` to shift ``b`` by before fusing (see :func:`estimate_shift`).
         callback: ``callback(done, total, message)`` after each stage; it may raise
-            :class:`Cancelled`.
-        cancel: an Event; when set, the run stops at the next stage with :class:`Cancelled`.
+            :class:`~napari_derun.engine.tiling.FuseCancelled`.
+        cancel: an Event; when set, the run stops at the next stage with :class:`~napari_derun.engine.tiling.FuseCancelled`.
         tile: planes larger than this (default :data:`napari_derun.engine.stacks.DEFAULT_TILE`) are fused in
             overlapping blended tiles with :func:`napari_derun.engine.stacks.fuse_luma_planes` (not when stage
             layers are asked for: those need the whole plane).
@@ -275,7 +269,7 @@ def run_fusion(
 
     def check_cancel():
         if cancel is not None and cancel.is_set():
-            raise Cancelled("fusion cancelled")
+            raise FuseCancelled("fusion cancelled")
 
     if not want and len(lead) <= 2:
         # the library's engine, exactly as napari_derun.fuse(a, b, axes=...) runs it from the console
@@ -292,12 +286,9 @@ def run_fusion(
             if callback is not None:
                 callback(min(done, tot), tot, f"{P} plane(s), stage work {done}/{tot}")
 
-        try:
-            fused = api.fuse(a_in, b_in, model=fuser, device=fuser.device, axes=axes, percentiles=percentiles,
-                             ranges=(ra, rb), tile=tile, callback=cb, cancel=cancel, colour=colour,
-                             b_colormap=b_colormap)
-        except stacks.FuseCancelled as e:
-            raise Cancelled(str(e)) from e
+        fused = api.fuse(a_in, b_in, model=fuser, device=fuser.device, axes=axes, percentiles=percentiles,
+                         ranges=(ra, rb), tile=tile, callback=cb, cancel=cancel, colour=colour,
+                         b_colormap=b_colormap)
         fused = np.asarray(fused, dtype=np.float32)  # computes a lazy (dask) result
         if callback is not None:
             callback(total, total, "done")
@@ -324,11 +315,8 @@ def run_fusion(
                     callback(_p * n + stage, total, f"plane {_p + 1}/{P}, stage {stage}/{n_st}")
 
             if tiled:
-                try:
-                    x = stacks.fuse_luma_planes(fuser, prep.a[None], prep.b[None], tile=tile,
-                                                overlap=stacks.DEFAULT_OVERLAP, cancel=cancel)
-                except stacks.FuseCancelled as e:
-                    raise Cancelled(str(e)) from e
+                x = stacks.fuse_luma_planes(fuser, prep.a[None], prep.b[None], tile=tile,
+                                            overlap=stacks.DEFAULT_OVERLAP, cancel=cancel)
                 st = None
             else:
                 res = api.fuse_planes(fuser, prep.a[None], prep.b[None], return_stages=want, callback=stage_cb)

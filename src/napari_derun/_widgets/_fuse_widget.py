@@ -13,8 +13,10 @@ from qtpy.QtWidgets import QProgressBar, QVBoxLayout, QWidget
 from . import _fuse_job as job
 from . import _pair
 from ._common import JobWidgetMixin, ProgressRelay, copy_axis_labels, copy_units, image_layers, layer_picker
+from ._common import disconnect_quietly as _disconnect
 from ._prefs import default_model, load_prefs, save_pref  # noqa: F401  (default_model: used by scripts and tests)
 from ..api import MODELS
+from ..engine.tiling import FuseCancelled
 
 AUTO = _pair.AUTO
 #: the settings the Fuse widget remembers between sessions (preferences key ``fuse_widget``)
@@ -38,13 +40,6 @@ def stage_layer_name(out: str, key: str, n: int, n_filters: int | None = None) -
     if n_filters:
         return f"{out} stages ({key}, filter 1–{n_filters} × stage 1–{n})"
     return f"{out} stages ({key}, stage 1–{n})"
-
-
-def _disconnect(signal, slot) -> None:
-    try:
-        signal.disconnect(slot)
-    except Exception:
-        pass
 
 
 
@@ -308,21 +303,7 @@ class FuseWidget(JobWidgetMixin, QWidget):
             model, msg, guess = self._auto()
             auto = {"model": model, "task": guess.task, "reason": msg}
             show_info(f"{msg} Pick another model in the Model list to override.")
-        shift = None
-        try:
-            est = job.estimate_shift(a.data, b.data, a.rgb, b.rgb)
-        except Exception:  # the check is advisory only
-            est = (0.0, 0.0)
-        self.estimated_shift = est
-        if self.align_check.value:
-            shift = est
-        elif (job.looks_misaligned(est, job.spatial_shape(a.data, a.rgb)) and (a.name, b.name) not in self._warned
-              and job.shift_is_consistent(a.data, b.data, a.rgb, b.rgb, est)):
-            self._warned.add((a.name, b.name))  # once per pair of layers, not on every run
-            show_warning(
-                f"'{b.name}' looks shifted by about ({est[0]:.1f}, {est[1]:.1f}) px relative to '{a.name}'. "
-                "Tick 'Align b to a first' and run again to shift it before fusing, or register the images first."
-            )
+        shift = self._alignment(a, b)
         if self.model_combo.value not in (CHECKPOINT, AUTO):
             save_pref("model", self.model_combo.value)  # a hint for 'auto' when the content is unclear
         self._save_settings()
@@ -351,10 +332,29 @@ class FuseWidget(JobWidgetMixin, QWidget):
                         callback=lambda d, t, m: relay.progress.emit(d, t, m), cancel=cancel, names=(a.name, b.name),
                         colour=colour, b_colormap=cmap, auto=auto,
                     )
-            except job.Cancelled:
+            except FuseCancelled:
                 return None
 
         self._start_worker(work)
+
+    def _alignment(self, a, b):
+        """The shift to apply to ``b`` (when 'Align b to a first' is ticked), else None; warns (once per pair)
+        when the layers look misaligned."""
+        try:
+            est = job.estimate_shift(a.data, b.data, a.rgb, b.rgb)
+        except Exception:  # the check is advisory only
+            est = (0.0, 0.0)
+        self.estimated_shift = est
+        if self.align_check.value:
+            return est
+        if (job.looks_misaligned(est, job.spatial_shape(a.data, a.rgb)) and (a.name, b.name) not in self._warned
+                and job.shift_is_consistent(a.data, b.data, a.rgb, b.rgb, est)):
+            self._warned.add((a.name, b.name))  # once per pair of layers, not on every run
+            show_warning(
+                f"'{b.name}' looks shifted by about ({est[0]:.1f}, {est[1]:.1f}) px relative to '{a.name}'. "
+                "Tick 'Align b to a first' and run again to shift it before fusing, or register the images first."
+            )
+        return None
 
     def cancel(self) -> None:
         """Stop the running fusion at the next stage or plane; nothing in the viewer changes."""
@@ -472,8 +472,11 @@ class FuseWidget(JobWidgetMixin, QWidget):
         if self.last_result is None or self.last_result.middle is None or self.metrics_worker is not None:
             return
         a_l, b_l, f_l = self.last_result.middle
-        if min(f_l.shape) < 41:
-            show_warning("All eight metrics need planes of at least 41 x 41 pixels (VIF uses four scales).")
+        from ..evaluation.metrics import MIN_METRIC_SIDE
+
+        if min(f_l.shape) < MIN_METRIC_SIDE:
+            show_warning(f"All eight metrics need planes of at least {MIN_METRIC_SIDE} x {MIN_METRIC_SIDE} pixels "
+                         "(VIF uses four scales).")
             return
         self.all_metrics_button.enabled = False
         self.metrics_label.value = "Computing all eight metrics…"

@@ -57,11 +57,6 @@ def save_pref(key: str, value: Any) -> bool:
     return True
 
 
-_NAME_HINTS = (("gfp_pc", ("gfp", "fluor", "phase", "pc", "bright", "mcherry", "rfp", "dapi")),
-               ("medical", ("pet", "spect", "ct", "mri", "t1", "t2", "flair")),
-               ("ivf", ("ir", "infrared", "thermal", "visible", "vis", "rgb")))
-
-
 def default_model(names: Iterable[str | None], available: Sequence[str]) -> str:
     """The model to offer first: the one the user last fused with (remembered across napari sessions
     in :func:`prefs_path`), else the shipped model whose task the layer names suggest (``"GFP"``, ``"PET"``,
@@ -69,9 +64,7 @@ def default_model(names: Iterable[str | None], available: Sequence[str]) -> str:
     last = load_prefs().get("model")
     if isinstance(last, str) and last in available:
         return last
-    words = " ".join(n.lower() for n in names if n).replace("_", " ").replace("-", " ").split()
-    for model, hints in _NAME_HINTS:
-        if model in available and any(w in hints or any(w.startswith(h) for h in hints if len(h) > 2)
-                                      for w in words):
-            return model
-    return "admm"
+    from ..data.task_guess import MODEL_OF_TASK, task_from_names
+
+    model = MODEL_OF_TASK.get(task_from_names(names) or "")
+    return model if model in available else "admm"

@@ -25,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import api
     from ..data import sample_data
+    from ..data.task_guess import MODEL_OF_TASK
     from ..io.images import write_tiff
 
     from .._files import atomic_write_text, atomic_writer, check_writable
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     summary = {}
     for name, make in sample_data.SAMPLES.items():
         a, b = make()
-        model = args.model or (name if name in models else ("medical" if "medical" in models and name == "pet_mri" else "admm"))
+        model = args.model or (MODEL_OF_TASK[name] if MODEL_OF_TASK[name] in models else "admm")
         t0 = time.perf_counter()
         fused = api.fuse(a, b, model=model, device=args.device)
         dt = time.perf_counter() - t0

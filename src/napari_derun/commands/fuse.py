@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..data.preprocess import DEFAULT_PERCENTILES
 from ..io.images import check_output_format, read_input, to_dtype, write_output
 
 
@@ -131,7 +132,7 @@ def fuse_files(a_path, b_path, out_path, model, opts: dict, callback=None, clien
         "inputs": {"a": str(a_path), "b": str(b_path)},
         "parameters": {"tile": opts.get("tile", 1024), "overlap": overlap if overlap is not None else stacks.DEFAULT_OVERLAP,
                        "axes": out_ax, "dtype": str(data.dtype), "ranges": [list(r) for r in ranges],
-                       "percentiles": list(api.preprocess.DEFAULT_PERCENTILES)},
+                       "percentiles": list(DEFAULT_PERCENTILES)},
     })
     if auto is not None:
         prov["auto"] = auto

@@ -22,8 +22,10 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
-    if args.size < 41:
-        raise ValueError(f"--size must be at least 41 pixels, got {args.size}")
+    from ..evaluation.metrics import MIN_METRIC_SIDE
+
+    if args.size < MIN_METRIC_SIDE:
+        raise ValueError(f"--size must be at least {MIN_METRIC_SIDE} pixels, got {args.size}")
     from ..api import resolve_device
     from ..evaluation.profiling import profile, profile_table
 

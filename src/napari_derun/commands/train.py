@@ -78,12 +78,52 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import signal
-    import threading
+    import os
 
+    _check_args(args)
+    # in a torchrun job (--strategy ddp) every process runs this; rank 0 talks and writes the model
+    main_rank = args.strategy != "ddp" or int(os.environ.get("RANK", 0)) == 0
+    if not main_rank:
+        args.quiet = True
+
+    from ..training.loop import PairDataset, peak_rss_mb
+
+    data = PairDataset(args.dir)
+    say = print if main_rank else (lambda *a, **k: None)
+    for msg in data.problems:
+        say(f"warning: {msg}")
+    val = None
+    if args.val:
+        val = PairDataset(args.val)
+    elif args.val_fraction:
+        data, val = data.split_fraction(args.val_fraction)
+    cfg = _config(args, say)
+    say(f"training on {len(data)} pairs" + (f", validating on {len(val)}" if val is not None else "")
+          + f"; init={args.init if not args.resume else 'resume ' + args.resume}")
+    res = _train_until_done_or_interrupted(args, data, val, cfg)
+    if not main_rank:
+        return 0
+    if not res.history:
+        print("stopped before the first epoch finished: nothing was trained, no model written", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    name = args.name or out.name.split(".")[0]
+    check_fuses(res.best_model, args.lr)  # a diverged model is never saved as the result
+    where = save_or_rescue(res, out, name)
+    if where != out:
+        return 1
+    print(f"wrote {out} (name {name!r}, {res.info['training']['epochs_done']} epochs, "
+          f"{res.info['training']['seconds']:.0f} s on {res.info['training']['device']}, "
+          f"peak RSS {peak_rss_mb():.0f} MiB"
+          + (f"; {res.info['ddp']['world_size']} processes, global batch {res.info['ddp']['global_batch']}"
+             if "ddp" in res.info else "") + ")")
+    return 0
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Refuse before any work: an existing --out (without --overwrite), an unwritable place, bad numbers."""
     from .._files import check_writable
 
-    # refuse before any work: an existing --out (without --overwrite), an unwritable place, bad numbers
     inputs = [x for x in (args.init, args.resume) if x and Path(x).exists()]
     check_writable(args.out, overwrite=args.overwrite, inputs=inputs)
     if args.checkpoint:
@@ -96,30 +136,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.lr > 0:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
 
-    import os
 
-    from tqdm import tqdm
+def _config(args: argparse.Namespace, say):
+    """The run's TrainConfig: the options, the objective of an --init model, or the settings of --resume."""
+    from ..training.config import TrainConfig
 
-    # in a torchrun job (--strategy ddp) every process runs this; rank 0 talks and writes the model
-    main_rank = args.strategy != "ddp" or int(os.environ.get("RANK", 0)) == 0
-    if not main_rank:
-        args.quiet = True
-
-    from ..training.loop import PairDataset, TrainConfig, peak_rss_mb, train
-
-    data = PairDataset(args.dir)
-    say = print if main_rank else (lambda *a, **k: None)
-    for msg in data.problems:
-        say(f"warning: {msg}")
-    val = None
-    if args.val:
-        val = PairDataset(args.val)
-    elif args.val_fraction:
-        data, val = data.split_fraction(args.val_fraction)
-    e = args.epochs
     sched = {k: v for k, v in (("decay_start", args.decay_start), ("decay_every", args.decay_every)) if v is not None}
     cfg = TrainConfig.for_epochs(
-        e, lr=args.lr, batch=args.batch, patch=args.patch, steps_per_epoch=args.steps_per_epoch, **sched,
+        args.epochs, lr=args.lr, batch=args.batch, patch=args.patch, steps_per_epoch=args.steps_per_epoch, **sched,
         decay=args.decay, device=args.device, seed=args.seed, num_threads=args.threads,
         val_metrics=not args.no_val_metrics, objective=args.objective, target=args.target,
         guided=not args.plain, select=args.select, grad_clip=args.grad_clip, min_sr=args.min_sr,
@@ -152,32 +176,49 @@ def run(args: argparse.Namespace) -> int:
         cfg = TrainConfig.from_dict({**stored, **over})
         if over:
             say(f"resuming with the stored settings, changed: {', '.join(f'{k}={v}' for k, v in over.items())}")
-    say(f"training on {len(data)} pairs" + (f", validating on {len(val)}" if val is not None else "")
-          + f"; init={args.init if not args.resume else 'resume ' + args.resume}")
-    bar = None
+    return cfg
 
-    def cb(ev):
-        nonlocal bar
+
+class _Progress:
+    """The training events as a progress bar (steps) and one line per epoch."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.bar = quiet, None
+
+    def __call__(self, ev) -> None:
+        from tqdm import tqdm
+
         if ev.kind == "step":
-            if bar is None:
+            if self.bar is None:
                 # made at the end of the first step, counting it: the rate comes from the steps after it
                 # (updating a bar made a moment ago showed thousands of steps per second)
-                bar = tqdm(total=ev.total_steps, initial=ev.step, disable=args.quiet, unit="step")
+                self.bar = tqdm(total=ev.total_steps, initial=ev.step, disable=self.quiet, unit="step")
             else:
-                bar.update(1)
-            bar.set_postfix(epoch=ev.epoch, loss=f"{ev.loss:.4f}", lr=f"{ev.lr:.2e}")
-        else:
-            msg = f"epoch {ev.epoch}/{ev.epochs}: train loss {ev.train_loss:.5f}"
-            if ev.val_loss is not None:
-                msg += f", val loss {ev.val_loss:.5f}"
-            if ev.rank is not None:
-                msg += f", mean rank {ev.rank:.2f}"
-            if ev.metrics:
-                msg += ", " + ", ".join(f"{k} {v:.3f}" for k, v in ev.metrics.items())
-            msg += " (best)" if ev.best else ""
-            (bar.write if bar is not None else print)(msg)
+                self.bar.update(1)
+            self.bar.set_postfix(epoch=ev.epoch, loss=f"{ev.loss:.4f}", lr=f"{ev.lr:.2e}")
+            return
+        msg = f"epoch {ev.epoch}/{ev.epochs}: train loss {ev.train_loss:.5f}"
+        if ev.val_loss is not None:
+            msg += f", val loss {ev.val_loss:.5f}"
+        if ev.rank is not None:
+            msg += f", mean rank {ev.rank:.2f}"
+        if ev.metrics:
+            msg += ", " + ", ".join(f"{k} {v:.3f}" for k, v in ev.metrics.items())
+        msg += " (best)" if ev.best else ""
+        (self.bar.write if self.bar is not None else print)(msg)
 
-    # Ctrl-C stops at the next step and the best model so far is written (a second Ctrl-C aborts)
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _train_until_done_or_interrupted(args: argparse.Namespace, data, val, cfg):
+    """Train; Ctrl-C stops at the next step and the best model so far is kept (a second Ctrl-C aborts)."""
+    import signal
+    import threading
+
+    from ..training.loop import train
+
     stop = threading.Event()
 
     def on_sigint(signum, frame):
@@ -187,32 +228,15 @@ def run(args: argparse.Namespace) -> int:
         print("\ninterrupted: stopping after this step and saving the best model so far "
               "(Ctrl-C again to abort without saving)", file=sys.stderr)
 
+    progress = _Progress(args.quiet)
     old = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
     try:
-        res = train(data, val, init=args.init, config=cfg, callback=cb, stop=stop,
-                    checkpoint_path=args.checkpoint, resume=args.resume)
+        return train(data, val, init=args.init, config=cfg, callback=progress, stop=stop,
+                     checkpoint_path=args.checkpoint, resume=args.resume)
     finally:
         if old is not None:
             signal.signal(signal.SIGINT, old)
-        if bar is not None:
-            bar.close()
-    if not main_rank:
-        return 0
-    if not res.history:
-        print("stopped before the first epoch finished: nothing was trained, no model written", file=sys.stderr)
-        return 1
-    out = Path(args.out)
-    name = args.name or out.name.split(".")[0]
-    check_fuses(res.best_model, args.lr)  # a diverged model is never saved as the result
-    where = save_or_rescue(res, out, name)
-    if where != out:
-        return 1
-    print(f"wrote {out} (name {name!r}, {res.info['training']['epochs_done']} epochs, "
-          f"{res.info['training']['seconds']:.0f} s on {res.info['training']['device']}, "
-          f"peak RSS {peak_rss_mb():.0f} MiB"
-          + (f"; {res.info['ddp']['world_size']} processes, global batch {res.info['ddp']['global_batch']}"
-             if "ddp" in res.info else "") + ")")
-    return 0
+        progress.close()
 
 
 def _check_checkpoint_target(args: argparse.Namespace) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.preprocess import DEFAULT_PERCENTILES
 from ..io.bioimage_io import CHECKPOINT_NAME, is_bioimageio_package, load_bioimageio
 
 __all__ = ["export_bioimageio", "load_bioimageio", "is_bioimageio_package", "CHECKPOINT_NAME"]
@@ -36,7 +37,6 @@ CITATION = ("He, C., Li, K., Xu, G., Zhang, Y., Hu, R., Guo, Z., Li, X. Degradat
             "for Heterogeneous Image Fusion. ICCV 2023, pp. 12611-12621.")
 CITATION_URL = ("https://openaccess.thecvf.com/content/ICCV2023/html/He_Degradation-Resistant_Unfolding_Network_"
                 "for_Heterogeneous_Image_Fusion_ICCV_2023_paper.html")
-PERCENTILES = (0.1, 99.9)
 
 
 # ----------------------------------------------------------------------------------------- export
@@ -212,8 +212,8 @@ def export_bioimageio(model: Any = "gfp_pc", out: str | os.PathLike = "derun.zip
                     for ax in ("y", "x")]
 
         prep = [bmz.ScaleRangeDescr(kwargs=bmz.ScaleRangeKwargs(
-                    axes=(bmz.AxisId("y"), bmz.AxisId("x")), min_percentile=PERCENTILES[0],
-                    max_percentile=PERCENTILES[1])),
+                    axes=(bmz.AxisId("y"), bmz.AxisId("x")), min_percentile=DEFAULT_PERCENTILES[0],
+                    max_percentile=DEFAULT_PERCENTILES[1])),
                 bmz.ClipDescr(kwargs=bmz.ClipKwargs(min=0.0, max=1.0))]
 
         def input_descr(tid: str, what: str, ref: bool):

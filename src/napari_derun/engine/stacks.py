@@ -16,7 +16,7 @@
   pixels) and cross-fade over its middle half. Peak memory is then bounded by
   the tile size, not by the plane size.
 * **Out of memory.** ``torch.cuda.OutOfMemoryError`` (or an MPS "out of memory")
-  halves the batch, then the tile, and retries, down to ``MIN_TILE``.
+  halves the batch, then the tile, and retries, down to ``OOM_MIN_TILE``.
 * **Progress / cancel.** ``callback(done, total)`` counts tile-stages (one unit
   per tile per model stage; for a single untiled plane it is ``(stage, n_stages)``,
   as in the 2-D API). ``cancel`` (a :class:`threading.Event`) is checked between

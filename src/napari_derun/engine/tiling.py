@@ -19,7 +19,10 @@ __all__ = ["DEFAULT_TILE", "DEFAULT_OVERLAP", "MIN_TILE", "FuseCancelled", "tile
 DEFAULT_TILE = 1024
 #: chosen by measurement, see docs/scripting.md ("Tiling")
 DEFAULT_OVERLAP = 128
-MIN_TILE = 64
+#: smallest tile side accepted from the caller (smaller tiles are all border and take forever)
+MIN_TILE = 16
+#: out of memory: the tile is halved and retried down to this side, no further
+OOM_MIN_TILE = 64
 
 #: pixels per row block where whole planes are converted or divided block by block
 _BLOCK_PIXELS = 1 << 17
@@ -196,7 +199,7 @@ def fuse_luma_planes(
                 raise
             if batch > 1:
                 batch = max(1, batch // 2)
-            elif tile // 2 >= MIN_TILE and max(H, W) > MIN_TILE:
+            elif tile // 2 >= OOM_MIN_TILE and max(H, W) > OOM_MIN_TILE:
                 tile = min(tile, max(H, W)) // 2
             else:
                 raise

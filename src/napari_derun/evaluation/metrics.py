@@ -330,7 +330,15 @@ def uiqi(a, b, f, *, data_range: float = 255.0) -> float:
 # ----------------------------------------------------------------------------
 # VIF (pixel domain)
 # ----------------------------------------------------------------------------
-_VIF_MIN_SIZE = 41  # smallest side that leaves >= 1 valid window at the 4th scale
+#: smallest image side the metrics accept: VIF needs one valid window at its fourth scale
+MIN_METRIC_SIDE = 41
+
+
+def check_metric_size(img) -> None:
+    """Raise ValueError when ``img`` (``(H, W)``) is smaller than :data:`MIN_METRIC_SIDE` on a side."""
+    if min(np.shape(img)[:2]) < MIN_METRIC_SIDE:
+        h, w = np.shape(img)[:2]
+        raise ValueError(f"image is {h}x{w}; the metrics need at least {MIN_METRIC_SIDE}x{MIN_METRIC_SIDE}")
 
 
 def vifp(ref, dist, *, sigma_nsq: float = 2.0, data_range: float = 255.0) -> float:
@@ -353,7 +361,7 @@ def vifp(ref, dist, *, sigma_nsq: float = 2.0, data_range: float = 255.0) -> flo
     Returns:
         float >= 0 (1 when dist = ref; can exceed 1 for contrast-enhanced images).
     """
-    r, d = _prepare((ref, "ref"), (dist, "dist"), data_range=data_range, min_size=_VIF_MIN_SIZE)
+    r, d = _prepare((ref, "ref"), (dist, "dist"), data_range=data_range, min_size=MIN_METRIC_SIDE)
     return _vifp(r, d, sigma_nsq)
 
 
@@ -412,7 +420,7 @@ def vif(a, b, f, *, data_range: float = 255.0) -> float:
         float >= 0 (2 when A = B = F).
     """
     a, b, f = _prepare(
-        (a, "a"), (b, "b"), (f, "f"), data_range=data_range, min_size=_VIF_MIN_SIZE
+        (a, "a"), (b, "b"), (f, "f"), data_range=data_range, min_size=MIN_METRIC_SIDE
     )
     return _vifp(a, f) + _vifp(b, f)
 
@@ -451,7 +459,7 @@ def all_metrics(a, b, f, *, data_range: float = 255.0, fmi_feature: str = "pixel
             "UIQI": .., "Qp": ..}`` (Python floats).
     """
     a, b, f = _prepare(
-        (a, "a"), (b, "b"), (f, "f"), data_range=data_range, min_size=_VIF_MIN_SIZE
+        (a, "a"), (b, "b"), (f, "f"), data_range=data_range, min_size=MIN_METRIC_SIDE
     )
     out: dict[str, float] = {}
     for name in METRIC_NAMES:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from .metrics import _prepare
+from .metrics import METRICS, _prepare
 
 __all__ = ["RANK_METRICS", "REFERENCE_METRICS", "sd", "sf", "mi", "qabf", "scd", "sr", "mutual_information", "spatial_frequency",
            "rank_metrics", "mean_ranks"]
@@ -145,6 +145,11 @@ def sr(a, b, f, *, data_range: float = 255.0, top: float = 0.05) -> float:
     return float((f[hi].mean() - f[lo].mean()) / cb)
 
 
+#: name -> function(a, b, f, *, data_range) of every metric: the eight of
+#: :data:`napari_derun.evaluation.metrics.METRICS` and the six of this module (the one metric table)
+METRIC_FUNCTIONS: dict = {**METRICS, "SD": sd, "SF": sf, "MI": mi, "Qabf": qabf, "SCD": scd, "SR": sr}
+
+
 #: Metrics of the mean rank used to compare methods and to select checkpoints (all: higher is better).
 RANK_METRICS: tuple[str, ...] = ("EN", "SD", "SF", "AG", "SSIM", "PSNR", "UIQI", "VIF", "Qabf")
 #: The rank metrics that compare the fused image with the sources. On degraded inputs scored against the
@@ -157,7 +162,7 @@ def rank_metrics(a, b, f, *, data_range: float = 255.0) -> dict[str, float]:
     """The :data:`RANK_METRICS` plus ``SCD`` and ``SR`` of one (A, B, F) triple (images ≥ 41 × 41)."""
     from . import metrics as m
 
-    a, b, f = _prepare((a, "a"), (b, "b"), (f, "f"), data_range=data_range, min_size=41)
+    a, b, f = _prepare((a, "a"), (b, "b"), (f, "f"), data_range=data_range, min_size=m.MIN_METRIC_SIDE)
     return {"EN": m.en(a, b, f), "SD": _sd(f), "SF": _sf(f), "AG": m.ag(a, b, f), "SSIM": m.ssim(a, b, f),
             "PSNR": m.psnr(a, b, f), "UIQI": m.uiqi(a, b, f), "VIF": m.vif(a, b, f), "Qabf": qabf(a, b, f),
             "SCD": scd(a, b, f), "SR": sr(a, b, f)}

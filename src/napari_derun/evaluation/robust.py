@@ -13,7 +13,7 @@ import numpy as np
 
 from .runner import (DEFAULT_METHODS, DEGRADATION_ALIASES, EVAL_METRICS, _iter_pairs, _load_pair, _progress, _score,
                          _write_csv, resolve_methods, summarize)
-from .metrics import METRIC_NAMES
+from .metrics import METRIC_NAMES, check_metric_size
 
 __all__ = ["ROBUSTNESS_FIELDS", "robustness", "plot_robustness"]
 
@@ -125,8 +125,7 @@ def robustness(
             try:
                 a, b = _load_pair(name, pa, pb)
                 a, b = _center_crop(a, crop), _center_crop(b, crop)
-                if min(a.shape) < 41:
-                    raise ValueError(f"image is {a.shape[0]}x{a.shape[1]}; the metrics need at least 41x41")
+                check_metric_size(a)
             except (ValueError, FileNotFoundError, OSError) as exc:
                 problems.append(f"{name}: skipped, {exc}")
                 bar.update(len(degs) * len(levels) * len(meths))

@@ -34,7 +34,7 @@ import numpy as np
 from ..data import preprocess
 from ..io import planes as io
 from . import baselines, metrics_extra
-from .metrics import METRIC_NAMES, all_metrics
+from .metrics import METRIC_NAMES, all_metrics, check_metric_size
 
 #: every column of the evaluation tables: the paper's eight, then SD, SF, MI, Qabf, SCD and SR
 EVAL_METRICS: tuple[str, ...] = METRIC_NAMES + ("SD", "SF", "MI", "Qabf", "SCD", "SR")
@@ -231,10 +231,6 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="fusion", disable=not enabled, file=sys.stderr, leave=False)
 
 
-_EXTRA = {"SD": metrics_extra.sd, "SF": metrics_extra.sf, "MI": metrics_extra.mi, "Qabf": metrics_extra.qabf,
-          "SCD": metrics_extra.scd, "SR": metrics_extra.sr}
-
-
 def _check_metric_names(names: Iterable[str] | str | None) -> tuple[str, ...]:
     if names is None:
         return EVAL_METRICS
@@ -248,17 +244,12 @@ def _check_metric_names(names: Iterable[str] | str | None) -> tuple[str, ...]:
 
 
 def _score(a: np.ndarray, b: np.ndarray, f: np.ndarray, names: Sequence[str] = EVAL_METRICS) -> dict[str, float]:
-    from .metrics import METRICS
-
     a, b, f = (np.asarray(x, np.float64) * 255.0 for x in (a, b, f))
-    if all(n in names for n in METRIC_NAMES):
-        out = all_metrics(a, b, f)
-    else:
-        out = {n: float(METRICS[n](a, b, f)) for n in METRIC_NAMES if n in names}
-    for name, fn in _EXTRA.items():
-        if name in names:
-            out[name] = float(fn(a, b, f))
-    return out
+    out = all_metrics(a, b, f) if all(n in names for n in METRIC_NAMES) else {}
+    for name in names:
+        if name not in out:
+            out[name] = float(metrics_extra.METRIC_FUNCTIONS[name](a, b, f))
+    return {n: out[n] for n in EVAL_METRICS if n in out}
 
 
 def summarize(rows: Sequence[dict], group: Sequence[str] = ("method",)) -> dict:
@@ -382,7 +373,7 @@ def evaluate(
         ``(rows, summary)``: ``rows`` is a list of dicts with the CSV fields;
         ``summary`` is ``{"table": summarize(rows), "markdown": str, "problems": [...],
         "messages": [...], "methods": [labels], "n_pairs": int}``.  Unreadable,
-        unpaired, mismatched or too small (< 41 px) pairs are listed in ``problems``
+        unpaired, mismatched or too small (< :data:`~napari_derun.evaluation.metrics.MIN_METRIC_SIDE` px) pairs are listed in ``problems``
         and skipped.
     """
     names = _check_metric_names(metrics)
@@ -398,8 +389,7 @@ def evaluate(
         for name, pa, pb in pairs:
             try:
                 a, b = _load_pair(name, pa, pb)
-                if min(a.shape) < 41:
-                    raise ValueError(f"image is {a.shape[0]}x{a.shape[1]}; the metrics need at least 41x41")
+                check_metric_size(a)
             except (ValueError, FileNotFoundError, OSError) as exc:
                 problems.append(f"{name}: skipped, {exc}")
                 bar.update(len(meths))

@@ -22,10 +22,8 @@ from __future__ import annotations
 import copy
 import math
 import os
-import platform
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, Union
 
 import numpy as np
@@ -34,7 +32,8 @@ from . import ddp as _ddp
 from .datasets import PairDataset, _as_dataset, degrade_batch, photometric_batch
 from .events import EpochEvent, StepEvent, TrainEvent
 from .config import TrainConfig
-from .validation import REFERENCE_METHODS, evaluate_pairs, reference_scores
+from .run_state import RunState, TrainResult, load_optimizer_tensors, optimizer_tensors, run_info
+from .validation import REFERENCE_METHODS, evaluate_pairs, reference_scores, selected_by, selection_score
 
 #: training or validation pairs: a PairDataset, a folder with a/ and b/, or a list of (a, b) arrays
 Pairs = Union[PairDataset, str, os.PathLike, Sequence[tuple[np.ndarray, np.ndarray]]]
@@ -52,29 +51,6 @@ def peak_rss_mb() -> float:
 
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / (1024.0 * 1024.0) if sys.platform == "darwin" else r / 1024.0
-
-
-# --------------------------------------------------------------------------- config
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train` returns: last and best models, per-epoch history, provenance."""
-
-    model: Any
-    best_model: Any
-    history: list[dict] = field(default_factory=list)
-    info: dict[str, Any] = field(default_factory=dict)
-    stopped: bool = False
-
-    def save(self, path, best: bool = True, name: str | None = None):
-        """Write the best (or last) model as a checkpoint with the training info."""
-        from ..io.checkpoint import save_checkpoint
-
-        info = dict(self.info)
-        if name:
-            info["name"] = name
-        return save_checkpoint(path, self.best_model if best else self.model, info)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -146,33 +122,6 @@ def _stop_requested(stop) -> bool:
     return bool(stop())
 
 
-def _optimizer_tensors(opt, params) -> dict[str, Any]:
-    import torch
-
-    ex: dict[str, Any] = {}
-    for i, p in enumerate(params):
-        st = opt.state.get(p)
-        if not st:
-            continue
-        ex[f"adam/{i}/exp_avg"] = st["exp_avg"]
-        ex[f"adam/{i}/exp_avg_sq"] = st["exp_avg_sq"]
-        step = st["step"]
-        ex[f"adam/{i}/step"] = step if torch.is_tensor(step) else torch.tensor(float(step))
-    return ex
-
-
-def _load_optimizer_tensors(opt, params, extra, device) -> None:
-    for i, p in enumerate(params):
-        key = f"adam/{i}/exp_avg"
-        if key not in extra:
-            continue
-        opt.state[p] = {
-            "step": extra[f"adam/{i}/step"].to(dtype=p.dtype).cpu().reshape(()),
-            "exp_avg": extra[key].to(device=device, dtype=p.dtype),
-            "exp_avg_sq": extra[f"adam/{i}/exp_avg_sq"].to(device=device, dtype=p.dtype),
-        }
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -222,276 +171,270 @@ def _train(
     """
     import torch
 
-    from ..io.checkpoint import load_checkpoint
     from ..engine.registry import resolve_device
 
     t_start = time.perf_counter()
     cfg = copy.deepcopy(config) if config is not None else TrainConfig()
-    history: list[dict] = []
-    start_epoch = 0
-    best_state = None
-    best_loss = math.inf
-    best_record: dict[str, Any] | None = None
-    resumed_from = None
-    extra: dict[str, Any] = {}
-    prev_info: dict[str, Any] = {}
     if resume is not None:
-        model, prev_info, extra = load_checkpoint(resume)
-        st = prev_info.get("training_state") or {}
-        if "epoch" not in st:
-            raise ValueError(f"{resume} holds no training state to resume from (not written by train(checkpoint_path=...))")
-        if config is None:
-            cfg = TrainConfig.from_dict(prev_info.get("training", {}).get("config", {}))
-        start_epoch = int(st["epoch"])
-        history = list(prev_info.get("history", []))
-        best_loss = float(st.get("best_loss", math.inf))
-        best_record = st.get("best")
-        resumed_from = str(resume)
-        best_tensors = {k[len("best/"):]: v for k, v in extra.items() if k.startswith("best/")}
-        if best_tensors:
-            best_state = best_tensors
-        source = prev_info.get("training", {}).get("init", "resume")
+        run, model = _resumed_run(resume, config, cfg, t_start)
     else:
         with torch.random.fork_rng(devices=[]):  # seeded init of the (random) PWSM shared convs
             torch.manual_seed(cfg.seed)
             model = _resolve_init(init, cfg.guided, cfg.restore)
-        source = _model_source(init)
+        run = RunState(cfg=cfg, source=_model_source(init), t_start=t_start)
 
-    if cfg.num_threads:
-        torch.set_num_threads(int(cfg.num_threads))
-    ddp = _ddp.setup(cfg.device) if cfg.strategy == "ddp" else _ddp.DDPContext(device=resolve_device(cfg.device))
+    if run.cfg.num_threads:
+        torch.set_num_threads(int(run.cfg.num_threads))
+    dev = run.cfg.device
+    run.ddp = _ddp.setup(dev) if run.cfg.strategy == "ddp" else _ddp.DDPContext(device=resolve_device(dev))
     try:
-        return _loop(model, cfg, ddp, train_pairs, val_pairs, callback, stop, checkpoint_path, t_start, history,
-                     start_epoch, best_state, best_loss, best_record, resumed_from, extra, prev_info, source)
+        return _loop(run, model, train_pairs, val_pairs, callback, stop, checkpoint_path)
     finally:
-        ddp.close()
+        run.ddp.close()
 
 
-def _loop(model, cfg, ddp, train_pairs, val_pairs, callback, stop, checkpoint_path, t_start, history, start_epoch,
-          best_state, best_loss, best_record, resumed_from, extra, prev_info, source) -> TrainResult:
+def _resumed_run(resume, config: TrainConfig | None, cfg: TrainConfig, t_start: float) -> tuple[RunState, Any]:
+    """The run state and model stored in a checkpoint written by ``train(checkpoint_path=...)``."""
+    from ..io.checkpoint import load_checkpoint
+
+    model, prev_info, extra = load_checkpoint(resume)
+    st = prev_info.get("training_state") or {}
+    if "epoch" not in st:
+        raise ValueError(f"{resume} holds no training state to resume from (not written by train(checkpoint_path=...))")
+    if config is None:
+        cfg = TrainConfig.from_dict(prev_info.get("training", {}).get("config", {}))
+    best_tensors = {k[len("best/"):]: v for k, v in extra.items() if k.startswith("best/")}
+    run = RunState(cfg=cfg, source=prev_info.get("training", {}).get("init", "resume"), t_start=t_start,
+                   history=list(prev_info.get("history", [])), start_epoch=int(st["epoch"]),
+                   best_state=best_tensors or None, best_loss=float(st.get("best_loss", math.inf)),
+                   best_record=st.get("best"), resumed_from=str(resume), extra=extra, prev_info=prev_info)
+    return run, model
+
+
+def _loop(run: RunState, model, train_pairs, val_pairs, callback, stop, checkpoint_path) -> TrainResult:
     """The epochs of :func:`_train` (every rank of a ``ddp`` job runs it; rank 0 validates and writes)."""
+    _setup(run, model, train_pairs, val_pairs)
+    _validate_initial(run)
+    run.step_global = run.start_epoch * run.steps
+    for epoch in range(run.start_epoch, run.cfg.epochs):
+        if not _run_epoch(run, epoch, callback, stop, checkpoint_path):
+            break
+    return _finish(run)
+
+
+def _setup(run: RunState, model, train_pairs, val_pairs) -> None:
+    """Data, model, optimizer (with the resumed state) and the validation references of ``run``."""
     import torch
 
-    from ..io.checkpoint import save_checkpoint
-    from ..core.model import adjoint_loss
-
+    cfg, ddp = run.cfg, run.ddp
     device = ddp.device
-    use_amp = bool(cfg.amp) and device.startswith("cuda")
-    tr = _as_dataset(train_pairs, "train")
+    run.use_amp = bool(cfg.amp) and device.startswith("cuda")
+    run.tr = _as_dataset(train_pairs, "train")
     va = _as_dataset(val_pairs, "val")
-    if tr is None:
+    if run.tr is None:
         raise ValueError("no training pairs given")
-    steps = cfg.steps_per_epoch or max(1, math.ceil(len(tr) / cfg.batch))
-    total_steps = steps * cfg.epochs
+    run.steps = cfg.steps_per_epoch or max(1, math.ceil(len(run.tr) / cfg.batch))
+    run.total_steps = run.steps * cfg.epochs
 
-    model = model.to(device).float().train()
-    net = ddp.wrap(model)  # what the step calls: DistributedDataParallel when there are several ranks
-    params = [p for p in model.parameters() if p.requires_grad]
+    run.model = model.to(device).float().train()
+    run.net = ddp.wrap(run.model)  # what the step calls: DistributedDataParallel when there are several ranks
+    run.params = params = [p for p in run.model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg.lr_at(start_epoch))
+        run.opt = torch.optim.SGD(params, lr=cfg.lr_at(run.start_epoch))
     else:
-        opt = torch.optim.Adam(params, lr=cfg.lr_at(start_epoch), betas=tuple(cfg.betas))
-    if extra:
-        _load_optimizer_tensors(opt, params, extra, device)
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+        run.opt = torch.optim.Adam(params, lr=cfg.lr_at(run.start_epoch), betas=tuple(cfg.betas))
+    if run.extra:
+        load_optimizer_tensors(run.opt, params, run.extra, device)
+    run.scaler = torch.amp.GradScaler("cuda") if run.use_amp else None
 
     if cfg.objective not in ("paper", "fusion"):
         raise ValueError(f"unknown objective {cfg.objective!r}; choose 'paper' or 'fusion'")
     if cfg.select not in ("rank", "loss"):
         raise ValueError(f"select must be 'rank' or 'loss', got {cfg.select!r}")
     cfg.fusion_weights()  # validates the weights and the target
-    refs = None
     if not ddp.is_main:
         va = None  # rank 0 validates and selects; the other ranks only train
+    run.va = va
     if va is not None and cfg.val_metrics and cfg.select == "rank":
-        refs = reference_scores(va, cfg.val_limit)
-    by_rank = refs is not None and any(refs.values())
-
-    def validate():
-        return evaluate_pairs(model, va, device, cfg.gamma, metrics=cfg.val_metrics, config=cfg, references=refs)
-
-    def snapshot():
-        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-    info_init = None
-    if va is not None and cfg.val_initial and resumed_from is None:
-        ev = validate()
-        info_init = {"val_loss": ev["loss"], "metrics": ev.get("metrics"), "rank": ev.get("rank")}
-        # the starting model is a candidate too: training never returns something that scores worse
-        init_score = _selection_score(ev.get("metrics"), ev.get("rank"), cfg) if by_rank else ev["loss"]
-        if init_score is not None and math.isfinite(init_score):
-            best_loss, best_state = init_score, snapshot()
-            best_record = {"epoch": 0, "train_loss": None, "val_loss": ev["loss"], "metrics": ev.get("metrics"),
-                           "rank": ev.get("rank"),
-                           "selected_by": _selected_by(by_rank, cfg)}
-
-    stopped = False
-    step_global = start_epoch * steps
-    epoch = start_epoch
-    for epoch in range(start_epoch, cfg.epochs):
-        lr = cfg.lr_at(epoch)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        rng = np.random.default_rng([cfg.seed, epoch])
-        drng = np.random.default_rng([cfg.seed, epoch, 1])  # degradations: the clean draws stay as they were
-        prng = np.random.default_rng([cfg.seed, epoch, 2])  # exposure changes, likewise
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        run_loss, n_done = 0.0, 0
-        for s in range(steps):
-            if ddp.any(_stop_requested(stop) or bool(cfg.max_seconds and time.perf_counter() - t_start > cfg.max_seconds)):
-                stopped = True
-                break
-            # the global batch (the same draws on every rank); this rank trains on its slice of it
-            na, nb, nf, idx = tr.batch(rng, cfg.batch * ddp.world_size, cfg.patch, cfg.augment,
-                                       return_floor=True, return_index=True)
-            if cfg.photometric > 0:  # new clean pairs (the targets change with them)
-                na, nb = photometric_batch(na, nb, cfg.photometric, prng)
-            da, db = na, nb
-            if cfg.degrade > 0:  # degraded inputs, clean targets
-                mods = [tr.modalities[i] or cfg.modalities for i in idx]
-                da, db = degrade_batch(na, nb, mods, cfg.degrade, drng, tuple(cfg.degrade_levels))
-            if ddp.active:
-                part = slice(ddp.rank * cfg.batch, (ddp.rank + 1) * cfg.batch)
-                na, nb, nf, da, db = na[part], nb[part], nf[part], da[part], db[part]
-            ta = torch.from_numpy(na).to(device)
-            tb = torch.from_numpy(nb).to(device)
-            ia = ta if da is na else torch.from_numpy(da).to(device)
-            ib = tb if db is nb else torch.from_numpy(db).to(device)
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", enabled=use_amp), _padding(model, cfg.train_pad):
-                try:
-                    x = net(ia, ib, checkpoint=cfg.checkpointing)
-                except FloatingPointError as e:
-                    raise FloatingPointError(f"training diverged at epoch {epoch + 1}, step {s + 1} ({e}); "
-                                             f"lower the learning rate (lr {lr:g})") from None
-            loss, parts = cfg.loss(x.float(), ta, tb, torch.from_numpy(nf).to(device))
-            if cfg.adjoint_weight:
-                loss = loss + cfg.adjoint_weight * adjoint_loss(model, generator=gen)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
-            else:
-                loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            lv = float(loss.detach())
-            if not math.isfinite(lv) or not all(bool(torch.isfinite(p).all()) for p in params):
-                raise FloatingPointError(
-                    f"training diverged ({'loss ' + str(lv) if not math.isfinite(lv) else 'non-finite weights'}) at "
-                    f"epoch {epoch + 1}, step {s + 1}; lower the learning rate (lr {lr:g})")
-            run_loss += lv
-            n_done += 1
-            step_global += 1
-            if callback is not None and ddp.is_main:
-                callback(StepEvent(step=step_global, total_steps=total_steps, epoch=epoch + 1, loss=lv, lr=lr,
-                                   parts=dict(parts)))
-        if n_done == 0:
-            break
-        rec: dict[str, Any] = {"epoch": epoch + 1, "epochs": cfg.epochs, "train_loss": run_loss / n_done,
-                               "val_loss": None, "metrics": None, "rank": None, "lr": lr, "steps": n_done,
-                               "seconds": round(time.perf_counter() - t_start, 2)}
-        last_epoch = epoch + 1 == cfg.epochs or stopped
-        if va is not None and ((epoch + 1) % max(1, cfg.val_every) == 0 or last_epoch):
-            ev = validate()
-            rec["val_loss"], rec["metrics"], rec["rank"] = ev["loss"], ev.get("metrics"), ev.get("rank")
-        if va is None:
-            # no held-back pairs: nothing scores the weights as they are after the epoch (the training
-            # loss was measured before each step), so the latest weights are kept, not a "best"
-            score = -float(epoch + 1)
-        else:
-            score = _selection_score(rec["metrics"], rec["rank"], cfg) if by_rank else rec["val_loss"]
-        rec["best"] = False
-        if score is not None and score < best_loss:
-            best_loss, best_state = score, snapshot()
-            rec["best"] = True
-            best_record = {k: rec[k] for k in ("epoch", "train_loss", "val_loss", "metrics", "rank")}
-            best_record["selected_by"] = (_selected_by(by_rank, cfg) if va is not None
-                                          else "latest epoch (no validation pairs)")
-        history.append(rec)
-        if callback is not None and ddp.is_main:
-            callback(EpochEvent(**{k: rec[k] for k in ("epoch", "epochs", "train_loss", "val_loss", "metrics", "rank",
-                                                       "lr", "best")}))
-        if stopped:
-            break
-        if checkpoint_path is not None and ddp.is_main:
-            ex = _optimizer_tensors(opt, params)
-            if best_state is not None:
-                ex.update({"best/" + k: v for k, v in best_state.items()})
-            ck_info = _info(cfg, source, tr, va, history, best_record, info_init, t_start, device, resumed_from, prev_info)
-            ck_info["training_state"] = {"epoch": epoch + 1, "best_loss": best_loss, "best": best_record}
-            save_checkpoint(checkpoint_path, model, ck_info, ex)
-        ddp.barrier()  # the others wait while rank 0 validates and writes
-
-    model.eval()
-    best_model = copy.deepcopy(model)
-    if best_state is not None:
-        best_model.load_state_dict(best_state)
-    best_model.eval()
-    info = _info(cfg, source, tr, va, history, best_record, info_init, t_start, device, resumed_from, prev_info)
-    info["training"]["stopped_early"] = stopped
-    if cfg.strategy == "ddp":
-        info["ddp"] = {"world_size": ddp.world_size, "rank": ddp.rank, "backend": ddp.backend,
-                       "global_batch": cfg.batch * ddp.world_size,
-                       "rank_state_sha256": ddp.gather_hashes(model.state_dict())}
-    return TrainResult(model=model, best_model=best_model, history=history, info=info, stopped=stopped)
+        run.refs = reference_scores(va, cfg.val_limit)
+    run.by_rank = run.refs is not None and any(run.refs.values())
 
 
-# an epoch whose validation SR is under ``min_sr`` ranks behind every epoch that reaches it
-_SR_PENALTY = 1000.0
+def _validate(run: RunState) -> dict[str, Any]:
+    cfg = run.cfg
+    return evaluate_pairs(run.model, run.va, run.device, cfg.gamma, metrics=cfg.val_metrics, config=cfg,
+                          references=run.refs)
 
 
-def _selected_by(by_rank: bool, cfg: TrainConfig) -> str:
-    if not by_rank:
-        return "validation loss"
-    return "validation mean rank" + (f" among epochs with SR >= {cfg.min_sr:g}" if cfg.min_sr is not None else "")
+def _snapshot(run: RunState) -> dict[str, Any]:
+    return {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
 
 
-def _selection_score(metrics: dict[str, float] | None, rank: float | None, cfg: TrainConfig) -> float | None:
-    """The score ``select='rank'`` minimises: the validation mean rank, behind every epoch that
-    keeps at least ``cfg.min_sr`` of the salient image's contrast when a floor is set."""
-    if rank is None:
-        return None
-    if cfg.min_sr is not None:
-        sr = (metrics or {}).get("SR")
-        if sr is None or not math.isfinite(sr) or sr < cfg.min_sr:
-            return rank + _SR_PENALTY
-    return rank
+def _validate_initial(run: RunState) -> None:
+    """Score the start model: it is a candidate too, so training never returns something that scores worse."""
+    if run.va is None or not run.cfg.val_initial or run.resumed_from is not None:
+        return
+    ev = _validate(run)
+    run.info_init = {"val_loss": ev["loss"], "metrics": ev.get("metrics"), "rank": ev.get("rank")}
+    init_score = selection_score(ev.get("metrics"), ev.get("rank"), run.cfg) if run.by_rank else ev["loss"]
+    if init_score is not None and math.isfinite(init_score):
+        run.best_loss, run.best_state = init_score, _snapshot(run)
+        run.best_record = {"epoch": 0, "train_loss": None, "val_loss": ev["loss"], "metrics": ev.get("metrics"),
+                           "rank": ev.get("rank"), "selected_by": selected_by(run.by_rank, run.cfg)}
 
 
-def _info(cfg, source, tr, va, history, best_record, info_init, t_start, device, resumed_from, prev_info):
+def _run_epoch(run: RunState, epoch: int, callback, stop, checkpoint_path) -> bool:
+    """One epoch: its steps, validation, selection, events and checkpoint; False when the run ends here."""
     import torch
 
-    from .. import __version__
+    cfg, ddp = run.cfg, run.ddp
+    lr = cfg.lr_at(epoch)
+    for g in run.opt.param_groups:
+        g["lr"] = lr
+    rngs = (np.random.default_rng([cfg.seed, epoch]),
+            np.random.default_rng([cfg.seed, epoch, 1]),  # degradations: the clean draws stay as they were
+            np.random.default_rng([cfg.seed, epoch, 2]))  # exposure changes, likewise
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    run_loss, n_done = 0.0, 0
+    for s in range(run.steps):
+        if ddp.any(_stop_requested(stop) or bool(cfg.max_seconds and time.perf_counter() - run.t_start > cfg.max_seconds)):
+            run.stopped = True
+            break
+        lv, parts = _step(run, epoch, s, lr, rngs, gen)
+        run_loss += lv
+        n_done += 1
+        run.step_global += 1
+        if callback is not None and ddp.is_main:
+            callback(StepEvent(step=run.step_global, total_steps=run.total_steps, epoch=epoch + 1, loss=lv, lr=lr,
+                               parts=dict(parts)))
+    if n_done == 0:
+        return False
+    _end_epoch(run, epoch, lr, run_loss / n_done, n_done, callback)
+    if run.stopped:
+        return False
+    if checkpoint_path is not None and ddp.is_main:
+        _save_state(run, epoch, checkpoint_path)
+    ddp.barrier()  # the others wait while rank 0 validates and writes
+    return True
 
-    prev_secs = float(prev_info.get("training", {}).get("seconds", 0.0)) if resumed_from else 0.0
-    return {
-        "training": {
-            "config": cfg.to_dict(),
-            "init": source,
-            "epochs_done": history[-1]["epoch"] if history else 0,
-            "seconds": round(prev_secs + time.perf_counter() - t_start, 2),
-            "device": device,
-            "torch": torch.__version__,
-            "software": f"napari-derun {__version__}",
-            "python": platform.python_version(),
-            "resumed_from": resumed_from,
-            "loss": ("MSE(X, b) + gamma * MSE(LGDE(X), LGDE(a))" if cfg.objective == "paper" else
-                     "w_intensity * L1(X, target) + w_gradient * L1(|grad X|, max(|grad a|, |grad b|)) + "
-                     "w_ssim * (1 - (SSIM(X, a) + SSIM(X, b)) / 2) + w_lgde * MSE(LGDE(X), LGDE(a))"
-                     + (" + w_salient * L1(X, target) weighted by relu(b - b_floor)" if cfg.w_salient else ""))
-                    + " + adjoint_weight * adjoint_loss",
-            "objective": cfg.objective,
-            "reference_methods": list(REFERENCE_METHODS) if cfg.select == "rank" else [],
-        },
-        "data": {"train": tr.provenance(), "val": va.provenance() if va is not None else None},
-        "metrics": {"best": best_record, "initial": info_init},
-        "history": history,
-    }
+
+def _step(run: RunState, epoch: int, s: int, lr: float, rngs, gen) -> tuple[float, dict]:
+    """One optimiser step on a batch of patches; the loss and its parts."""
+    import torch
+
+    from ..core.model import adjoint_loss
+
+    cfg, ddp, device = run.cfg, run.ddp, run.device
+    rng, drng, prng = rngs
+    # the global batch (the same draws on every rank); this rank trains on its slice of it
+    na, nb, nf, idx = run.tr.batch(rng, cfg.batch * ddp.world_size, cfg.patch, cfg.augment,
+                                   return_floor=True, return_index=True)
+    if cfg.photometric > 0:  # new clean pairs (the targets change with them)
+        na, nb = photometric_batch(na, nb, cfg.photometric, prng)
+    da, db = na, nb
+    if cfg.degrade > 0:  # degraded inputs, clean targets
+        mods = [run.tr.modalities[i] or cfg.modalities for i in idx]
+        da, db = degrade_batch(na, nb, mods, cfg.degrade, drng, tuple(cfg.degrade_levels))
+    if ddp.active:
+        part = slice(ddp.rank * cfg.batch, (ddp.rank + 1) * cfg.batch)
+        na, nb, nf, da, db = na[part], nb[part], nf[part], da[part], db[part]
+    ta = torch.from_numpy(na).to(device)
+    tb = torch.from_numpy(nb).to(device)
+    ia = ta if da is na else torch.from_numpy(da).to(device)
+    ib = tb if db is nb else torch.from_numpy(db).to(device)
+    run.opt.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", enabled=run.use_amp), _padding(run.model, cfg.train_pad):
+        try:
+            x = run.net(ia, ib, checkpoint=cfg.checkpointing)
+        except FloatingPointError as e:
+            raise FloatingPointError(f"training diverged at epoch {epoch + 1}, step {s + 1} ({e}); "
+                                     f"lower the learning rate (lr {lr:g})") from None
+    loss, parts = cfg.loss(x.float(), ta, tb, torch.from_numpy(nf).to(device))
+    if cfg.adjoint_weight:
+        loss = loss + cfg.adjoint_weight * adjoint_loss(run.model, generator=gen)
+    _backward_and_step(run, loss)
+    lv = float(loss.detach())
+    if not math.isfinite(lv) or not all(bool(torch.isfinite(p).all()) for p in run.params):
+        raise FloatingPointError(
+            f"training diverged ({'loss ' + str(lv) if not math.isfinite(lv) else 'non-finite weights'}) at "
+            f"epoch {epoch + 1}, step {s + 1}; lower the learning rate (lr {lr:g})")
+    return lv, parts
+
+
+def _backward_and_step(run: RunState, loss) -> None:
+    import torch
+
+    scaler, opt = run.scaler, run.opt
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+    else:
+        loss.backward()
+    if run.cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(run.params, run.cfg.grad_clip)
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+
+
+def _end_epoch(run: RunState, epoch: int, lr: float, train_loss: float, n_done: int, callback) -> None:
+    """Validate (when due), keep the best weights, record the epoch and send its event."""
+    cfg = run.cfg
+    rec: dict[str, Any] = {"epoch": epoch + 1, "epochs": cfg.epochs, "train_loss": train_loss,
+                           "val_loss": None, "metrics": None, "rank": None, "lr": lr, "steps": n_done,
+                           "seconds": round(time.perf_counter() - run.t_start, 2)}
+    last_epoch = epoch + 1 == cfg.epochs or run.stopped
+    if run.va is not None and ((epoch + 1) % max(1, cfg.val_every) == 0 or last_epoch):
+        ev = _validate(run)
+        rec["val_loss"], rec["metrics"], rec["rank"] = ev["loss"], ev.get("metrics"), ev.get("rank")
+    if run.va is None:
+        # no held-back pairs: nothing scores the weights as they are after the epoch (the training
+        # loss was measured before each step), so the latest weights are kept, not a "best"
+        score = -float(epoch + 1)
+    else:
+        score = selection_score(rec["metrics"], rec["rank"], cfg) if run.by_rank else rec["val_loss"]
+    rec["best"] = False
+    if score is not None and score < run.best_loss:
+        run.best_loss, run.best_state = score, _snapshot(run)
+        rec["best"] = True
+        run.best_record = {k: rec[k] for k in ("epoch", "train_loss", "val_loss", "metrics", "rank")}
+        run.best_record["selected_by"] = (selected_by(run.by_rank, cfg) if run.va is not None
+                                          else "latest epoch (no validation pairs)")
+    run.history.append(rec)
+    if callback is not None and run.ddp.is_main:
+        callback(EpochEvent(**{k: rec[k] for k in ("epoch", "epochs", "train_loss", "val_loss", "metrics", "rank",
+                                                   "lr", "best")}))
+
+
+def _save_state(run: RunState, epoch: int, checkpoint_path) -> None:
+    """Write the model with the optimizer state and the best weights, to resume from."""
+    from ..io.checkpoint import save_checkpoint
+
+    ex = optimizer_tensors(run.opt, run.params)
+    if run.best_state is not None:
+        ex.update({"best/" + k: v for k, v in run.best_state.items()})
+    ck_info = run_info(run)
+    ck_info["training_state"] = {"epoch": epoch + 1, "best_loss": run.best_loss, "best": run.best_record}
+    save_checkpoint(checkpoint_path, run.model, ck_info, ex)
+
+
+def _finish(run: RunState) -> TrainResult:
+    """The last and the best model, with the run's provenance."""
+    model, ddp = run.model, run.ddp
+    model.eval()
+    best_model = copy.deepcopy(model)
+    if run.best_state is not None:
+        best_model.load_state_dict(run.best_state)
+    best_model.eval()
+    info = run_info(run)
+    info["training"]["stopped_early"] = run.stopped
+    if run.cfg.strategy == "ddp":
+        info["ddp"] = {"world_size": ddp.world_size, "rank": ddp.rank, "backend": ddp.backend,
+                       "global_batch": run.cfg.batch * ddp.world_size,
+                       "rank_state_sha256": ddp.gather_hashes(model.state_dict())}
+    return TrainResult(model=model, best_model=best_model, history=run.history, info=info, stopped=run.stopped)
 
 
 OBJECTIVE_FIELDS: tuple[str, ...] = ("objective", "target", "w_intensity", "w_gradient", "w_ssim", "w_lgde", "w_salient",

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
+import math
+
 import numpy as np
 
+from ..evaluation.metrics import MIN_METRIC_SIDE
 from .datasets import PairDataset
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,7 +44,7 @@ def reference_scores(dataset: "PairDataset", limit: int | None = None,
 
 def _scored_pairs(dataset: "PairDataset", limit: int | None):
     """``(a, b, clean a, clean b)`` of the pairs ≥ 41 × 41 (the first ``limit``)."""
-    pairs = [q for q in zip(dataset.a, dataset.b, dataset.ref_a, dataset.ref_b) if min(q[0].shape) >= 41]
+    pairs = [q for q in zip(dataset.a, dataset.b, dataset.ref_a, dataset.ref_b) if min(q[0].shape) >= MIN_METRIC_SIDE]
     return pairs[:limit] if limit else pairs
 
 
@@ -80,7 +83,7 @@ def evaluate_pairs(model, dataset: PairDataset, device: str = "cpu", gamma: floa
             losses.append(float(loss))
             parts_all.append(parts)
             row = {"name": name, "loss": float(loss), "degraded": ra is not a or rb is not b}
-            if metrics and min(a.shape) >= 41 and (not limit or n_scored < limit):
+            if metrics and min(a.shape) >= MIN_METRIC_SIDE and (not limit or n_scored < limit):
                 f = np.clip(x[0, 0].float().cpu().numpy(), 0.0, 1.0)
                 row["metrics"] = rank_metrics(ra * 255.0, rb * 255.0, f * 255.0)
                 n_scored += 1
@@ -120,3 +123,24 @@ def combined_rank(table: dict[str, list[dict[str, float]]], degraded: Sequence[b
     return {m: v / weight for m, v in total.items()} if weight else {m: float("nan") for m in table}
 
 
+# an epoch whose validation SR is under ``min_sr`` ranks behind every epoch that reaches it
+_SR_PENALTY = 1000.0
+
+
+def selected_by(by_rank: bool, cfg: TrainConfig) -> str:
+    """How the best epoch is chosen, in words (for the provenance)."""
+    if not by_rank:
+        return "validation loss"
+    return "validation mean rank" + (f" among epochs with SR >= {cfg.min_sr:g}" if cfg.min_sr is not None else "")
+
+
+def selection_score(metrics: dict[str, float] | None, rank: float | None, cfg: TrainConfig) -> float | None:
+    """The score ``select='rank'`` minimises: the validation mean rank, behind every epoch that
+    keeps at least ``cfg.min_sr`` of the salient image's contrast when a floor is set."""
+    if rank is None:
+        return None
+    if cfg.min_sr is not None:
+        sr = (metrics or {}).get("SR")
+        if sr is None or not math.isfinite(sr) or sr < cfg.min_sr:
+            return rank + _SR_PENALTY
+    return rank
