@@ -332,43 +332,52 @@ def test_finetune_stop_keeps_best(make_napari_viewer, qtbot):
     forget_model(w.registered_name, None)
 
 
-def test_large_planes_are_tiled_like_the_library():
-    """Planes larger than the tile size are fused by the library's tiled engine, as nd.fuse does."""
-    from napari_derun._widgets._fuse_job import run_fusion
-
-    a, b = _pair_u8(96, 80, seed=3)
-    calls = []
-    res = run_fusion(a, b, "admm", "cpu", tile=64, callback=lambda d, t, m: calls.append((d, t)))
-    from napari_derun._widgets._fuse_job import FusionResult
-
-    assert isinstance(res, FusionResult) and res.n_stages == 9  # typed
-    assert res.provenance["parameters"]["tile"] == 64
-    np.testing.assert_array_equal(res.fused, nd.fuse(a, b, model="admm", device="cpu", tile=64))
-    # and stays close to the untiled result away from tile seams
-    whole = nd.fuse(a, b, model="admm", device="cpu")
-    assert np.abs(res.fused - whole).mean() < 0.02
-    assert calls and calls[-1][0] == calls[-1][1]
-
-
-def test_widget_engine_equals_library_bit_for_bit():
-    """One engine: the Fuse widget's job and napari_derun.fuse give identical results on a uint16
-    dask z-stack and on an RGB pair."""
+@pytest.mark.parametrize("tile", [1024, 64])
+def test_widget_console_and_cli_give_bit_identical_results(tmp_path, capsys, tile):
+    """One pipeline (napari_derun.fuse -> engine.stacks.fuse_stack): the Fuse widget's job, the console and
+    ``napari-derun fuse`` give bit-identical results on a uint16 z-stack, whole planes and tiled (96 x 80
+    planes, tile 64); the widget's stage layers are the library's stages, on a stack too."""
     import dask.array as da
+    import tifffile
 
-    from napari_derun._widgets._fuse_job import run_fusion
+    from napari_derun._widgets._fuse_job import FusionResult, run_fusion
+    from napari_derun.cli import main
 
-    planes = [smooth_pair(40, 36, seed=s) for s in range(12)]
+    planes = [smooth_pair(96, 80, seed=s) for s in range(3)]
     a = np.stack([(300 + p[0] * (20000 + 900 * i)).astype(np.uint16) for i, p in enumerate(planes)])
     b = np.stack([(100 + p[1] * 30000).astype(np.uint16) for p in planes])
-    A, B = da.from_array(a, chunks=(3, 40, 36)), da.from_array(b, chunks=(3, 40, 36))
-    res = run_fusion(A, B, "admm", "cpu")
-    ref = np.asarray(nd.fuse(A, B, model="admm", device="cpu", axes="ZYX"))
-    np.testing.assert_array_equal(res.fused, ref)
+    console = nd.fuse(a, b, model="admm", device="cpu", axes="ZYX", tile=tile)
+    calls = []
+    widget = run_fusion(da.from_array(a, chunks=(1, 96, 80)), b, "admm", "cpu", tile=tile, colour="chroma",
+                        callback=lambda d, t, m: calls.append((d, t)))
+    for name, x in (("a", a), ("b", b)):
+        tifffile.imwrite(tmp_path / f"{name}.tif", x, imagej=True, metadata={"axes": "ZYX"})
+    out = tmp_path / "f.tif"
+    assert main(["fuse", str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), "-o", str(out), "--model", "admm",
+                 "--device", "cpu", "--tile", str(tile), "-q"]) == 0
+    capsys.readouterr()
+    assert isinstance(widget, FusionResult) and widget.n_stages == 9
+    np.testing.assert_array_equal(widget.fused, console)
+    np.testing.assert_array_equal(tifffile.imread(out), console)
+    assert widget.provenance["parameters"]["tile"] == (64 if tile == 64 else None)
+    assert calls and calls[-1][0] == calls[-1][1]
+    if tile != 64:
+        return
+    # the colours the widget shows (an RGB salient image over grey structure) and the stage layers of a stack
     ga, gb = _gfp_small()
-    res = run_fusion(ga, gb, "admm", "cpu", b_rgb=True)
-    np.testing.assert_array_equal(res.fused, nd.fuse(ga, gb, model="admm", device="cpu", colour="overlay"))
-    res = run_fusion(ga, gb, "admm", "cpu", b_rgb=True, colour="chroma")
-    np.testing.assert_array_equal(res.fused, nd.fuse(ga, gb, model="admm", device="cpu"))
+    np.testing.assert_array_equal(run_fusion(ga, gb, "admm", "cpu", b_rgb=True).fused,
+                                  nd.fuse(ga, gb, model="admm", device="cpu", colour="overlay"))
+    res = run_fusion(a[:, :40, :36], b[:, :40, :36], "admm", "cpu", with_stages=True, with_eh=True, colour="chroma")
+    f, st = nd.fuse(a[:, :40, :36], b[:, :40, :36], model="admm", device="cpu", axes="ZYX", return_stages=True)
+    np.testing.assert_array_equal(res.fused, f)
+    assert res.stages["X"].shape == (9, 3, 40, 36) and res.stages["E"].shape[:3] == (8, 4, 3)
+    for k in ("X", "E", "H"):
+        np.testing.assert_array_equal(res.stages[k], st[k])
+    # more than two leading axes: the same planes, folded into one axis on the way through
+    a5, b5 = a[:, :40, :36].reshape(3, 1, 1, 40, 36), b[:, :40, :36].reshape(3, 1, 1, 40, 36)
+    res5 = run_fusion(a5, b5, "admm", "cpu", with_stages=True, colour="chroma")
+    np.testing.assert_array_equal(res5.fused, f.reshape(3, 1, 1, 40, 36))
+    np.testing.assert_array_equal(res5.stages["X"], st["X"].reshape(9, 3, 1, 1, 40, 36))
 
 
 def test_grey_gfp_with_green_colormap_stays_visible(make_napari_viewer, qtbot):

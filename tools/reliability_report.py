@@ -162,7 +162,7 @@ def cases(d: Path):
         ("fusion", "axes = 123", lambda: nd.fuse(a, b, model="admm", axes=123, device="cpu")),
         ("fusion", "model = \".\" (a folder)", lambda: nd.fuse(a, b, model=".", device="cpu")),
         ("fusion", "masked array with masked pixels", lambda: nd.fuse(np.ma.masked_array(af, af > 0.5), af, model="admm", device="cpu")),
-        ("fusion", "`return_stages` on a stack", lambda: nd.fuse(np.stack([a, a]), np.stack([b, b]), model="admm", return_stages=True, axes="ZYX", device="cpu")),
+        ("fusion", "`return_stages` on a dask stack", lambda: nd.fuse(_dask(np.stack([a, a])), np.stack([b, b]), model="admm", return_stages=True, axes="ZYX", device="cpu")),
         ("commands", "`robustness --levels a,b`", lambda: cli("robustness", d / "data", "--levels", "a,b", "-o", d / "r")),
         ("commands", "`profile --repeats 0`", lambda: cli("profile", "--repeats", "0")),
     ]
@@ -289,3 +289,9 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+
+
+def _dask(x):
+    import dask.array as da
+
+    return da.from_array(x)

@@ -159,7 +159,8 @@ def fuse(
             (the training-free solver), a shipped model (``gfp_pc``, ``medical``, ``ivf``), a name
             registered in this session or a ``.safetensors`` checkpoint; see :func:`load_model`.
         device: ``auto`` (a GPU when there is one), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-        return_stages: also return per-stage intermediates (2-D inputs only; not tiled).
+        return_stages: also return every stage's intermediates (numpy inputs of any layout; whole planes,
+            not tiled).
         percentiles: robust range for non-uint8 inputs, computed once for the whole stack.
         color_from: chroma source when both inputs are colour (``"auto"``: ``b``).
         callback: ``callback(done, total)`` progress in tile-stages (for one untiled plane:
@@ -189,7 +190,8 @@ def fuse(
         float32 fused image in [0, 1] with the layout of the inputs (``C`` = 3 when an
         input is colour); a lazy dask array when an input is a dask array. With
         ``return_stages``: ``(fused, stages)`` where ``stages["X"]``/``["Y"]`` are
-        ``(N, H, W)`` luminance and ``stages["E"]``/``["H"]`` are ``(N, L, H, W)``.
+        ``(N, H, W)`` luminance and ``stages["E"]``/``["H"]`` are ``(N, L, H, W)`` (a stack's leading axes
+        come before ``H, W``: ``(N, Z, H, W)``, ``(N, L, T, Z, H, W)``).
     """
     from .engine import stacks
 
@@ -219,29 +221,19 @@ def fuse(
             return fuse(a, b, fuser, fuser.device, return_stages, percentiles, color_from, callback, axes=axes,
                         tile=tile, overlap=overlap, batch_size=batch_size, cancel=cancel, ranges=ranges,
                         client=client, colour=colour, b_colormap=b_colormap)
-    if return_stages:
-        if stacks._is_dask(a) or stacks._is_dask(b) or np.ndim(a) > 3 or (np.ndim(a) == 3 and axes not in (None, "YXC")):
-            raise ValueError("return_stages=True works on one 2-D plane (YX or YXC numpy); for a stack, call "
-                             "napari_derun.fuse(a[i], b[i], return_stages=True) on the plane you want to inspect")
-        prep = preprocess.prepare_pair(a, b, percentiles=percentiles, color_from=color_from, ranges=ranges)
-        x, stages = fuse_planes(fuser, prep.a[None], prep.b[None], return_stages=True, callback=callback)
-        stages = {k: v[:, 0] for k, v in stages.items()}
-        return preprocess.recolor(x[0], prep.chroma), stages
     if a is None or b is None:
         preprocess.validate_pair(a, b)  # raises with the standard message
+    kw = dict(tile=tile or 0, overlap=stacks.DEFAULT_OVERLAP if overlap is None else overlap, batch_size=batch_size,
+              callback=callback, cancel=cancel, client=client, return_stages=return_stages)
     if colour in ("overlay", "luminance"):
         return _fuse_coloured(np.asarray(a), np.asarray(b), fuser, colour, b_colormap, axes, ranges, percentiles,
-                              tile=tile or 0, overlap=stacks.DEFAULT_OVERLAP if overlap is None else overlap,
-                              batch_size=batch_size, callback=callback, cancel=cancel, client=client)
+                              **kw)
     if not stacks._is_dask(a):
         a = np.asarray(a)
     if not stacks._is_dask(b):
         b = np.asarray(b)
-    return stacks.fuse_stack(
-        a, b, fuser, axes=axes, tile=tile or 0, overlap=stacks.DEFAULT_OVERLAP if overlap is None else overlap,
-        batch_size=batch_size, percentiles=percentiles, color_from=color_from, ranges=ranges,
-        callback=callback, cancel=cancel, client=client,
-    )
+    return stacks.fuse_stack(a, b, fuser, axes=axes, percentiles=percentiles, color_from=color_from, ranges=ranges,
+                             **kw)
 
 
 def _fuse_coloured(a: np.ndarray, b: np.ndarray, fuser, colour: str, b_colormap, axes, ranges, percentiles,
@@ -259,7 +251,9 @@ def _fuse_coloured(a: np.ndarray, b: np.ndarray, fuser, colour: str, b_colormap,
     a01, b01 = preprocess.to_float01(a, ra), preprocess.to_float01(b, rb)
     la, _ = col.split(a01, ax_a.endswith("C"))
     lb, _ = col.split(b01, ax_b.endswith("C"))
-    fused = stacks.fuse_stack(la, lb, fuser, axes=(ax_a.replace("C", ""), ax_b.replace("C", "")),
-                              ranges=((0.0, 1.0), (0.0, 1.0)), percentiles=percentiles, color_from="auto", **kw)
-    return col.compose(np.asarray(fused, np.float32), a01, b01, ax_a.endswith("C"), ax_b.endswith("C"), colour,
-                       b_colormap)
+    res = stacks.fuse_stack(la, lb, fuser, axes=(ax_a.replace("C", ""), ax_b.replace("C", "")),
+                            ranges=((0.0, 1.0), (0.0, 1.0)), percentiles=percentiles, color_from="auto", **kw)
+    fused, stages = res if kw.get("return_stages") else (res, None)
+    out = col.compose(np.asarray(fused, np.float32), a01, b01, ax_a.endswith("C"), ax_b.endswith("C"), colour,
+                      b_colormap)
+    return out if stages is None else (out, stages)

@@ -201,6 +201,33 @@ class FusionResult:
     n_stages: int
 
 
+def _fuse_through_the_pipeline(a_data, b_data, a_rgb, b_rgb, lead, fuser, want, **kw):
+    """``napari_derun.fuse`` of two layers' data (``(lead…, Y, X[, C])``), as the console runs it: ``(fused,
+    stages)``; more than two leading axes are folded into one (planes are independent given the ranges)."""
+    from .. import api
+    from ..engine import stacks
+
+    a_in, b_in = a_data, b_data
+    lazy = [x for x in (a_in, b_in) if stacks._is_dask(x)]
+    if lazy and (want or sum(x.nbytes for x in lazy) < INMEMORY_BYTES):
+        a_in, b_in = np.asarray(a_in), np.asarray(b_in)  # small enough (or stages kept): progress per plane
+    fold = len(lead) > 2
+    P = int(np.prod(lead)) if lead else 1
+    if fold:
+        a_in, b_in = (x if stacks._is_dask(x) else np.asarray(x) for x in (a_in, b_in))
+        a_in = a_in.reshape((P,) + tuple(a_in.shape[len(lead):]))
+        b_in = b_in.reshape((P,) + tuple(b_in.shape[len(lead):]))
+    lead_ax = "TZ"[2 - (1 if fold else len(lead)):]
+    axes = (lead_ax + "YX" + ("C" if a_rgb else ""), lead_ax + "YX" + ("C" if b_rgb else ""))
+    res = api.fuse(a_in, b_in, model=fuser, device=fuser.device, axes=axes, return_stages=want, **kw)
+    fused, st = res if want else (res, {})
+    fused = np.asarray(fused, dtype=np.float32)  # computes a lazy (dask) result
+    if fold:
+        fused = fused.reshape(tuple(lead) + fused.shape[1:])
+        st = {k: v.reshape(v.shape[:-3] + tuple(lead) + v.shape[-2:]) for k, v in st.items()}
+    return fused, st
+
+
 def run_fusion(
     a_data,
     b_data,
@@ -221,7 +248,7 @@ def run_fusion(
     b_colormap: Any = None,
     auto: dict | None = None,
 ) -> "FusionResult":
-    """Fuse two layers' data plane by plane.
+    """Fuse two layers' data through :func:`napari_derun.fuse` (the one pipeline) and describe the result.
 
     Args:
         a_data, b_data: structural / salient arrays ``(..., Y, X)`` or ``(..., Y, X, 3|4)``
@@ -232,10 +259,10 @@ def run_fusion(
         align_shift: ``(dy, dx)`` to shift ``b`` by before fusing (see :func:`estimate_shift`).
         callback: ``callback(done, total, message)`` after each stage; it may raise
             :class:`~napari_derun.engine.tiling.FuseCancelled`.
-        cancel: an Event; when set, the run stops at the next stage with :class:`~napari_derun.engine.tiling.FuseCancelled`.
+        cancel: an Event; when set, the run stops at the next stage with
+            :class:`~napari_derun.engine.tiling.FuseCancelled`.
         tile: planes larger than this (default :data:`napari_derun.engine.stacks.DEFAULT_TILE`) are fused in
-            overlapping blended tiles with :func:`napari_derun.engine.stacks.fuse_luma_planes` (not when stage
-            layers are asked for: those need the whole plane).
+            overlapping blended tiles (not when stage layers are asked for: those need the whole plane).
         colour: ``"overlay"`` (grey structure, the salient part in b's colour: what napari's additive overlay
             of the two layers shows), ``"luminance"`` (one grey channel) or ``"chroma"``; see
             :mod:`napari_derun.data.colour`.
@@ -261,86 +288,33 @@ def run_fusion(
     # one intensity range per stack, computed as napari_derun.fuse computes it
     ra = stacks.stack_ranges(a_data, percentiles)
     rb = stacks.stack_ranges(b_data, percentiles)
-    stages: dict[str, np.ndarray] = {}
     mid = _middle_index(lead)
     want = with_stages or with_eh
     tile = int(tile or stacks.DEFAULT_TILE)
     tiled = not want and max(H, W) > tile
+    total = P * n
 
-    def check_cancel():
+    def cb(done, tot):
         if cancel is not None and cancel.is_set():
             raise FuseCancelled("fusion cancelled")
-
-    if not want and len(lead) <= 2:
-        # the library's engine, exactly as napari_derun.fuse(a, b, axes=...) runs it from the console
-        lead_ax = "TZ"[2 - len(lead):]
-        axes = (lead_ax + "YX" + ("C" if a_rgb else ""), lead_ax + "YX" + ("C" if b_rgb else ""))
-        a_in, b_in = a_data, b_data
-        for_progress = [x for x in (a_in, b_in) if stacks._is_dask(x)]
-        if for_progress and sum(x.nbytes for x in for_progress) < INMEMORY_BYTES:
-            a_in, b_in = np.asarray(a_in), np.asarray(b_in)  # small enough: plane progress and cancel
-        total = P * n
-
-        def cb(done, tot):
-            check_cancel()
-            if callback is not None:
-                callback(min(done, tot), tot, f"{P} plane(s), stage work {done}/{tot}")
-
-        fused = api.fuse(a_in, b_in, model=fuser, device=fuser.device, axes=axes, percentiles=percentiles,
-                         ranges=(ra, rb), tile=tile, callback=cb, cancel=cancel, colour=colour,
-                         b_colormap=b_colormap)
-        fused = np.asarray(fused, dtype=np.float32)  # computes a lazy (dask) result
         if callback is not None:
-            callback(total, total, "done")
-        prep = preprocess.prepare_pair(_plane(a_data, mid), _plane(b_data, mid), percentiles=percentiles,
-                                       ranges=(ra, rb))
+            callback(min(done, tot), tot, f"{P} plane(s), stage work {done}/{tot}")
+
+    fused, st = _fuse_through_the_pipeline(a_data, b_data, a_rgb, b_rgb, lead, fuser, want, percentiles=percentiles,
+                                           ranges=(ra, rb), tile=tile, callback=cb, cancel=cancel, colour=colour,
+                                           b_colormap=b_colormap)
+    if callback is not None:
+        callback(total, total, "done")
+    keys = (["X"] if with_stages else []) + (["E", "H"] if with_eh else [])
+    stages = {k: st[k] for k in keys if k in st}
+    prep = preprocess.prepare_pair(_plane(a_data, mid), _plane(b_data, mid), percentiles=percentiles,
+                                   ranges=(ra, rb))
+    if "X" in st:  # the last stage is the fused luminance (before the colours)
+        f_l = st["X"][-1][mid] if mid else st["X"][-1]
+    else:
         f_mid = fused[mid] if mid else fused
         f_l = preprocess.split_luma(f_mid)[0] if fused.ndim == len(lead) + 3 else f_mid
-        middle = (prep.a, prep.b, np.clip(f_l, 0, 1).astype(np.float32))
-    else:
-        # per-stage layers (or more than two leading axes): plane by plane, with the stack's ranges
-        from ..data import colour as col
-
-        planes_out = []
-        middle = None
-        total = P * n
-        for p, idx in enumerate(idxs):
-            check_cancel()
-            prep = preprocess.prepare_pair(_plane(a_data, idx), _plane(b_data, idx), percentiles=percentiles,
-                                           ranges=(ra, rb))
-
-            def stage_cb(stage, n_st, _p=p):
-                check_cancel()
-                if callback is not None:
-                    callback(_p * n + stage, total, f"plane {_p + 1}/{P}, stage {stage}/{n_st}")
-
-            if tiled:
-                x = stacks.fuse_luma_planes(fuser, prep.a[None], prep.b[None], tile=tile,
-                                            overlap=stacks.DEFAULT_OVERLAP, cancel=cancel)
-                st = None
-            else:
-                res = api.fuse_planes(fuser, prep.a[None], prep.b[None], return_stages=want, callback=stage_cb)
-                x, st = (res if want else (res, None))
-            pa, pb = _plane(a_data, idx), _plane(b_data, idx)
-            planes_out.append(col.compose(x[0], preprocess.to_float01(pa, ra), preprocess.to_float01(pb, rb),
-                                          a_rgb, b_rgb, colour, b_colormap))
-            if st is not None:
-                keys = (["X"] if with_stages else []) + (["E", "H"] if with_eh else [])
-                for k in keys:
-                    v = st[k][:, 0]  # (N, H, W) or (N, L, H, W)
-                    if k not in stages:
-                        stages[k] = np.zeros(v.shape[:-2] + tuple(lead) + (H, W), np.float32)
-                    if v.ndim == 3:
-                        stages[k][(slice(None),) + idx] = v
-                    else:
-                        stages[k][(slice(None), slice(None)) + idx] = v
-            if idx == mid:
-                middle = (prep.a, prep.b, np.clip(x[0], 0, 1).astype(np.float32))
-            check_cancel()
-        # one colour for the whole stack: grey planes become RGB when any plane is coloured
-        if any(p.ndim == 3 for p in planes_out):
-            planes_out = [p if p.ndim == 3 else np.repeat(p[..., None], 3, axis=-1) for p in planes_out]
-        fused = np.stack(planes_out).reshape(tuple(lead) + planes_out[0].shape)
+    middle = (prep.a, prep.b, np.clip(f_l, 0, 1).astype(np.float32))
 
     prov = dict(fuser.provenance())
     prov.update(

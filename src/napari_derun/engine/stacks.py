@@ -185,12 +185,16 @@ def fuse_stack(
     callback: Callable[[int, int], None] | None = None,
     cancel=None,
     client: Any = None,
+    return_stages: bool = False,
 ):
-    """Fuse numpy or dask arrays of any supported layout with a loaded ``fuser``.
+    """Fuse numpy or dask arrays of any supported layout with a loaded ``fuser``: the one fusion pipeline
+    behind :func:`napari_derun.fuse`, the Fuse widget and ``napari-derun fuse``.
 
     See :func:`napari_derun.fuse` for the arguments. Returns float32 in [0, 1]
     with the layout of the inputs (``C`` = 3 when an input is colour): numpy for
-    numpy inputs, a lazy dask array when an input is a dask array.
+    numpy inputs, a lazy dask array when an input is a dask array. With ``return_stages`` (numpy
+    inputs; whole planes, not tiled): ``(fused, stages)``, every stage as ``(N, lead…, Y, X)``
+    (``E``, ``H``: ``(N, L, lead…, Y, X)``) with the leading axes in the inputs' order.
     """
     if batch_size is None:
         batch_size = 8 if str(fuser.device).startswith("cuda") else 1
@@ -222,15 +226,23 @@ def fuse_stack(
     if ranges is None:
         ranges = (stack_ranges(a, percentiles, name="a"), stack_ranges(b, percentiles, name="b"))
     lazy = _is_dask(a) or _is_dask(b) or client is not None
+    if return_stages and lazy:
+        raise ValueError("return_stages=True needs numpy inputs (every stage of a lazy stack is kept in memory): "
+                         "pass np.asarray(...) of the planes you want to inspect")
     if not lazy:
         A = np.transpose(np.asarray(a), pa)
         B = np.transpose(np.asarray(b), pb)
-        res = _fuse_core(fuser, A, B, "C" in ax_a, "C" in ax_b, colour, ranges, color_from, tile, overlap,
-                         batch_size, callback, cancel)
+        stages = None
+        if return_stages:
+            res, stages = _fuse_core_stages(fuser, A, B, "C" in ax_a, colour, ranges, color_from, callback, cancel)
+        else:
+            res = _fuse_core(fuser, A, B, "C" in ax_a, "C" in ax_b, colour, ranges, color_from, tile, overlap,
+                             batch_size, callback, cancel)
         if colour and res.ndim == len(out_ax) - 1:  # colour inputs with grey content (R = G = B): grey result
             out_ax = out_ax.replace("C", "")
         _, c_out = _canonical_perm(out_ax)
-        return np.transpose(res, [c_out.index(c) for c in out_ax])
+        res = np.transpose(res, [c_out.index(c) for c in out_ax])
+        return (res, stages) if return_stages else res
     return _fuse_dask(a, b, fuser, ax_a, ax_b, pa, pb, colour, out_ax, ranges, color_from, tile, overlap,
                       batch_size, client)
 
@@ -281,6 +293,39 @@ def _fuse_core(fuser, A, B, a_col, b_col, colour, ranges, color_from, tile, over
     if colour and not any_chroma and not keep_c:
         out = np.ascontiguousarray(out[..., 0])
     return out.reshape(tuple(lead) + out.shape[1:])
+
+
+def _fuse_core_stages(fuser, A, B, a_col, colour, ranges, color_from, callback=None, cancel=None):
+    """Canonical numpy ``(lead…, Y, X[, C])`` arrays → ``(fused, stages)``: whole planes one at a time
+    (the stages need the whole plane), every stage kept as ``(N[, L], lead…, Y, X)``."""
+    from .registry import fuse_planes
+
+    ka = A.ndim - (3 if a_col else 2)
+    lead = A.shape[:ka]
+    n = int(np.prod(lead)) if lead else 1
+    H, W = A.shape[ka], A.shape[ka + 1]
+    A2 = A.reshape((n,) + A.shape[ka:])
+    B2 = B.reshape((n,) + B.shape[ka:])
+    out = np.empty((n, H, W, 3) if colour else (n, H, W), np.float32)
+    prog = _Progress(callback, cancel, n * fuser.n_stages)
+    stages: dict[str, np.ndarray] = {}
+    any_chroma = False
+    for i in range(n):
+        prog.check()
+        p = preprocess.prepare_pair(A2[i], B2[i], color_from=color_from, ranges=ranges)
+        x, st = fuse_planes(fuser, p.a[None], p.b[None], return_stages=True, callback=lambda s, k: prog.step(1))
+        r = preprocess.recolor(x[0], p.chroma)
+        any_chroma = any_chroma or p.chroma is not None
+        out[i] = r[..., None] if (colour and r.ndim == 2) else r
+        for k, v in st.items():
+            v = v[:, 0]  # (N, H, W) or (N, L, H, W)
+            if k not in stages:
+                stages[k] = np.empty(v.shape[:-2] + (n, H, W), np.float32)
+            stages[k][..., i, :, :] = v
+    if colour and not any_chroma:
+        out = np.ascontiguousarray(out[..., 0])
+    stages = {k: v.reshape(v.shape[:-3] + tuple(lead) + (H, W)) for k, v in stages.items()}
+    return out.reshape(tuple(lead) + out.shape[1:]), stages
 
 
 def _block_fuse(a_blk, b_blk, model, a_col, b_col, colour, ranges, color_from, tile, overlap, batch_size):
