@@ -251,3 +251,12 @@ def test_commands_parse_arguments_only():
                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
             for m in mods:
                 assert m.split(".")[0] not in banned, f"{name} imports {m}"
+
+
+def test_the_front_ends_stand_apart():
+    """The widgets and the command line are two front ends of the library: neither imports the other."""
+    graph = _imports(_modules())
+    for m, targets in graph.items():
+        for front, other in (("_widgets", "commands"), ("commands", "_widgets")):
+            if m.startswith(f"napari_derun.{front}"):
+                assert not [t for t in targets if t.startswith(f"napari_derun.{other}")], (m, targets)

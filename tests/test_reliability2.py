@@ -162,7 +162,7 @@ def test_fuse_folder_never_writes_into_its_input_folders(tmp_path, capsys):
 
 
 def test_concurrent_writer_of_the_same_output_is_not_clobbered(tmp_path):
-    from napari_derun.commands.fuse import fuse_files
+    from napari_derun.file_fusion import fuse_files
     import napari_derun as nd
 
     a, b = _pair_files(tmp_path)
@@ -489,7 +489,7 @@ def test_out_of_memory_is_a_message(tmp_path, monkeypatch, capsys):
     def no_memory(*args, **kwargs):
         raise np.core._exceptions._ArrayMemoryError((30000, 30000), np.dtype(np.float64))
 
-    monkeypatch.setattr("napari_derun.commands.fuse.fuse_files", no_memory)
+    monkeypatch.setattr("napari_derun.file_fusion.fuse_files", no_memory)
     assert main(["fuse", str(a), str(b), "-o", str(tmp_path / "o.tif"), *FAST]) == 1
     _one_line_error(capsys, "out of memory", "--tile")
     data = _train_folder(tmp_path)

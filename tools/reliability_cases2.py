@@ -298,7 +298,7 @@ def cases(d: Path, cli):
         return f"saved to {where.name} in the temporary folder instead (and said so)"
 
     def oom():
-        import napari_derun.commands.fuse as cf
+        import napari_derun.file_fusion as cf
 
         old = cf.fuse_files
 

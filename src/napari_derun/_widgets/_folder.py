@@ -1,5 +1,6 @@
 """Fuse a whole folder of pairs (``DIR/a``, ``DIR/b``) from the Fuse widget: in a worker, with progress
-and cancel, through the function the ``napari-derun fuse DIR`` command uses (:func:`~napari_derun.commands.fuse.fuse_files`)."""
+and cancel, through the function the ``napari-derun fuse DIR`` command uses
+(:func:`~napari_derun.file_fusion.fuse_files`)."""
 from __future__ import annotations
 
 import threading
@@ -74,7 +75,7 @@ class FolderFuse(Container):
 
         def work():
             from .._runtime import gui_threads
-            from ..commands.fuse import AutoModel, fuse_files
+            from ..file_fusion import AutoModel, fuse_files
             from ..engine.tiling import FuseCancelled
 
             fuser = AutoModel(device, None) if model == "auto" else api.load_model(model, device)
