@@ -14,7 +14,8 @@ Timing: for each size and thread count every method runs once per round, in an o
 gives each method's median and its ratio to IFCNN-MAX's median. Peak memory: each method once more in a
 fresh process (``--memory-size``), peak resident memory above the process's baseline after loading. The
 stack: a 2048² × 20-plane uint16 pair through ``napari_derun.fuse`` with tiling (``--stack-planes``).
-Results: JSON (``--json``, default ``benchmarks/results/peers_<device>.json``) and a Markdown table on stdout.
+Results: JSON (``--json``, default ``benchmarks/results/peers_<device>.json``) and a Markdown table on stdout
+(``--table FILE...`` prints the table of saved results).
 """
 from __future__ import annotations
 
@@ -214,6 +215,23 @@ def machine() -> dict:
     return info
 
 
+def table(paths: list[str]) -> str:
+    """The Markdown table of one or more results files (``--table``): median seconds and × IFCNN-MAX."""
+    rows, names = [], []
+    for path in paths:
+        res = json.loads(pathlib.Path(path).read_text())
+        for r in res["timings"]:
+            names += [n for n in r["median_s"] if n not in names]
+            rows.append(r)
+    out = ["| threads | size | " + " | ".join(names) + " |", "|---|---|" + "---:|" * len(names)]
+    for r in rows:
+        ratio = r.get("ratio_to_ifcnn") or {}
+        cells = [(f"{r['median_s'][n]:.2f} s" + (f" ({ratio[n]:.2f}×)" if n in ratio and n != "IFCNN-MAX" else ""))
+                 if n in r["median_s"] else "–" for n in names]
+        out.append(f"| {r['threads']} | {r['size']}² | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark (see the module docstring); returns the results dict."""
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--_peak":
@@ -232,7 +250,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tile", type=int, default=1024)
     ap.add_argument("--quick", action="store_true", help="512² and 1024², 3 repeats, no memory or stack run")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--table", nargs="+", default=None, help="only print the Markdown table of these results files")
     args = ap.parse_args(argv)
+    if args.table:
+        print(table(args.table))
+        return {}
     if args.quick:
         args.sizes, args.repeats, args.memory_size, args.stack_planes = [512, 1024], 3, 0, 0
     import torch
