@@ -115,15 +115,9 @@ def _public_api() -> set[str]:
 
 
 #: functions still over the limits, each a known debt of issue 20 (the list may only shrink): the widget
-#: job's own fusion path (it goes when the widget runs the one pipeline) and the nD engine's internals
-#: that pass a fusion's options down as arguments (they shrink with one options object)
+#: job's signature (one argument per widget control) and phase congruency's filter-bank parameters
 KNOWN_LONG = {
     "napari_derun._widgets._fuse_job.run_fusion",
-    "napari_derun.engine.stacks.fuse_stack",
-    "napari_derun.engine.stacks._fuse_core",
-    "napari_derun.engine.stacks._block_fuse",
-    "napari_derun.engine.stacks._fuse_dask",
-    "napari_derun.engine.tiling.fuse_luma_planes",
     "napari_derun.evaluation._metrics_qp.phase_congruency",
 }
 

@@ -349,7 +349,7 @@ def test_widget_console_and_cli_give_bit_identical_results(tmp_path, capsys, til
     console = nd.fuse(a, b, model="admm", device="cpu", axes="ZYX", tile=tile)
     calls = []
     widget = run_fusion(da.from_array(a, chunks=(1, 96, 80)), b, "admm", "cpu", tile=tile, colour="chroma",
-                        callback=lambda d, t, m: calls.append((d, t)))
+                        callback=lambda d, t: calls.append((d, t)))
     for name, x in (("a", a), ("b", b)):
         tifffile.imwrite(tmp_path / f"{name}.tif", x, imagej=True, metadata={"axes": "ZYX"})
     out = tmp_path / "f.tif"

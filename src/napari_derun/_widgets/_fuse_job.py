@@ -240,7 +240,7 @@ def run_fusion(
     with_eh: bool = False,
     align_shift: tuple[float, float] | None = None,
     percentiles=preprocess.DEFAULT_PERCENTILES,
-    callback: Callable[[int, int, str], None] | None = None,
+    callback: Callable[[int, int], None] | None = None,
     cancel: threading.Event | None = None,
     names: tuple[str, str] = ("a", "b"),
     tile: int | None = None,
@@ -257,7 +257,8 @@ def run_fusion(
         with_stages: return every stage's X as ``stages["X"]`` ``(N, ..., Y, X)``.
         with_eh: also return ``stages["E"]``/``["H"]`` ``(N, L, ..., Y, X)``.
         align_shift: ``(dy, dx)`` to shift ``b`` by before fusing (see :func:`estimate_shift`).
-        callback: ``callback(done, total, message)`` after each stage; it may raise
+        callback: ``callback(done, total)`` in stage work (as :func:`napari_derun.fuse` reports it) after each
+            stage, and ``(total, total)`` at the end; it may raise
             :class:`~napari_derun.engine.tiling.FuseCancelled`.
         cancel: an Event; when set, the run stops at the next stage with
             :class:`~napari_derun.engine.tiling.FuseCancelled`.
@@ -298,13 +299,13 @@ def run_fusion(
         if cancel is not None and cancel.is_set():
             raise FuseCancelled("fusion cancelled")
         if callback is not None:
-            callback(min(done, tot), tot, f"{P} plane(s), stage work {done}/{tot}")
+            callback(min(done, tot), tot)
 
     fused, st = _fuse_through_the_pipeline(a_data, b_data, a_rgb, b_rgb, lead, fuser, want, percentiles=percentiles,
                                            ranges=(ra, rb), tile=tile, callback=cb, cancel=cancel, colour=colour,
                                            b_colormap=b_colormap)
     if callback is not None:
-        callback(total, total, "done")
+        callback(total, total)
     keys = (["X"] if with_stages else []) + (["E", "H"] if with_eh else [])
     stages = {k: st[k] for k in keys if k in st}
     prep = preprocess.prepare_pair(_plane(a_data, mid), _plane(b_data, mid), percentiles=percentiles,

@@ -329,7 +329,8 @@ class FuseWidget(JobWidgetMixin, QWidget):
                     return job.run_fusion(
                         a.data, b.data, model, device, a_rgb=a.rgb, b_rgb=b.rgb,
                         with_stages=self._opts["with_stages"], with_eh=self._opts["with_eh"], align_shift=shift,
-                        callback=lambda d, t, m: relay.progress.emit(d, t, m), cancel=cancel, names=(a.name, b.name),
+                        callback=lambda d, t: relay.progress.emit(d, t, f"stage work {d}/{t}"), cancel=cancel,
+                        names=(a.name, b.name),
                         colour=colour, b_colormap=cmap, auto=auto,
                     )
             except FuseCancelled:

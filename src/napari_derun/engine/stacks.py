@@ -28,6 +28,8 @@ numpy only at import time; torch is imported lazily.
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -225,6 +227,7 @@ def fuse_stack(
     out_ax = ax_a if "C" in ax_a or "C" not in ax_b else ax_b  # layout of the (first) colour input
     if ranges is None:
         ranges = (stack_ranges(a, percentiles, name="a"), stack_ranges(b, percentiles, name="b"))
+    plan = _Plan("C" in ax_a, "C" in ax_b, colour, ranges, color_from, tile, overlap, batch_size)
     lazy = _is_dask(a) or _is_dask(b) or client is not None
     if return_stages and lazy:
         raise ValueError("return_stages=True needs numpy inputs (every stage of a lazy stack is kept in memory): "
@@ -234,25 +237,38 @@ def fuse_stack(
         B = np.transpose(np.asarray(b), pb)
         stages = None
         if return_stages:
-            res, stages = _fuse_core_stages(fuser, A, B, "C" in ax_a, colour, ranges, color_from, callback, cancel)
+            res, stages = _fuse_core_stages(fuser, A, B, plan, callback, cancel)
         else:
-            res = _fuse_core(fuser, A, B, "C" in ax_a, "C" in ax_b, colour, ranges, color_from, tile, overlap,
-                             batch_size, callback, cancel)
+            res = _fuse_core(fuser, A, B, plan, callback, cancel)
         if colour and res.ndim == len(out_ax) - 1:  # colour inputs with grey content (R = G = B): grey result
             out_ax = out_ax.replace("C", "")
         _, c_out = _canonical_perm(out_ax)
         res = np.transpose(res, [c_out.index(c) for c in out_ax])
         return (res, stages) if return_stages else res
-    return _fuse_dask(a, b, fuser, ax_a, ax_b, pa, pb, colour, out_ax, ranges, color_from, tile, overlap,
-                      batch_size, client)
+    return _fuse_dask(a, b, fuser, (pa, pb), out_ax, plan, client)
 
 
-def _fuse_core(fuser, A, B, a_col, b_col, colour, ranges, color_from, tile, overlap, batch_size,
-               callback=None, cancel=None, keep_c=False):
+@dataclass(frozen=True)
+class _Plan:
+    """How the planes of one fusion are fused: passed down to every plane, tile and dask block."""
+
+    a_col: bool  # a has a colour axis (last)
+    b_col: bool
+    colour: bool  # the result has a colour axis
+    ranges: tuple
+    color_from: str
+    tile: int
+    overlap: int
+    batch_size: int
+
+
+def _fuse_core(fuser, A, B, plan: _Plan, callback=None, cancel=None, keep_c=False):
     """Canonical numpy ``(lead…, Y, X[, C])`` arrays → ``(lead…, Y, X[, 3])`` float32.
 
     Colour inputs whose planes are all grey (R = G = B) give a grey result unless ``keep_c``.
     """
+    a_col, colour, ranges, color_from = plan.a_col, plan.colour, plan.ranges, plan.color_from
+    tile, overlap, batch_size = plan.tile, plan.overlap, plan.batch_size
     any_chroma = False
     ka = A.ndim - (3 if a_col else 2)
     lead = A.shape[:ka]
@@ -295,10 +311,12 @@ def _fuse_core(fuser, A, B, a_col, b_col, colour, ranges, color_from, tile, over
     return out.reshape(tuple(lead) + out.shape[1:])
 
 
-def _fuse_core_stages(fuser, A, B, a_col, colour, ranges, color_from, callback=None, cancel=None):
+def _fuse_core_stages(fuser, A, B, plan: _Plan, callback=None, cancel=None):
     """Canonical numpy ``(lead…, Y, X[, C])`` arrays → ``(fused, stages)``: whole planes one at a time
     (the stages need the whole plane), every stage kept as ``(N[, L], lead…, Y, X)``."""
     from .registry import fuse_planes
+
+    a_col, colour, ranges, color_from = plan.a_col, plan.colour, plan.ranges, plan.color_from
 
     ka = A.ndim - (3 if a_col else 2)
     lead = A.shape[:ka]
@@ -328,25 +346,22 @@ def _fuse_core_stages(fuser, A, B, a_col, colour, ranges, color_from, callback=N
     return out.reshape(tuple(lead) + out.shape[1:]), stages
 
 
-def _block_fuse(a_blk, b_blk, model, a_col, b_col, colour, ranges, color_from, tile, overlap, batch_size):
+def _block_fuse(a_blk, b_blk, model, plan: _Plan):
     from .distributed import resolve_fuser
 
-    fuser = resolve_fuser(model)
-    return _fuse_core(fuser, a_blk, b_blk, a_col, b_col, colour, ranges, color_from, tile, overlap, batch_size,
-                      keep_c=True)
+    return _fuse_core(resolve_fuser(model), a_blk, b_blk, plan, keep_c=True)
 
 
-def _fuse_dask(a, b, fuser, ax_a, ax_b, pa, pb, colour, out_ax, ranges, color_from, tile, overlap,
-               batch_size, client):
+def _fuse_dask(a, b, fuser, perms, out_ax, plan: _Plan, client):
     import dask.array as da
 
-    A = da.asarray(a).transpose(pa)
-    B = da.asarray(b).transpose(pb)
-    a_col, b_col = "C" in ax_a, "C" in ax_b
+    A = da.asarray(a).transpose(perms[0])
+    B = da.asarray(b).transpose(perms[1])
+    colour, batch_size = plan.colour, plan.batch_size
     if colour:  # give both inputs the same trailing 3-channel axis so that their blocks align
-        A = A[..., :3] if a_col else da.repeat(A[..., None], 3, axis=-1)
-        B = B[..., :3] if b_col else da.repeat(B[..., None], 3, axis=-1)
-        a_col = b_col = True
+        A = A[..., :3] if plan.a_col else da.repeat(A[..., None], 3, axis=-1)
+        B = B[..., :3] if plan.b_col else da.repeat(B[..., None], 3, axis=-1)
+        plan = dataclasses.replace(plan, a_col=True, b_col=True)
     nlead = A.ndim - (3 if colour else 2)
     chunks = tuple([1] * max(0, nlead - 1) + ([min(batch_size, A.shape[nlead - 1])] if nlead else []))
     chunks = chunks + (-1,) * (A.ndim - nlead)
@@ -359,8 +374,7 @@ def _fuse_dask(a, b, fuser, ax_a, ax_b, pa, pb, colour, out_ax, ranges, color_fr
     else:
         model = fuser
     out = da.map_blocks(
-        _block_fuse, A, B, model, a_col, b_col, colour, ranges, color_from, tile, overlap, batch_size,
-        dtype=np.float32, chunks=A.chunks, meta=np.empty((0,) * A.ndim, np.float32),
+        _block_fuse, A, B, model, plan, dtype=np.float32, chunks=A.chunks, meta=np.empty((0,) * A.ndim, np.float32),
     )
     _, c_out = _canonical_perm(out_ax)
     out = out.transpose([c_out.index(c) for c in out_ax])
