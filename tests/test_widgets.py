@@ -283,13 +283,17 @@ def test_finetune_plots_registers_saves_and_reloads(make_napari_viewer, qtbot, t
     timer.start(20)
     t0 = time.perf_counter()
     qtbot.mouseClick(w.export_button.native, Qt.LeftButton)
-    assert time.perf_counter() - t0 < 1.0 and w.io_worker is not None  # the click returns at once
+    click_s = time.perf_counter() - t0
+    assert w.io_worker is not None  # the click returned while the export runs
     qtbot.waitUntil(lambda: w.io_worker is None, timeout=120_000)
     timer.stop()
     gaps = np.diff([t0] + ticks)
     export_s = ticks[-1] - t0
     assert pkg.is_file() and "bioimage.io" in w.status_label.value
-    assert export_s > 0.5 and len(ticks) > 10 and gaps.max() < 1.0, (export_s, len(ticks), gaps.max())
+    # relative bounds (no absolute timing on a shared machine): an export on the GUI thread would stall
+    # the loop for the whole export; here neither the click nor any gap takes a third of it
+    assert export_s > 0.5 and len(ticks) > 10, (export_s, len(ticks))
+    assert click_s < export_s / 3 and gaps.max() < max(1.0, export_s / 3), (click_s, export_s, gaps.max())
     print(f"export {export_s:.1f} s, {len(ticks)} timer ticks, longest event-loop gap {gaps.max() * 1000:.0f} ms")
     np.testing.assert_array_equal(nd.fuse(a1, b1, model=str(pkg), device="cpu"), f_mem)
     forget_model(name, None)

@@ -42,7 +42,7 @@ CROP = {"ivf": 192, "gfp_pc": 192}
 
 def test_pairs(task: str, data: Path, crop: int):
     """The test split's pairs as float32 luminance planes, centre-cropped to ``crop``."""
-    from napari_derun.training import PairDataset
+    from napari_derun.training.datasets import PairDataset
 
     names = set(json.loads((SPLITS / f"{task}.json").read_text())["test"])
     ds = PairDataset(data / task, select=lambda i, n: n in names)
