@@ -172,7 +172,7 @@ def summarize(cache: dict, task: str, levels, methods=METHODS) -> dict:
     return out
 
 
-def markdown(task: str, summ: dict, methods=METHODS) -> str:
+def markdown(task: str, summ: dict, methods=METHODS, labels: dict | None = None) -> str:
     conds = list(summ)
     lines = [f"### {task}", "",
              f"{summ['clean']['n']} test pairs. Mean rank among the methods (1 = best), scored against the clean "
@@ -187,7 +187,7 @@ def markdown(task: str, summ: dict, methods=METHODS) -> str:
             r = summ[c]["rank"].get(m)
             best = min(summ[c]["rank"].values())
             cells.append("" if r is None else (f"**{r:.2f}**" if r == best else f"{r:.2f}"))
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append(f"| {(labels or {}).get(m, m)} | " + " | ".join(cells) + " |")
     lines += ["", "SR (share of b's contrast kept) and drop (mean relative loss of the five reference metrics "
               "from the method's own clean score, %):", ""]
     lines.append("| method | " + " | ".join(c.replace(":", " ") for c in conds) + " |")
@@ -198,18 +198,18 @@ def markdown(task: str, summ: dict, methods=METHODS) -> str:
             mm = summ[c]["means"].get(m)
             d = summ[c]["drop"].get(m)
             cells.append("" if mm is None else f"{mm['SR']:.2f}" + ("" if c == "clean" or d is None else f" / {d:+.1f}"))
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append(f"| {(labels or {}).get(m, m)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def checks(task: str, summ: dict) -> list[str]:
-    """The issue's acceptance checks, each with ok / NOT met."""
+def checks(task: str, summ: dict, subject: str = "model") -> list[str]:
+    """The acceptance checks of ``subject`` (a method), each with ok / NOT met."""
     out = []
     c = summ["clean"]
-    r = c["rank"]["model"]
+    r = c["rank"][subject]
     for other in ("max", "overlay", "copy_a", "copy_b"):
         out.append(f"clean: rank {r:.2f} vs {other} {c['rank'][other]:.2f}: {'ok' if r < c['rank'][other] else 'NOT met'}")
-    sr = c["means"]["model"]["SR"]
+    sr = c["means"][subject]["SR"]
     out.append(f"clean: SR {sr:.2f} (>= 0.7): {'ok' if sr >= 0.7 else 'NOT met'}")
     for cname, e in summ.items():
         if cname == "clean":
@@ -217,10 +217,10 @@ def checks(task: str, summ: dict) -> list[str]:
         best = min(e["rank"], key=e["rank"].get)
         drops = dict(e["drop"])
         least = min(drops, key=drops.get)
-        ok = best == "model"
-        out.append(f"{cname}: best rank {best} ({e['rank'][best]:.2f}; model {e['rank']['model']:.2f}) "
-                   f"{'ok' if ok else 'NOT met'}; smallest drop {least} ({drops[least]:+.1f} %; model "
-                   f"{drops['model']:+.1f} %) {'ok' if least == 'model' else 'NOT met'}")
+        ok = best == subject
+        out.append(f"{cname}: best rank {best} ({e['rank'][best]:.2f}; {subject} {e['rank'][subject]:.2f}) "
+                   f"{'ok' if ok else 'NOT met'}; smallest drop {least} ({drops[least]:+.1f} %; {subject} "
+                   f"{drops[subject]:+.1f} %) {'ok' if least == subject else 'NOT met'}")
     return out
 
 
@@ -232,7 +232,7 @@ FIGURE_CASES = {"ivf": [("a", "haze", 4), ("a", "low_light", 4), ("b", "stripe_n
 FIGURE_METHODS = ("restore+clean", "max", "overlay", "clean", "model")
 
 
-def figure(task: str, fusers, data: Path, crop: int, path: Path, index: int = 0) -> Path:
+def figure(task: str, fusers, data: Path, crop: int, path: Path, index: int = 0, labels: dict | None = None) -> Path:
     """Side by side, one row per degraded case of :data:`FIGURE_CASES`: degraded a and b, then
     :data:`FIGURE_METHODS` (test pair ``index``)."""
     import matplotlib
@@ -244,21 +244,22 @@ def figure(task: str, fusers, data: Path, crop: int, path: Path, index: int = 0)
 
     name, a, b = test_pairs(task, data, CROP.get(task, crop))[index]
     cases = FIGURE_CASES[task]
-    cols = ["a", "b", *FIGURE_METHODS]
+    methods = [m for m in FIGURE_METHODS if not (m == "model" and fusers.models[task] == fusers.clean[task])]
+    cols = ["a", "b", *methods]
     fig = Figure(figsize=(1.9 * len(cols), 2.05 * len(cases) + 0.2), dpi=90)
     axs = fig.subplots(len(cases), len(cols), squeeze=False)
     for r, (side, deg, lv) in enumerate(cases):
         rng = np.random.default_rng([11, r])
         da = apply(a, deg, lv, seed=rng) if side == "a" else a
         db = apply(b, deg, lv, seed=rng) if side == "b" else b
-        imgs = [da, db] + [fusers.fuse(m, task, da, db, {side: deg}) for m in FIGURE_METHODS]
+        imgs = [da, db] + [fusers.fuse(m, task, da, db, {side: deg}) for m in methods]
         for c, (label, img) in enumerate(zip(cols, imgs)):
             ax = axs[r][c]
             ax.imshow(img, cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(label, fontsize=8)
+                ax.set_title((labels or {}).get(label, label), fontsize=8)
             if c == 0:
                 ax.set_ylabel(f"{side}: {deg} {lv}", fontsize=8)
     fig.suptitle(f"{task} test pair {name}", fontsize=8, y=0.995)
@@ -279,6 +280,8 @@ def main(argv=None):
     p.add_argument("--cache", default="eval_robust/cache.json")
     p.add_argument("--recompute", nargs="*", default=[])
     p.add_argument("--methods", nargs="+", default=METHODS)
+    p.add_argument("--subject", default="model", help="the method the checks are about (e.g. clean)")
+    p.add_argument("--labels", nargs="*", default=[], metavar="METHOD=LABEL", help="row names in the tables")
     p.add_argument("--out", default=None, help="write <task>.md, <task>.json and checks.md here")
     p.add_argument("--figures", default=None, help="write robust_<task>.png side-by-side figures here")
     p.add_argument("--figures-only", action="store_true", help="only draw the figures")
@@ -290,7 +293,8 @@ def main(argv=None):
     fusers = Fusers(models, clean)
     if a.figures:
         for t in a.tasks:
-            print(figure(t, fusers, Path(a.data), a.crop, Path(a.figures) / f"robust_{t}.png"))
+            print(figure(t, fusers, Path(a.data), a.crop, Path(a.figures) / f"robust_{t}.png",
+                         labels=dict(x.split("=", 1) for x in a.labels)))
     if a.figures_only:
         return
     cache = run(a.tasks, fusers, Path(a.data), a.crop, a.levels, Path(a.cache), set(a.recompute), a.methods,
@@ -302,8 +306,8 @@ def main(argv=None):
         for t in a.tasks:
             summ = summarize(cache, t, a.levels, a.methods)
             (out / f"{t}.json").write_text(json.dumps(summ, indent=1))
-            (out / f"{t}.md").write_text(markdown(t, summ, a.methods))
-            allchecks += [f"## {t}", ""] + [f"- {c}" for c in checks(t, summ)] + [""]
+            (out / f"{t}.md").write_text(markdown(t, summ, a.methods, dict(x.split("=", 1) for x in a.labels)))
+            allchecks += [f"## {t}", ""] + [f"- {c}" for c in checks(t, summ, a.subject)] + [""]
         (out / "checks.md").write_text("\n".join(allchecks))
         print("\n".join(allchecks))
     print(f"models {json.dumps(models)}; clean {json.dumps(clean)}", file=sys.stderr)
