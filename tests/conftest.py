@@ -1,5 +1,11 @@
 from __future__ import annotations
 
+import os
+
+# one thread per process: the tests are small, and Qt, dask and subprocesses share the cores (two threads made
+# the default suite slower on the 2-core machines, not faster); a value set by the user is kept
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 from pathlib import Path
 
 import numpy as np

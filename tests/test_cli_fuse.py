@@ -38,6 +38,7 @@ def _stack_u16(n=3, h=36, w=32):
     return (200 + a * 30000).astype(np.uint16), (100 + b * 8000).astype(np.uint16)
 
 
+@pytest.mark.slow  # subprocesses / real pairs: the slow suite (the default one stays under 2 minutes)
 def test_imagej_stack_keeps_axes_resolution_and_metadata(tmp_path, capsys):
     a, b = _stack_u16()
     tifffile.imwrite(tmp_path / "A.tif", a, imagej=True, resolution=(2.0, 2.0),
@@ -82,6 +83,7 @@ def test_overwrite_protection(tmp_path, capsys):
     np.testing.assert_allclose(tifffile.imread(out), nd.fuse(a, b), atol=1e-6)
 
 
+@pytest.mark.slow  # subprocesses / real pairs: the slow suite (the default one stays under 2 minutes)
 def test_plain_tiff_axes_option_and_png_rgb(tmp_path, capsys):
     from PIL import Image
 
@@ -107,6 +109,7 @@ def test_plain_tiff_axes_option_and_png_rgb(tmp_path, capsys):
     assert np.abs(f / 255.0 - ref).max() <= 0.5 / 255 + 1e-6
 
 
+@pytest.mark.slow  # subprocesses / real pairs: the slow suite (the default one stays under 2 minutes)
 def test_folder_batch_with_corrupt_file(tmp_path, capsys):
     src = tmp_path / "pairs"
     (src / "a").mkdir(parents=True)

@@ -142,6 +142,7 @@ def test_evaluate_arrays_and_small_images():
     assert rows[1]["Qp"] == pytest.approx(ref["Qp"], rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.slow  # several seconds: the slow suite (the default one stays under 2 minutes)
 def test_robustness_rows_and_level0(data_dir, tmp_path):
     rows, summary = robustness(data_dir, input="b", degradations="noise,blur", levels=[0, 3],
                                methods=("average", "max"), limit=2, out_dir=tmp_path / "rob", progress=False)
@@ -191,6 +192,7 @@ def _cli(*args, cwd=None):
                           timeout=300, cwd=cwd, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.slow  # subprocesses / real pairs: the slow suite (the default one stays under 2 minutes)
 def test_cli_evaluate_robustness_profile(data_dir, tmp_path):
     out = tmp_path / "ev"
     r = _cli("evaluate", str(data_dir), "--methods", "average,max", "--out", str(out), "--device", "cpu",

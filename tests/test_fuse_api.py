@@ -184,6 +184,7 @@ def test_grey_gfp_real_pair_keeps_cells_bright(shared_data):
     assert f[pos].mean() > f[neg].mean() + 0.1, (f[pos].mean(), f[neg].mean())
 
 
+@pytest.mark.slow  # subprocesses / real pairs: the slow suite (the default one stays under 2 minutes)
 def test_library_fuse_has_no_process_wide_side_effects():
     import subprocess
     import sys

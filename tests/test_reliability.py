@@ -256,6 +256,7 @@ def test_thread_count_follows_the_load_of_the_moment(monkeypatch):
     assert rt.busy_cores() == 0.75
 
 
+@pytest.mark.slow  # subprocesses / real pairs: the slow suite (the default one stays under 2 minutes)
 def test_threads_option_and_environment(monkeypatch, capsys):
     import subprocess
     import sys
@@ -277,6 +278,7 @@ def test_threads_option_and_environment(monkeypatch, capsys):
     assert "threads 1" in out.stdout, out.stderr
 
 
+@pytest.mark.slow  # subprocesses / real pairs: the slow suite (the default one stays under 2 minutes)
 def test_train_resume_keeps_the_stored_schedule(tmp_path, capsys):
     data = _train_folder(tmp_path)
     ck, out = tmp_path / "ck.safetensors", tmp_path / "m.safetensors"

@@ -191,6 +191,7 @@ def test_loss_decreases_and_callbacks():
     assert res.info["data"]["train"]["count"] == 2 and res.info["training"]["torch"] == torch.__version__
 
 
+@pytest.mark.slow  # several seconds: the slow suite (the default one stays under 2 minutes)
 def test_fusion_objective_selects_by_validation_rank():
     prs = pairs(2, 48, 48)
     events = []
@@ -308,6 +309,7 @@ def test_finetune_from_checkpoint_path(tmp_path):
     assert res.model.config.n_stages == 2
 
 
+@pytest.mark.slow  # subprocesses / real pairs: the slow suite (the default one stays under 2 minutes)
 def test_cli_train(tmp_path):
     write_folder(tmp_path / "data", n=4)
     init = tmp_path / "init.safetensors"

@@ -536,6 +536,7 @@ def _check_result(f, a, b):
     assert np.corrcoef(ga[rest], gf[rest])[0, 1] > 0.5  # a's edges are where the result's are
 
 
+@pytest.mark.slow  # subprocesses / real pairs: the slow suite (the default one stays under 2 minutes)
 def test_real_pairs_with_camera_names(make_napari_viewer, qtbot, shared_data):
     """The same on real GFP/PC, PET/MRI and infrared/visible pairs (skips without ../shared/data)."""
     from qtpy.QtCore import Qt
