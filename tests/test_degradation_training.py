@@ -298,3 +298,9 @@ def test_salient_term_weighs_the_salient_pixels():
     assert "salient" not in off
     with pytest.raises(ValueError, match="salient"):
         FusionWeights(salient=-1.0)
+
+
+def test_degrading_without_modalities_is_refused():
+    prs = [smooth_pair(48, 48, seed=s) for s in range(2)]
+    with pytest.raises(ValueError, match="modalities"):
+        train(prs, init=DeRUN.from_hifm(HIFMParams(n_iter=2)), config=_cfg(degrade=0.5))

@@ -233,6 +233,10 @@ def _setup(run: RunState, model, train_pairs, val_pairs) -> None:
     va = _as_dataset(val_pairs, "val")
     if run.tr is None:
         raise ValueError("no training pairs given")
+    if cfg.degrade > 0 and cfg.modalities is None and not any(run.tr.modalities):
+        raise ValueError(f"degrade={cfg.degrade:g} needs the pairs' modalities to know which degradations apply: "
+                         "give modalities=(structural, salient), e.g. ('phase_contrast', 'fluorescence') "
+                         "(CLI: --modalities phase_contrast,fluorescence)")
     run.steps = cfg.steps_per_epoch or max(1, math.ceil(len(run.tr) / cfg.batch))
     run.total_steps = run.steps * cfg.epochs
 
