@@ -537,7 +537,7 @@ def _check_result(f, a, b):
 
 
 @pytest.mark.slow  # subprocesses / real pairs: the slow suite (the default one stays under 2 minutes)
-def test_real_pairs_with_camera_names(make_napari_viewer, qtbot, shared_data):
+def test_real_pairs_with_camera_names(shared_data, make_napari_viewer, qtbot):  # skip before a viewer exists
     """The same on real GFP/PC, PET/MRI and infrared/visible pairs (skips without ../shared/data)."""
     from qtpy.QtCore import Qt
 

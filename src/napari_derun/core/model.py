@@ -212,7 +212,7 @@ class DeRUNStage(nn.Module):
         """
         ext = self.ext
         key = None
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and not torch.jit.is_tracing():  # a trace must record the computation
             key = (h, w, rho.device, rho.dtype) + tuple(
                 (t.data_ptr(), t._version) for t in (ext.bank_l, ext.bank_k, self.raw_rho, self.raw_tau))
             hit = self.__dict__.get("_den_cache")

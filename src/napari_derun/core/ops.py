@@ -138,9 +138,10 @@ _PW = getattr(torch.ops.mkldnn, "_convolution_pointwise", None) if torch.backend
 
 
 def fused_ok(x: torch.Tensor) -> bool:
-    """Whether :func:`extract_fused` may run on ``x``: CPU, float32, no autograd, no autocast, oneDNN."""
+    """Whether :func:`extract_fused` may run on ``x``: CPU, float32, no autograd, no autocast, oneDNN, and not
+    while TorchScript traces the model (the fused oneDNN op cannot be traced; bioimage.io export traces)."""
     return (_PW is not None and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and not torch.is_autocast_enabled("cpu") and min(x.shape[-2:]) >= 2)
+            and not torch.is_autocast_enabled("cpu") and min(x.shape[-2:]) >= 2 and not torch.jit.is_tracing())
 
 
 def extract_fused(x: torch.Tensor, w_lin: torch.Tensor, w_hid: torch.Tensor, b_hid: torch.Tensor,
