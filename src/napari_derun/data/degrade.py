@@ -26,6 +26,8 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage as ndi
 
+from .preprocess import dtype_to_unit
+
 __all__ = [
     "DEGRADATIONS",
     "LEVELS",
@@ -75,13 +77,8 @@ def _check(img, level) -> np.ndarray:
     )
     if not valid:
         raise ValueError(f"level must be an integer in 0..5, got {level!r}")
-    if arr.dtype == bool:
-        x = arr.astype(np.float64)
-    elif np.issubdtype(arr.dtype, np.integer):
-        x = arr.astype(np.float64) / float(np.iinfo(arr.dtype).max)
-    elif np.issubdtype(arr.dtype, np.floating):
-        x = arr.astype(np.float64)
-    else:
+    x = dtype_to_unit(arr)
+    if x is None:
         raise ValueError(f"unsupported image dtype {arr.dtype}")
     if not (x.ndim == 2 or (x.ndim == 3 and x.shape[-1] == 3)):
         raise ValueError(f"expected a (H, W) or (H, W, 3) image, got shape {arr.shape}")

@@ -122,6 +122,18 @@ def to_float01(x: np.ndarray, rng: tuple[float, float] | None = None, percentile
     return np.clip((xf - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
+def dtype_to_unit(arr: np.ndarray, what: str = "image") -> np.ndarray | None:
+    """float64 copy of ``arr`` scaled by its dtype: bool as 0/1, integers divided by their dtype's maximum,
+    floats as they are; ``None`` for any other dtype (the caller says what is wrong). No range check."""
+    if arr.dtype == bool:
+        return arr.astype(np.float64)
+    if np.issubdtype(arr.dtype, np.integer):
+        return arr.astype(np.float64) / float(np.iinfo(arr.dtype).max)
+    if np.issubdtype(arr.dtype, np.floating):
+        return arr.astype(np.float64)
+    return None
+
+
 def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
     """BT.601 full-range YCbCr of an ``(…, 3)`` float image in [0, 1] (Cb, Cr centred at 0.5)."""
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.limits import check_declared_size
+from ..data.preprocess import dtype_to_unit
 
 __all__ = ["IMAGE_EXTENSIONS", "read_image", "find_pairs", "to_gray01"]
 
@@ -295,16 +296,11 @@ def to_gray01(img) -> np.ndarray:
         ValueError: For other shapes, non-numeric dtypes or NaN / Inf values.
     """
     arr = np.asarray(img)
-    if arr.dtype == bool:
-        x = arr.astype(np.float32)
-    elif np.issubdtype(arr.dtype, np.integer):
-        x = arr.astype(np.float64) / float(np.iinfo(arr.dtype).max)
-    elif np.issubdtype(arr.dtype, np.floating):
-        x = arr.astype(np.float64)
-        if not np.all(np.isfinite(x)):
-            raise ValueError("to_gray01: image contains NaN or Inf values")
-    else:
+    x = dtype_to_unit(arr)
+    if x is None:
         raise ValueError(f"to_gray01: unsupported dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(x)):
+        raise ValueError("to_gray01: image contains NaN or Inf values")
     if x.ndim == 3 and x.shape[-1] in (1, 3, 4):
         if x.shape[-1] == 1:
             x = x[..., 0]
