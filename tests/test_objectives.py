@@ -30,6 +30,25 @@ def test_salient_lift_definition():
     # b0 = median(b) = 0.6: a + relu(b − 0.6), clipped
     torch.testing.assert_close(salient_lift(a, b), torch.tensor([[[[0.5, 0.5, 1.0]]]]))
     torch.testing.assert_close(salient_lift(a, b, torch.tensor([0.0])), torch.tensor([[[[0.6, 1.0, 1.0]]]]))
+    # gain 2: a + 2 relu(b − 0.3) = [0.5, 1.1, 1.9] → clipped
+    torch.testing.assert_close(salient_lift(a, b, torch.tensor([0.3]), gain=2.0), torch.tensor([[[[0.5, 1.0, 1.0]]]]))
+    torch.testing.assert_close(salient_lift(a * 0.5, b, torch.tensor([0.5]), gain=1.5),
+                               torch.tensor([[[[0.25, 0.4, 0.9]]]]))
+
+
+def test_lift_gain_reaches_the_loss():
+    a = torch.full((1, 1, 16, 16), 0.3)
+    b = torch.zeros(1, 1, 16, 16)
+    b[..., 4:12, 4:12] = 0.4  # median 0 → target a + g·b inside the square
+    x = a + 1.5 * b
+    low = float(fusion_loss(x, a, b, weights=FusionWeights(target="lift", lift_gain=1.5, gradient=0, ssim=0,
+                                                           lgde=0))[0])
+    high = float(fusion_loss(x, a, b, weights=FusionWeights(target="lift", gradient=0, ssim=0, lgde=0))[0])
+    assert low == pytest.approx(0.0, abs=1e-7)
+    # gain 1: target a + b, |x − T| = 0.5·0.4 on a quarter of the pixels, weight 5
+    assert high == pytest.approx(5 * 0.25 * 0.2, rel=1e-5)
+    with pytest.raises(ValueError, match="lift_gain"):
+        FusionWeights(lift_gain=float("nan"))
 
 
 def _sample_pairs():

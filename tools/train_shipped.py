@@ -102,6 +102,7 @@ def main(argv=None):
                    "validate on val, never read test")
     p.add_argument("--degrade", type=float, default=0.0, help="share of training patches with degraded inputs")
     p.add_argument("--w-salient", type=float, default=0.0, help="weight of the salient-contrast term")
+    p.add_argument("--lift-gain", type=float, default=1.0, help="gain g of the lift target a + g relu(b - b0)")
     p.add_argument("--photometric", type=float, default=0.0, help="share of patches with a random exposure change")
     p.add_argument("--restore", type=int, default=0, help="channels of the input restoration network (0: none)")
     p.add_argument("--val-degraded", action="store_true", help="validate on degraded copies too (vs clean sources)")
@@ -134,7 +135,7 @@ def main(argv=None):
                       num_threads=a.threads, device="cpu", seed=0, checkpointing=False,
                       objective=a.objective, target=a.target, guided=a.guided, train_pad=a.train_pad,
                       select=a.select, val_limit=a.val_limit, grad_clip=a.grad_clip, min_sr=a.min_sr,
-                      degrade=a.degrade, restore=a.restore, photometric=a.photometric, w_salient=a.w_salient, **w)
+                      degrade=a.degrade, restore=a.restore, photometric=a.photometric, w_salient=a.w_salient, lift_gain=a.lift_gain, **w)
 
     def cb(e):
         if e.kind == "epoch":

@@ -11,7 +11,7 @@ _PARSER = None
 #: TrainConfig fields offered as options: type, default, choices and help come from the config itself
 CLI_FIELDS = ("epochs", "lr", "batch", "patch", "steps_per_epoch", "decay", "objective", "target", "select",
               "min_sr", "device", "seed", "grad_clip",
-              "optimizer", "strategy", "degrade", "modalities", "photometric", "restore", "w_salient")
+              "optimizer", "strategy", "degrade", "modalities", "photometric", "restore", "w_salient", "lift_gain")
 
 
 def add_config_options(parser: argparse.ArgumentParser, names) -> None:
@@ -148,7 +148,7 @@ def _config(args: argparse.Namespace, say):
         val_metrics=not args.no_val_metrics, objective=args.objective, target=args.target,
         guided=not args.plain, select=args.select, grad_clip=args.grad_clip, min_sr=args.min_sr,
         optimizer=args.optimizer, strategy=args.strategy, degrade=args.degrade, photometric=args.photometric,
-        restore=args.restore, w_salient=args.w_salient,
+        restore=args.restore, w_salient=args.w_salient, lift_gain=args.lift_gain,
         modalities=tuple(m.strip() for m in args.modalities.split(",")) if args.modalities else None,
         **(dict(zip(("w_intensity", "w_gradient", "w_ssim", "w_lgde"), args.weights)) if args.weights else {}),
     )

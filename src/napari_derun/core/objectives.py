@@ -11,7 +11,8 @@
     SSIM(X, b)) / 2) + w_lgde · MSE(LGDE(X), LGDE(a))``: the intensity and max-gradient
     terms of SeAFusion (Tang et al. 2022) and CDDFuse (Zhao et al. 2023), the two-source
     SSIM of SwinFusion (Ma et al. 2022), and the paper's multi-scale LGDE texture term.
-    The intensity target ``T`` is ``max(a, b)`` (``target="max"``) or the *salient lift* ``a + relu(b − b₀)`` (clipped to 1),
+    The intensity target ``T`` is ``max(a, b)`` (``target="max"``) or the *salient lift* ``a + g·relu(b − b₀)``
+    (clipped to 1, gain ``g`` = ``lift_gain``, default 1),
     ``b₀`` the median of b over the whole image: the structural image everywhere, raised
     by b's signal above its background. Unlike ``max(a, b)`` it keeps b's contrast where
     ``a`` is bright everywhere (phase contrast under GFP: ``max`` keeps 8 % of the GFP
@@ -55,11 +56,14 @@ class FusionWeights:
     #: ``Σ relu(b − b₀)·|X − T| / Σ relu(b − b₀)`` (0: off). It keeps b's bright objects as bright as the
     #: target where the plain L1 term, an average over every pixel, lets a denoising model dim them.
     salient: float = 0.0
+    #: gain ``g`` of the lift target ``a + g·relu(b − b₀)``: above 1 the target keeps more of b's contrast
+    #: where a is bright too (infrared people in daylight scenes)
+    lift_gain: float = 1.0
 
     def __post_init__(self):
         if self.target not in TARGETS:
             raise ValueError(f"unknown intensity target {self.target!r}; choose one of {', '.join(TARGETS)}")
-        for k in ("intensity", "gradient", "ssim", "lgde", "salient"):
+        for k in ("intensity", "gradient", "ssim", "lgde", "salient", "lift_gain"):
             v = getattr(self, k)
             if not (isinstance(v, (int, float)) and v >= 0 and v == v and v != float("inf")):
                 raise ValueError(f"fusion weight {k} must be a finite number >= 0, got {v!r}")
@@ -94,12 +98,13 @@ def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
     return gx.abs() + gy.abs()
 
 
-def salient_lift(a: torch.Tensor, b: torch.Tensor, b_floor: torch.Tensor | None = None) -> torch.Tensor:
-    """Intensity target ``clip(a + relu(b − b₀), 0, 1)``; ``b₀`` = ``b_floor`` or the median of each b."""
+def salient_lift(a: torch.Tensor, b: torch.Tensor, b_floor: torch.Tensor | None = None,
+                 gain: float = 1.0) -> torch.Tensor:
+    """Intensity target ``clip(a + gain · relu(b − b₀), 0, 1)``; ``b₀`` = ``b_floor`` or the median of each b."""
     if b_floor is None:
         b_floor = b.flatten(1).median(dim=1).values
     b0 = b_floor.to(b).view(-1, 1, 1, 1)
-    return (a + F.relu(b - b0)).clamp(0.0, 1.0)
+    return (a + gain * F.relu(b - b0)).clamp(0.0, 1.0)
 
 
 def fusion_loss(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, b_floor: torch.Tensor | None = None,
@@ -107,7 +112,7 @@ def fusion_loss(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, b_floor: torc
     """The ``"fusion"`` objective (module docstring)."""
     w = weights or FusionWeights()
     with torch.no_grad():
-        target = salient_lift(a, b, b_floor) if w.target == "lift" else torch.maximum(a, b)
+        target = salient_lift(a, b, b_floor, w.lift_gain) if w.target == "lift" else torch.maximum(a, b)
         gmax = torch.maximum(gradient_magnitude(a), gradient_magnitude(b))
     l_int = F.l1_loss(x, target)
     l_grad = F.l1_loss(gradient_magnitude(x), gmax)

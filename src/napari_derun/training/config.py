@@ -57,6 +57,10 @@ class TrainConfig(BaseModel):
     target: Literal["max", "lift"] = Field(
         "max", description="intensity target of the fusion objective: max(a, b), or lift = a + (b above its "
         "median), for a salient image on a dark background over a bright structural image (GFP on phase contrast)")
+    lift_gain: float = Field(
+        1.0, ge=0, le=10, allow_inf_nan=False,
+        description="gain g of the lift target a + g * relu(b - b0): above 1 it keeps more of b's contrast where a "
+        "is bright as well (warm people in daylight infrared)")
     w_intensity: float = Field(5.0, ge=0, allow_inf_nan=False)
     w_gradient: float = Field(10.0, ge=0, allow_inf_nan=False)
     w_ssim: float = Field(1.0, ge=0, allow_inf_nan=False)
@@ -132,7 +136,7 @@ class TrainConfig(BaseModel):
         from ..core.objectives import FusionWeights
 
         return FusionWeights(self.w_intensity, self.w_gradient, self.w_ssim, self.w_lgde, self.target,
-                             salient=self.w_salient)
+                             salient=self.w_salient, lift_gain=self.lift_gain)
 
     def loss(self, x, a, b, b_floor=None):
         """``(loss, parts)`` of the configured objective."""

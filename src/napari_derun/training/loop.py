@@ -442,7 +442,7 @@ def _finish(run: RunState) -> TrainResult:
 
 
 OBJECTIVE_FIELDS: tuple[str, ...] = ("objective", "target", "w_intensity", "w_gradient", "w_ssim", "w_lgde", "w_salient",
-                                     "gamma")
+                                     "lift_gain", "gamma")
 
 
 def _stored_objective(model: Any) -> dict[str, Any]:
