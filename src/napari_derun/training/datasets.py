@@ -1,5 +1,6 @@
 """Datasets of registered image pairs for training: :class:`PairDataset` (folders or arrays,
-seeded patches with flips and 90° rotations, deterministic validation splits)."""
+seeded patches with flips and 90° rotations, deterministic validation splits) and :func:`task_pairs`
+(the training and validation pairs of several task folders under one data root, by split files)."""
 from __future__ import annotations
 
 import os
@@ -10,8 +11,7 @@ import numpy as np
 
 from ..data import preprocess
 
-__all__ = ["PairDataset", "degrade_batch", "photometric_batch"]
-
+__all__ = ["PairDataset", "task_pairs", "degrade_batch", "photometric_batch"]
 
 
 class PairDataset:
@@ -145,6 +145,55 @@ class PairDataset:
                                         [self.ref_a[i] for i in idx], [self.ref_b[i] for i in idx],
                                         [self.modalities[i] for i in idx])
 
+    def containing(self, texts: Iterable[str]) -> "PairDataset":
+        """The pairs whose name contains one of ``texts`` (``ValueError`` when none does)."""
+        texts = list(texts)
+        keep = [i for i, n in enumerate(self.names) if any(t in n for t in texts)]
+        if not keep:
+            raise ValueError(f"no pair name contains any of {texts} (names such as {self.names[:3]})")
+        return self.subset(keep)
+
+    def center_crop(self, side: int) -> "PairDataset":
+        """Every pair (and its clean sources) cropped to its central ``side`` × ``side`` window, or less
+        where an image is smaller: cheaper validation of large images."""
+        if side < 1:
+            raise ValueError(f"crop side must be >= 1, got {side}")
+
+        def crop(x: np.ndarray) -> np.ndarray:
+            h, w = x.shape
+            y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+            return x[y0:y0 + side, x0:x0 + side].copy()
+
+        def same(refs: list[np.ndarray], planes: list[np.ndarray]) -> bool:  # clean pairs: refs are the planes
+            return all(r is x for r, x in zip(refs, planes))
+
+        ref_a = None if same(self.ref_a, self.a) else [crop(x) for x in self.ref_a]
+        ref_b = None if same(self.ref_b, self.b) else [crop(x) for x in self.ref_b]
+        return PairDataset._from_planes(self.names, [crop(x) for x in self.a], [crop(x) for x in self.b],
+                                        self.source, self.problems, ref_a, ref_b, self.modalities)
+
+    def with_degraded(self, seed: int = 1000, modalities: tuple[str, str] | None = None) -> "PairDataset":
+        """Validation pairs for degradation training: these pairs, then per pair a copy with ``a`` degraded
+        and one with ``b`` degraded (the degradations of the pair's modalities in turn, levels 2 and 4
+        alternating), scored against the clean pair (:meth:`degraded`). Pairs of unknown modality (and
+        no ``modalities`` given for them) get no copies; ``ValueError`` when that is every pair."""
+        from ..data.degrade import MODALITIES
+
+        parts = [self]
+        for i, mods in enumerate(self.modalities):
+            mods = mods or modalities
+            if mods is None:
+                continue
+            da, db = MODALITIES[mods[0]], MODALITIES[mods[1]]
+            cases = [("a", da[i % len(da)], 2 + 2 * (i % 2)), ("b", db[i % len(db)], 4 - 2 * (i % 2))]
+            one = self.subset([i])
+            one.modalities = [tuple(mods)]
+            parts.append(one.degraded(cases, seed=seed + i))
+        if len(parts) == 1:
+            raise ValueError("degraded validation copies need the pairs' modalities: train on task folders whose "
+                             "names say them (ivf, gfp_pc, ...) or give modalities (--modalities a,b)")
+        return PairDataset.concat(parts)
+
     def __len__(self) -> int:
         return len(self.a)
 
@@ -244,6 +293,39 @@ class PairDataset:
         if return_index:
             out = out + (idx,)
         return out
+
+
+def task_pairs(root: str | os.PathLike, tasks: Sequence[str], splits: str | os.PathLike | None = None,
+               every: int = 5) -> tuple[PairDataset, PairDataset]:
+    """``(train, val)``: the pairs of the task folders ``root/<task>`` (``a/``, ``b/``) joined, names
+    prefixed with ``<task>/`` (which also sets the pairs' modalities, :meth:`PairDataset.concat`).
+
+    Args:
+        root: the data root holding one folder per task.
+        tasks: task folder names (e.g. ``["gfp_pc"]`` or ``["pet_mri", "spect_mri", "ct_mri"]``).
+        splits: a folder of split files ``<task>.json`` with ``"train"``, ``"val"`` and ``"test"`` lists
+            of pair names (``tools/make_splits.py``): training reads the train pairs, validation the val
+            pairs, and the test pairs are never read. Without it, per task the pairs sorted by name with
+            ``index % every == every - 1`` are held back for validation (:meth:`PairDataset.split`).
+        every: the hold-out period without split files.
+    """
+    import json
+
+    root = Path(root).expanduser()
+    trs, vas = [], []
+    for t in tasks:
+        if splits is not None:
+            f = Path(splits).expanduser() / f"{t}.json"
+            if not f.is_file():
+                raise FileNotFoundError(f"split file {f} for task {t!r} does not exist")
+            sp = json.loads(f.read_text(encoding="utf-8"))
+            keep = set(sp["train"]) | set(sp["val"])  # the test pairs are not even read
+            va, tr = PairDataset(root / t, select=lambda i, n: n in keep).split_names(sp["val"])
+        else:
+            tr, va = PairDataset(root / t).split(every=every)
+        trs.append(tr)
+        vas.append(va)
+    return PairDataset.concat(trs, list(tasks)), PairDataset.concat(vas, list(tasks))
 
 
 def photometric_batch(a: np.ndarray, b: np.ndarray, p: float, rng: np.random.Generator,
