@@ -458,8 +458,6 @@ def _stored_objective(model: Any) -> dict[str, Any]:
     except (ValueError, OSError):
         return {}
     stored = (info.get("training") or {}).get("config") or {}
-    if "objective" not in stored:  # trained before objectives were options: Eq. 14
-        return {"objective": "paper"} if stored else {}
     return {k: stored[k] for k in OBJECTIVE_FIELDS if k in stored}
 
 
