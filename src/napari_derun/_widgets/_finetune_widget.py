@@ -380,18 +380,24 @@ class FinetuneWidget(JobWidgetMixin, QWidget):
 
     def save(self, path: str | None = None) -> Path | None:
         """Write the best model as a checkpoint (asks for a file when ``path`` is None)."""
-        if self.result is None:
-            show_error("Nothing to save yet: fine-tune first.")
-            return None
+        asked = path is None
+        path = self._output_path(path, "save", "Save fine-tuned DeRUN", ".safetensors", "DeRUN checkpoint (*.safetensors)")
         if path is None:
-            path, _ = QFileDialog.getSaveFileName(self, "Save fine-tuned DeRUN", f"{self.registered_name}.safetensors",
-                                                  "DeRUN checkpoint (*.safetensors)")
-            if not path:
-                return None
+            return None
+        if asked:
             return self._in_background("Saving", lambda: self._save_now(path), "Saved to {}")
         out = self._save_now(path)
         self._set_status("done", f"Saved to {out}")
         return out
+
+    def _output_path(self, path: str | None, verb: str, title: str, suffix: str, filter_: str) -> str | None:
+        """``path``, or one asked for in a file dialog (None: nothing tuned yet, or the dialog was cancelled)."""
+        if self.result is None or self.registered_name is None:
+            show_error(f"Nothing to {verb} yet: fine-tune first.")
+            return None
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, title, f"{self.registered_name}{suffix}", filter_)
+        return path or None
 
     def _save_now(self, path) -> Path:
         from ..io.checkpoint import save_checkpoint
@@ -436,14 +442,9 @@ class FinetuneWidget(JobWidgetMixin, QWidget):
     def export(self, path: str | None = None) -> None:
         """Write the tuned model as a bioimage.io package in the background (asks for a file when ``path`` is
         None); the status line says when it is written (``io_worker`` is None again)."""
-        if self.result is None or self.registered_name is None:
-            show_error("Nothing to export yet: fine-tune first.")
-            return None
+        path = self._output_path(path, "export", "Export for bioimage.io", ".zip", "bioimage.io model package (*.zip)")
         if path is None:
-            path, _ = QFileDialog.getSaveFileName(self, "Export for bioimage.io", f"{self.registered_name}.zip",
-                                                  "bioimage.io model package (*.zip)")
-            if not path:
-                return None
+            return None
         from ..engine.bmz_export import export_bioimageio
 
         name = self.registered_name

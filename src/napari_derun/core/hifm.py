@@ -26,7 +26,7 @@ exactly these iterations; an untrained DeRUN reproduces this solver.
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -36,7 +36,24 @@ from . import ops
 __all__ = ["HIFMParams", "HIFMSolver", "hifm_energy", "hifm_admm", "admm_iterations", "soft_threshold"]
 
 
-class HIFMParams(BaseModel):
+class StrictConfig(BaseModel):
+    """A pydantic settings model read from stored mappings (checkpoints, dask workers): :meth:`from_dict`
+    refuses a non-mapping and unknown keys with a message naming them."""
+
+    #: how messages name the model's keys
+    WHAT: ClassVar[str] = "settings"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        if not isinstance(d, dict):
+            raise ValueError(f"{cls.WHAT} must be a mapping, got {type(d).__name__}")
+        unknown = set(d) - set(cls.model_fields)
+        if unknown:
+            raise ValueError(f"unknown keys in {cls.WHAT}: {sorted(unknown)}")
+        return cls(**d)
+
+
+class HIFMParams(StrictConfig):
     """Parameters of the HIFM model and its ADMM solver (images scaled to [0, 1]).
 
     A pydantic model: types and ranges are checked on creation (a checkpoint's or a dask worker's
@@ -69,13 +86,6 @@ class HIFMParams(BaseModel):
     n_iter: int = Field(9, ge=1, le=64)
     pad: int = Field(16, ge=0, le=4096)
 
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        names = list(type(self).model_fields)
-        if len(args) > len(names):
-            raise TypeError(f"HIFMParams takes at most {len(names)} positional arguments")
-        kw.update(zip(names, args))  # positional order as the dataclass had
-        super().__init__(**kw)
-
     def resolved(self) -> "HIFMParams":
         """A copy with ``zeta``, ``omega`` and ``sigma`` filled in."""
         d = self.to_dict()
@@ -87,17 +97,10 @@ class HIFMParams(BaseModel):
             d["sigma"] = 1.0 / (d["tau"] + 2.0 * d["mu"] * d["theta"])
         return HIFMParams(**d)
 
+    WHAT: ClassVar[str] = "HIFM parameters"
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "HIFMParams":
-        if not isinstance(d, dict):
-            raise ValueError(f"HIFM parameters must be a mapping, got {type(d).__name__}")
-        unknown = set(d) - set(cls.model_fields)
-        if unknown:
-            raise ValueError(f"unknown HIFM parameters: {sorted(unknown)}")
-        return cls(**d)
 
 
 def soft_threshold(x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:

@@ -33,16 +33,16 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from . import ops
-from .hifm import HIFMParams
+from .hifm import HIFMParams, StrictConfig
 from .pwsm import PiecewiseLinearMap, PWSMStage, adjoint_loss
 
 __all__ = ["DeRUNConfig", "DeRUN", "DeRUNPair", "InputRestore", "PiecewiseLinearMap", "adjoint_loss"]
 
 
-class DeRUNConfig(BaseModel):
+class DeRUNConfig(StrictConfig):
     """Architecture of DeRUN (stored with every checkpoint).
 
     Attributes:
@@ -69,6 +69,7 @@ class DeRUNConfig(BaseModel):
     is checked before anything is built.
     """
 
+    WHAT: ClassVar[str] = "a DeRUN config"
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
 
     n_stages: int = 9
@@ -106,15 +107,6 @@ class DeRUNConfig(BaseModel):
             raise ValueError(f"DeRUN config field hifm must be a mapping, got {type(self.hifm).__name__}")
         HIFMParams.from_dict(self.hifm)
         return self
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DeRUNConfig":
-        if not isinstance(d, dict):
-            raise ValueError(f"a DeRUN config must be a mapping, got {type(d).__name__}")
-        unknown = set(d) - set(cls.model_fields)
-        if unknown:
-            raise ValueError(f"unknown DeRUN config keys: {sorted(unknown)}")
-        return cls(**d)
 
 
 class ResidualLift(nn.Module):

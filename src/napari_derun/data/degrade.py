@@ -120,14 +120,6 @@ def haze(img, level: int, seed=None) -> np.ndarray:
     beta = ``HAZE_BETA[level]`` (0.5 .. 2.6) and grey airlight A = 0.9.  For a fixed
     seed t decreases with the level at every pixel, so |I - A| = t |J - A| (the
     contrast against the airlight) decreases monotonically.
-
-    Args:
-        img: (H, W) or (H, W, 3) float array in [0, 1].
-        level: int, severity 0..5 (0 = identity).
-        seed: None, int or numpy.random.Generator.
-
-    Returns:
-        float32 array of ``img``'s shape, in [0, 1].
     """
     x = _check(img, level)
     if level == 0:
@@ -164,20 +156,10 @@ def rain(img, level: int, seed=None, angle: float = RAIN_ANGLE) -> np.ndarray:
     Drops are the pixels where a uniform field u < ``RAIN_DENSITY[level]`` (the
     drops of a lower level are a subset of those of a higher level for the same
     seed) with random brightness in [0.5, 1]; they are smeared with a line kernel
-    of ``RAIN_LENGTH[level]`` pixels at ``angle`` degrees, normalised to peak 1 and
+    of ``RAIN_LENGTH[level]`` pixels at ``angle`` degrees from the horizontal (75 = nearly vertical), normalised to peak 1 and
     composited by a screen blend I = 1 - (1 - J)(1 - s R), s =
     ``RAIN_STRENGTH[level]``, which only brightens and stays in [0, 1].  The same
     streak layer is used for the three channels of a colour image.
-
-    Args:
-        img: (H, W) or (H, W, 3) float array in [0, 1].
-        level: int, severity 0..5 (0 = identity).
-        seed: None, int or numpy.random.Generator.
-        angle: float, streak direction in degrees from the horizontal (75 = nearly
-            vertical).
-
-    Returns:
-        float32 array of ``img``'s shape, in [0, 1].
     """
     x = _check(img, level)
     if level == 0:
@@ -204,14 +186,6 @@ def low_light(img, level: int, seed=None) -> np.ndarray:
     (1.2 .. 2.0), N = ``LOW_LIGHT_PHOTONS[level]`` photons at full scale (shot noise
     grows as the level rises) and Gaussian read noise of std
     ``LOW_LIGHT_READ[level]``.  Noise is independent per channel.
-
-    Args:
-        img: (H, W) or (H, W, 3) float array in [0, 1].
-        level: int, severity 0..5 (0 = identity).
-        seed: None, int or numpy.random.Generator.
-
-    Returns:
-        float32 array of ``img``'s shape, in [0, 1].
     """
     x = _check(img, level)
     if level == 0:
@@ -228,14 +202,6 @@ def gaussian_noise(img, level: int, seed=None) -> np.ndarray:
     """Additive white Gaussian noise of std ``NOISE_SIGMA[level]`` = (5, 10, 15, 25, 40) / 255.
 
     Independent per pixel and channel; the result is clipped to [0, 1].
-
-    Args:
-        img: (H, W) or (H, W, 3) float array in [0, 1].
-        level: int, severity 0..5 (0 = identity).
-        seed: None, int or numpy.random.Generator.
-
-    Returns:
-        float32 array of ``img``'s shape, in [0, 1].
     """
     x = _check(img, level)
     if level == 0:
@@ -249,14 +215,6 @@ def blur(img, level: int, seed=None) -> np.ndarray:
 
     Each channel separately, reflected borders.  Deterministic (``seed`` is
     accepted for a uniform signature and ignored).
-
-    Args:
-        img: (H, W) or (H, W, 3) float array in [0, 1].
-        level: int, severity 0..5 (0 = identity).
-        seed: ignored.
-
-    Returns:
-        float32 array of ``img``'s shape, in [0, 1].
     """
     x = _check(img, level)
     if level == 0:
@@ -465,17 +423,7 @@ def composite(img, steps, seed=None) -> np.ndarray:
 
 
 def apply(img, name: str, level: int, seed=None) -> np.ndarray:
-    """Apply the degradation ``name`` (a key of :data:`DEGRADATIONS`) at ``level``.
-
-    Args:
-        img: (H, W) or (H, W, 3) float array in [0, 1].
-        name: str, a key of :data:`DEGRADATIONS`.
-        level: int, severity 0..5 (0 = identity).
-        seed: None, int or numpy.random.Generator.
-
-    Returns:
-        float32 array of ``img``'s shape, in [0, 1].
-    """
+    """Apply the degradation ``name`` (a key of :data:`DEGRADATIONS`) at ``level``."""
     try:
         fn = DEGRADATIONS[name]
     except KeyError:

@@ -147,25 +147,8 @@ def pet_mri(size: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     from matplotlib import colormaps
 
     rng = np.random.default_rng(seed)
-    yy, xx = (np.mgrid[0:size, 0:size].astype(np.float64) - size / 2) / (size / 2)
-    r = np.sqrt((xx / 0.78) ** 2 + (yy / 0.92) ** 2)
-    th = np.arctan2(yy, xx)
-    head = r < 1.0
-    skull = (r > 0.9) & (r < 0.97)
-    brain = r < 0.88
-    folds = 0.5 + 0.5 * np.sin(14 * r + 3 * np.sin(5 * th) + rng.uniform(0, 6))
-    wm = brain & (folds > 0.55) & (r < 0.8)
-    mri = 0.15 * head + 0.55 * brain + 0.2 * wm + 0.5 * skull
-    ventricles = (((xx - 0.12) / 0.08) ** 2 + (yy / 0.25) ** 2 < 1) | (((xx + 0.12) / 0.08) ** 2 + (yy / 0.25) ** 2 < 1)
-    mri[ventricles] = 0.2
-    mri = ndi.gaussian_filter(mri, 0.8) + 0.015 * rng.standard_normal((size, size))
-    pet = np.zeros((size, size))
-    for _ in range(5):
-        cy, cx = rng.uniform(-0.5, 0.5, 2)
-        s = rng.uniform(0.08, 0.2)
-        pet += rng.uniform(0.5, 1.0) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s**2))
-    pet = ndi.gaussian_filter(pet * brain, 3.0)
-    pet = pet / max(pet.max(), 1e-6)
+    yy, xx, _, _, brain, _, mri = _head(size, rng)
+    pet = _uptake(yy, xx, brain, rng, 5)
     rgb = colormaps["jet"](pet)[..., :3] * (pet[..., None] > 0.03)
     return _to_u8(mri), _to_u8(rgb)
 

@@ -267,16 +267,11 @@ def _fuse_core(fuser, A, B, plan: _Plan, callback=None, cancel=None, keep_c=Fals
 
     Colour inputs whose planes are all grey (R = G = B) give a grey result unless ``keep_c``.
     """
-    a_col, colour, ranges, color_from = plan.a_col, plan.colour, plan.ranges, plan.color_from
+    colour, ranges, color_from = plan.colour, plan.ranges, plan.color_from
     tile, overlap, batch_size = plan.tile, plan.overlap, plan.batch_size
     any_chroma = False
-    ka = A.ndim - (3 if a_col else 2)
-    lead = A.shape[:ka]
-    n = int(np.prod(lead)) if lead else 1
-    H, W = A.shape[ka], A.shape[ka + 1]
-    A2 = A.reshape((n,) + A.shape[ka:])
-    B2 = B.reshape((n,) + B.shape[ka:])
-    out = np.empty((n, H, W, 3) if colour else (n, H, W), np.float32)
+    lead, A2, B2, out = _as_planes(A, B, plan)
+    n, H, W = out.shape[:3]
     t = int(tile) if tile else max(H, W)
     ov = min(int(overlap), t // 2)
     per_plane = len(tile_starts(H, t, ov)[0]) * len(tile_starts(W, t, ov)[0])
@@ -290,9 +285,7 @@ def _fuse_core(fuser, A, B, plan: _Plan, callback=None, cancel=None, keep_c=Fals
             if fuse_raw_plane(fuser, A2[i], B2[i], ranges, color_from, prog.tile or t, overlap,
                               prog.batch or batch_size, prog, out[i]):
                 any_chroma = True
-        if colour and not any_chroma and not keep_c:
-            out = np.ascontiguousarray(out[..., 0])
-        return out.reshape(tuple(lead) + out.shape[1:])
+        return _from_planes(out, lead, colour and not any_chroma and not keep_c)
     for g0 in range(0, n, group):
         prog.check()
         idx = range(g0, min(n, g0 + group))
@@ -306,7 +299,22 @@ def _fuse_core(fuser, A, B, plan: _Plan, callback=None, cancel=None, keep_c=Fals
             any_chroma = any_chroma or p.chroma is not None
             out[i] = r[..., None] if (colour and r.ndim == 2) else r
         del preps, la, lb, fused
-    if colour and not any_chroma and not keep_c:
+    return _from_planes(out, lead, colour and not any_chroma and not keep_c)
+
+
+def _as_planes(A, B, plan: _Plan):
+    """``(lead shape, A and B as (n, Y, X[, C]), the empty float32 output (n, Y, X[, 3]))``."""
+    ka = A.ndim - (3 if plan.a_col else 2)
+    lead = A.shape[:ka]
+    n = int(np.prod(lead)) if lead else 1
+    H, W = A.shape[ka], A.shape[ka + 1]
+    out = np.empty((n, H, W, 3) if plan.colour else (n, H, W), np.float32)
+    return lead, A.reshape((n,) + A.shape[ka:]), B.reshape((n,) + B.shape[ka:]), out
+
+
+def _from_planes(out: np.ndarray, lead, grey: bool) -> np.ndarray:
+    """The ``(n, Y, X[, 3])`` result back to ``(lead…, Y, X[, 3])``; one channel when ``grey``."""
+    if grey:
         out = np.ascontiguousarray(out[..., 0])
     return out.reshape(tuple(lead) + out.shape[1:])
 
@@ -316,15 +324,9 @@ def _fuse_core_stages(fuser, A, B, plan: _Plan, callback=None, cancel=None):
     (the stages need the whole plane), every stage kept as ``(N[, L], lead…, Y, X)``."""
     from .registry import fuse_planes
 
-    a_col, colour, ranges, color_from = plan.a_col, plan.colour, plan.ranges, plan.color_from
-
-    ka = A.ndim - (3 if a_col else 2)
-    lead = A.shape[:ka]
-    n = int(np.prod(lead)) if lead else 1
-    H, W = A.shape[ka], A.shape[ka + 1]
-    A2 = A.reshape((n,) + A.shape[ka:])
-    B2 = B.reshape((n,) + B.shape[ka:])
-    out = np.empty((n, H, W, 3) if colour else (n, H, W), np.float32)
+    colour, ranges, color_from = plan.colour, plan.ranges, plan.color_from
+    lead, A2, B2, out = _as_planes(A, B, plan)
+    n, H, W = out.shape[:3]
     prog = _Progress(callback, cancel, n * fuser.n_stages)
     stages: dict[str, np.ndarray] = {}
     any_chroma = False
@@ -340,10 +342,8 @@ def _fuse_core_stages(fuser, A, B, plan: _Plan, callback=None, cancel=None):
             if k not in stages:
                 stages[k] = np.empty(v.shape[:-2] + (n, H, W), np.float32)
             stages[k][..., i, :, :] = v
-    if colour and not any_chroma:
-        out = np.ascontiguousarray(out[..., 0])
     stages = {k: v.reshape(v.shape[:-3] + tuple(lead) + (H, W)) for k, v in stages.items()}
-    return out.reshape(tuple(lead) + out.shape[1:]), stages
+    return _from_planes(out, lead, colour and not any_chroma), stages
 
 
 def _block_fuse(a_blk, b_blk, model, plan: _Plan):

@@ -186,7 +186,6 @@ def fmi_pair(x, f, *, feature: str = "pixel", window: int = 3, data_range: float
         f: (H, W) array_like, fused F, same shape as ``x``.
         feature: one of "pixel", "gradient", "dct", "wavelet".
         window: int (odd), side of the square windows in pixels.
-        data_range: float, scale of the inputs (rescaled to 0-255).
 
     Returns:
         float, 1 when X = F.
@@ -206,11 +205,8 @@ def fmi(a, b, f, *, feature: str = "pixel", window: int = 3, data_range: float =
 
     Args:
         a: (H, W) array_like, source A; H, W >= window.
-        b: (H, W) array_like, source B, same shape as ``a``.
-        f: (H, W) array_like, fused F, same shape as ``a``.
         feature: one of "pixel", "gradient", "dct", "wavelet".
         window: int (odd), side of the square windows in pixels.
-        data_range: float, scale of the inputs (rescaled to 0-255).
 
     Returns:
         float, 1 when A = B = F.

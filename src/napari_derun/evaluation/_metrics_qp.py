@@ -246,10 +246,7 @@ def qp(a, b, f, *, threshold: float = 0.1, data_range: float = 255.0, return_com
 
     Args:
         a: (H, W) array_like, source A; H, W >= 2.
-        b: (H, W) array_like, source B, same shape as ``a``.
-        f: (H, W) array_like, fused F, same shape as ``a``.
         threshold: float, phase-congruency threshold of the feature masks (0.1).
-        data_range: float, scale of the inputs (rescaled to 0-255).
         return_components: bool, also return (P_pc, P_M, P_m).
 
     Returns:

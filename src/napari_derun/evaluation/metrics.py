@@ -9,7 +9,8 @@ published MATLAB/Python toolboxes do (the constants of SSIM, VIF, PSNR and the 2
 histogram of EN depend on it).  Each public function takes 2-D arrays of shape
 ``(H, W)`` (any real dtype) and a keyword ``data_range`` (default ``255.0``): the
 inputs are multiplied by ``255 / data_range`` before anything else, so images in
-``[0, 1]`` are scored with ``data_range=1.0``.  Inputs are *not* clipped.
+``[0, 1]`` are scored with ``data_range=1.0``.  Inputs are *not* clipped.  The
+functions' own docstrings list only their other arguments.
 
 The full list of conventions (formulas, windows, borders, what happens on
 constant images) is in ``docs/metrics.md``.  In short:
@@ -99,7 +100,6 @@ def ssim_index(x, y, *, data_range: float = 255.0) -> float:
     Args:
         x: (H, W) array_like, H, W >= 11.
         y: (H, W) array_like, same shape as ``x``.
-        data_range: float, scale of the inputs (rescaled to 0-255).
 
     Returns:
         float in [-1, 1].
@@ -130,7 +130,6 @@ def ssim(a, b, f, *, data_range: float = 255.0) -> float:
             as ``a``.
         f: (H, W) array_like, fused F on the scale ``[0, data_range]``, same shape
             as ``a``.
-        data_range: float, scale of the inputs (rescaled to 0-255).
 
     Returns:
         float in [-1, 1] (1 when A = B = F).
@@ -145,14 +144,7 @@ def ssim(a, b, f, *, data_range: float = 255.0) -> float:
 def psnr(a, b, f, *, data_range: float = 255.0) -> float:
     """Fusion PSNR: 10 log10(255^2 / MSE) with MSE = (MSE(A, F) + MSE(B, F)) / 2.
 
-    Args:
-        a: (H, W) array_like, source A.
-        b: (H, W) array_like, source B, same shape as ``a``.
-        f: (H, W) array_like, fused F, same shape as ``a``.
-        data_range: float, scale of the inputs (rescaled to 0-255).
-
-    Returns:
-        float, in dB; ``inf`` when F equals both A and B (MSE = 0).
+    Returns float, in dB; ``inf`` when F equals both A and B (MSE = 0).
     """
     a, b, f = _prepare((a, "a"), (b, "b"), (f, "f"), data_range=data_range)
     mse = 0.5 * (np.mean((a - f) ** 2) + np.mean((b - f) ** 2))
@@ -195,9 +187,6 @@ def ag(a, b, f, *, data_range: float = 255.0) -> float:
 
     Args:
         a: (H, W) array_like, source A; H, W >= 2.
-        b: (H, W) array_like, source B, same shape as ``a``.
-        f: (H, W) array_like, fused F, same shape as ``a``.
-        data_range: float, scale of the inputs (rescaled to 0-255).
 
     Returns:
         float >= 0.
@@ -236,14 +225,7 @@ def en(a, b, f, *, data_range: float = 255.0) -> float:
 
     See :func:`entropy`.
 
-    Args:
-        a: (H, W) array_like, source A.
-        b: (H, W) array_like, source B, same shape as ``a``.
-        f: (H, W) array_like, fused F, same shape as ``a``.
-        data_range: float, scale of the inputs (rescaled to 0-255).
-
-    Returns:
-        float in [0, 8].
+    Returns float in [0, 8].
     """
     _, _, f = _prepare((a, "a"), (b, "b"), (f, "f"), data_range=data_range)
     return _en(f)
@@ -268,7 +250,6 @@ def uiqi_index(x, y, *, window: int = 8, data_range: float = 255.0) -> float:
         x: (H, W) array_like, H, W >= window.
         y: (H, W) array_like, same shape as ``x``.
         window: int, side of the square sliding window in pixels.
-        data_range: float, scale of the inputs (rescaled to 0-255).
 
     Returns:
         float in [-1, 1].
@@ -316,9 +297,6 @@ def uiqi(a, b, f, *, data_range: float = 255.0) -> float:
 
     Args:
         a: (H, W) array_like, source A; H, W >= 8.
-        b: (H, W) array_like, source B, same shape as ``a``.
-        f: (H, W) array_like, fused F, same shape as ``a``.
-        data_range: float, scale of the inputs (rescaled to 0-255).
 
     Returns:
         float in [-1, 1] (1 when A = B = F).
@@ -356,7 +334,6 @@ def vifp(ref, dist, *, sigma_nsq: float = 2.0, data_range: float = 255.0) -> flo
         ref: (H, W) array_like, the reference image; H, W >= 41.
         dist: (H, W) array_like, the distorted image, same shape as ``ref``.
         sigma_nsq: float, HVS noise variance.
-        data_range: float, scale of the inputs (rescaled to 0-255).
 
     Returns:
         float >= 0 (1 when dist = ref; can exceed 1 for contrast-enhanced images).
@@ -412,9 +389,6 @@ def vif(a, b, f, *, data_range: float = 255.0) -> float:
 
     Args:
         a: (H, W) array_like, source A; H, W >= 41.
-        b: (H, W) array_like, source B, same shape as ``a``.
-        f: (H, W) array_like, fused F, same shape as ``a``.
-        data_range: float, scale of the inputs (rescaled to 0-255).
 
     Returns:
         float >= 0 (2 when A = B = F).

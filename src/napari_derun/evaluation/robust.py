@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .runner import (DEFAULT_METHODS, DEGRADATION_ALIASES, EVAL_METRICS, _iter_pairs, _load_pair, _progress, _score,
-                         _write_csv, resolve_methods, summarize)
-from .metrics import METRIC_NAMES, check_metric_size
+from .runner import (DEFAULT_METHODS, DEGRADATION_ALIASES, EVAL_METRICS, _iter_pairs, _progress, _write_csv,
+                     loaded_pairs, method_row, resolve_methods, summarize)
+from .metrics import METRIC_NAMES
 
 __all__ = ["ROBUSTNESS_FIELDS", "robustness", "plot_robustness"]
 
@@ -36,15 +35,6 @@ def _resolve_degradations(names: Iterable[str] | str) -> list[tuple[str, str]]:
     if not out:
         raise ValueError("no degradation given")
     return out
-
-
-def _center_crop(x: np.ndarray, size: int | None) -> np.ndarray:
-    if not size:
-        return x
-    h, w = x.shape[:2]
-    ch, cw = min(h, size), min(w, size)
-    y0, x0 = (h - ch) // 2, (w - cw) // 2
-    return x[y0 : y0 + ch, x0 : x0 + cw]
 
 
 ROBUSTNESS_FIELDS = ("degradation", "level", "input", "name", "method") + EVAL_METRICS + ("seconds",)
@@ -121,15 +111,7 @@ def robustness(
     total = len(pairs) * len(degs) * len(levels) * len(meths)
     bar = _progress(total, "robustness", progress)
     try:
-        for ip, (name, pa, pb) in enumerate(pairs):
-            try:
-                a, b = _load_pair(name, pa, pb)
-                a, b = _center_crop(a, crop), _center_crop(b, crop)
-                check_metric_size(a)
-            except (ValueError, FileNotFoundError, OSError) as exc:
-                problems.append(f"{name}: skipped, {exc}")
-                bar.update(len(degs) * len(levels) * len(meths))
-                continue
+        for ip, name, a, b in loaded_pairs(pairs, problems, bar, len(degs) * len(levels) * len(meths), crop):
             for idg, (label, key) in enumerate(degs):
                 for lv in levels:
                     rng = np.random.default_rng([int(seed), ip, idg, lv])
@@ -137,14 +119,8 @@ def robustness(
                     d = degrade.apply(src, key, lv, seed=rng).astype(np.float32)
                     da, db = (d, b) if input == "a" else (a, d)
                     for meth in meths:
-                        t0 = time.perf_counter()
-                        f = meth.fuse(da, db, device)
-                        dt = time.perf_counter() - t0
-                        row = {"degradation": label, "level": lv, "input": input, "name": name,
-                               "method": meth.label}
-                        row.update(_score(a, b, f))
-                        row["seconds"] = dt
-                        rows.append(row)
+                        rows.append(method_row(meth, (da, db), (a, b), device, degradation=label, level=lv,
+                                               input=input, name=name))
                         bar.update(1)
             n_ok += 1
     finally:

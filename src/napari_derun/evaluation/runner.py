@@ -243,6 +243,43 @@ def _check_metric_names(names: Iterable[str] | str | None) -> tuple[str, ...]:
     return tuple(n for n in EVAL_METRICS if n in names)  # table order
 
 
+def loaded_pairs(pairs, problems: list[str], bar, steps: int, crop=None):
+    """``(index, name, a, b)`` of each readable pair of ``pairs`` (centre-cropped to ``crop``); the others are
+    added to ``problems`` and skipped (``bar`` advanced by their ``steps``)."""
+    for i, (name, pa, pb) in enumerate(pairs):
+        try:
+            a, b = _load_pair(name, pa, pb)
+            if crop:
+                a, b = center_crop(a, crop), center_crop(b, crop)
+            check_metric_size(a)
+        except (ValueError, FileNotFoundError, OSError) as exc:
+            problems.append(f"{name}: skipped, {exc}")
+            bar.update(steps)
+            continue
+        yield i, name, a, b
+
+
+def center_crop(x: np.ndarray, size: int | None) -> np.ndarray:
+    """The central ``size`` × ``size`` window of ``x`` (``x`` itself if smaller or ``size`` is None)."""
+    if not size:
+        return x
+    h, w = x.shape[:2]
+    y0, x0 = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return x[y0:y0 + size, x0:x0 + size]
+
+
+def method_row(meth, inputs, clean, device, names: Sequence[str] = EVAL_METRICS, **keys) -> dict:
+    """One result row: ``keys``, the method, the metrics of its fusion of ``inputs`` against the ``clean``
+    sources, and the seconds the fusion took."""
+    t0 = time.perf_counter()
+    f = meth.fuse(*inputs, device)
+    dt = time.perf_counter() - t0
+    row = {**keys, "method": meth.label}
+    row.update(_score(*clean, f, names))
+    row["seconds"] = dt
+    return row
+
+
 def _score(a: np.ndarray, b: np.ndarray, f: np.ndarray, names: Sequence[str] = EVAL_METRICS) -> dict[str, float]:
     a, b, f = (np.asarray(x, np.float64) * 255.0 for x in (a, b, f))
     out = all_metrics(a, b, f) if all(n in names for n in METRIC_NAMES) else {}
@@ -386,25 +423,10 @@ def evaluate(
     n_ok = 0
     bar = _progress(len(pairs) * len(meths), "evaluate", progress)
     try:
-        for name, pa, pb in pairs:
-            try:
-                a, b = _load_pair(name, pa, pb)
-                check_metric_size(a)
-            except (ValueError, FileNotFoundError, OSError) as exc:
-                problems.append(f"{name}: skipped, {exc}")
-                bar.update(len(meths))
-                continue
-            pair_rows = []
+        for _, name, a, b in loaded_pairs(pairs, problems, bar, len(meths)):
             for meth in meths:
-                t0 = time.perf_counter()
-                f = meth.fuse(a, b, device)
-                dt = time.perf_counter() - t0
-                row = {"name": name, "method": meth.label}
-                row.update(_score(a, b, f, names))
-                row["seconds"] = dt
-                pair_rows.append(row)
+                rows.append(method_row(meth, (a, b), (a, b), device, names, name=name))
                 bar.update(1)
-            rows.extend(pair_rows)
             n_ok += 1
     finally:
         bar.close()
