@@ -105,10 +105,10 @@ def _train_folder(tmp_path):
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--epochs", "0"], "--epochs must be >= 1"),
-    (["--batch", "0"], "--batch must be >= 1"),
-    (["--patch", "2"], "--patch must be at least 16"),
-    (["--lr", "-1"], "--lr must be > 0"),
+    (["--epochs", "0"], "--epochs: input should be greater than or equal to 1, got 0"),  # TrainConfig's checks
+    (["--batch", "0"], "--batch: input should be greater than or equal to 1"),
+    (["--patch", "2"], "--patch: input should be greater than or equal to 16"),
+    (["--lr", "-1"], "--lr: input should be greater than 0"),
 ])
 def test_train_cli_rejects_bad_numbers_before_work(tmp_path, capsys, extra, message):
     data = _train_folder(tmp_path)

@@ -134,13 +134,17 @@ def add_options(parser: argparse.ArgumentParser, func: Callable[..., Any], names
         parser.add_argument(*flags, **kw)
 
 
-def add_model_options(parser: argparse.ArgumentParser, model: Any, names: Iterable[str]) -> None:
+def add_model_options(parser: argparse.ArgumentParser, model: Any, names: Iterable[str],
+                      defaults: bool = True) -> None:
     """Add ``--field-name`` options for the fields ``names`` of a pydantic model class (type, choices and
-    default from the field's annotation and default, help from its description)."""
+    default from the field's annotation and default, help from its description). With ``defaults=False``
+    every option defaults to None (the help still names the field's default), so that the options given
+    on the command line are exactly those that are not None."""
     for name in names:
         info = model.model_fields[name]
         typ, choices, default = _cli_type(info.annotation, info.default)
         text = (info.description or name).replace("%", "%%")
         if default is not None:
             text += f" (default: {default})"
-        parser.add_argument("--" + name.replace("_", "-"), type=typ, default=default, choices=choices, help=text)
+        parser.add_argument("--" + name.replace("_", "-"), type=typ, default=default if defaults else None,
+                            choices=choices, help=text)

@@ -1,60 +1,52 @@
-"""``napari-derun train``: train or fine-tune DeRUN on a folder of registered pairs."""
+"""``napari-derun train``: train or fine-tune DeRUN on a folder of registered pairs, or on the task folders
+of a data root; every setting can also come from a TOML run file (``--config``, docs/training.md)."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-
-_PARSER = None
-
-#: TrainConfig fields offered as options: type, default, choices and help come from the config itself
+#: TrainConfig fields offered as options: type, choices and help come from the config itself
 CLI_FIELDS = ("epochs", "lr", "batch", "patch", "steps_per_epoch", "decay", "objective", "target", "select",
-              "min_sr", "device", "seed", "grad_clip",
-              "optimizer", "strategy", "degrade", "modalities", "photometric", "restore", "w_salient", "lift_gain")
+              "min_sr", "device", "seed", "grad_clip", "optimizer", "strategy", "degrade", "modalities", "photometric",
+              "restore", "w_salient", "lift_gain")
+#: the four weights of --weights
+WEIGHT_FIELDS = ("w_intensity", "w_gradient", "w_ssim", "w_lgde")
+#: [data] settings of a run file that are options too
+DATA_OPTIONS = ("tasks", "splits", "val_crop", "val_degraded", "only")
 
 
 def add_config_options(parser: argparse.ArgumentParser, names) -> None:
-    """``--field-name`` options derived from :class:`~napari_derun.training.config.TrainConfig` (not re-typed)."""
+    """``--field-name`` options derived from :class:`~napari_derun.training.config.TrainConfig` (not re-typed);
+    each defaults to None, so the options given are the ones that are not None."""
     from ..training.config import TrainConfig
     from ._options import add_model_options
 
-    add_model_options(parser, TrainConfig, names)
-
-
-#: CLI option (dest) -> TrainConfig field, for options that override a resumed run's stored settings
-_RESUME_OVERRIDES = {"epochs": "epochs", "lr": "lr", "batch": "batch", "patch": "patch",
-                     "steps_per_epoch": "steps_per_epoch", "decay_start": "decay_start",
-                     "decay_every": "decay_every", "decay": "decay", "device": "device", "threads": "num_threads",
-                     "seed": "seed", "no_val_metrics": "val_metrics", "select": "select", "grad_clip": "grad_clip",
-                     "min_sr": "min_sr", "strategy": "strategy"}
-
-
-def _explicit(argv) -> set[str]:
-    """Destinations of the options written on the command line (not left at their defaults)."""
-    out = set()
-    for tok in argv or []:
-        if tok.startswith("-"):
-            act = _PARSER._option_string_actions.get(tok.split("=", 1)[0]) if _PARSER is not None else None
-            if act is not None:
-                out.add(act.dest)
-    return out
+    add_model_options(parser, TrainConfig, names, defaults=False)
 
 
 def register(sub) -> None:
-    global _PARSER
     p = sub.add_parser(
         "train",
         help="train / fine-tune DeRUN on a folder of pairs (DIR/a, DIR/b) and write a .safetensors model",
-        description="Train DeRUN on registered pairs: DIR/a (structural) and DIR/b (salient), same file names. "
+        description="Train DeRUN on registered pairs: DIR/a (structural) and DIR/b (salient), same file names, "
+        "or the task folders DIR/<task> (--tasks, with split files: --splits). "
         "Schedule defaults follow the paper (Adam, lr 1e-4, batch 4, 150 epochs, x0.9 every 10 epochs after 50); "
         "the objective defaults to the fusion objective (--objective paper for Eq. 14). "
+        "--config FILE reads the settings from a TOML run file; the options given here override it. "
         "On several GPUs or machines: torchrun --nproc_per_node=N -m napari_derun.cli train ... --strategy ddp.",
     )
-    p.add_argument("dir", help="training folder with a/ and b/ sub-folders")
-    p.add_argument("--out", "-o", required=True,
+    p.add_argument("dir", nargs="?", default=None,
+                   help="training folder with a/ and b/ sub-folders; with --tasks, the data root holding the task "
+                   "folders (default: root of the --config file's [data])")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="TOML run file: TrainConfig fields, init, out, checkpoint, name and a [data] table "
+                   "(root, tasks, splits, val_crop, val_degraded, only, licence); its relative paths are relative to "
+                   "the file's folder; options given on the command line override it")
+    p.add_argument("--out", "-o", default=None,
                    help="output .safetensors file (best model by validation mean rank, or loss with --select loss)")
-    p.add_argument("--init", default="admm", help="admm (model-based start), a shipped model name or a checkpoint path")
+    p.add_argument("--init", default=None,
+                   help="admm (model-based start), a shipped model name or a checkpoint path (default: admm)")
     add_config_options(p, CLI_FIELDS)
     p.add_argument("--decay-start", type=int, default=None, help="epochs before the lr decay (default: epochs/3, 50 for 150)")
     p.add_argument("--decay-every", type=int, default=None, help="epochs between lr decays (default: epochs/15, 10 for 150)")
@@ -62,45 +54,58 @@ def register(sub) -> None:
     g.add_argument("--val", default=None, help="validation folder (a/, b/)")
     g.add_argument("--val-fraction", type=float, default=None,
                    help="hold back this fraction of DIR's pairs (evenly over the sorted names) for validation")
-    p.add_argument("--no-val-metrics", action="store_true", help="validation loss only (skip the fusion metrics)")
+    p.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
+                   help="train on the task folders DIR/TASK together (names prefixed TASK/, modalities from the "
+                   "task names); validation: --splits, else every 5th pair of each task sorted by name")
+    p.add_argument("--splits", default=None, metavar="FOLDER",
+                   help="split files FOLDER/<task>.json (tools/splits): train on train, validate on val, "
+                   "never read test")
+    p.add_argument("--val-crop", type=int, default=None, metavar="SIDE",
+                   help="crop the validation pairs to their central SIDE x SIDE square (cheaper validation)")
+    p.add_argument("--val-degraded", action=argparse.BooleanOptionalAction, default=None,
+                   help="validate on a copy of each validation pair with a degraded and one with b degraded too "
+                   "(levels 2 and 4 in turn), against the clean pair")
+    p.add_argument("--only", nargs="+", default=None, metavar="TEXT",
+                   help="train only on the training pairs whose name contains one of these (validation: all of it)")
+    p.add_argument("--no-val-metrics", dest="val_metrics", action="store_const", const=False, default=None,
+                   help="validation loss only (skip the fusion metrics)")
     p.add_argument("--weights", nargs=4, type=float, default=None, metavar=("INT", "GRAD", "SSIM", "LGDE"),
                    help="weights of the fusion objective's terms (default 5 10 1 0.1)")
-    p.add_argument("--plain", action="store_true",
+    p.add_argument("--plain", dest="guided", action="store_const", const=False, default=None,
                    help="a new model without the guided extension (the paper's V + f(U - V) form)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--checkpoint", default=None, help="write a resumable checkpoint here after every epoch")
-    p.add_argument("--resume", default=None, help="continue from a checkpoint written with --checkpoint")
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
+                   help="continue from a checkpoint written with --checkpoint; without a path, from --checkpoint "
+                   "when that exists (else start afresh)")
     p.add_argument("--name", default=None, help="model name stored in the file (default: the output file's stem)")
+    p.add_argument("--log", choices=("text", "json"), default="text",
+                   help="one line per epoch: text, or json ({epoch, train_loss, val_loss, rank, SR, SCD, lr, best, "
+                   "time}, for log files)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
-    _PARSER = p
 
 
 def run(args: argparse.Namespace) -> int:
     import os
 
-    _check_args(args)
+    fields, origin, data, run_file = _settings(args)
+    _check_files(args)
     # in a torchrun job (--strategy ddp) every process runs this; rank 0 talks and writes the model
-    main_rank = args.strategy != "ddp" or int(os.environ.get("RANK", 0)) == 0
+    rank0 = int(os.environ.get("RANK", 0)) == 0
+    say = print if rank0 else (lambda *a, **k: None)
+    cfg = _config(args, fields, origin, say)
+    main_rank = cfg.strategy != "ddp" or rank0
     if not main_rank:
         args.quiet = True
 
-    from ..training.loop import PairDataset, peak_rss_mb
+    from ..training.loop import peak_rss_mb
 
-    data = PairDataset(args.dir)
-    say = print if main_rank else (lambda *a, **k: None)
-    for msg in data.problems:
-        say(f"warning: {msg}")
-    val = None
-    if args.val:
-        val = PairDataset(args.val)
-    elif args.val_fraction:
-        data, val = data.split_fraction(args.val_fraction)
-    cfg = _config(args, say)
-    say(f"training on {len(data)} pairs" + (f", validating on {len(val)}" if val is not None else "")
-          + f"; init={args.init if not args.resume else 'resume ' + args.resume}")
-    res = _train_until_done_or_interrupted(args, data, val, cfg)
+    data_tr, val = _pairs(args, data, cfg, say)
+    say(f"training on {len(data_tr)} pairs" + (f", validating on {len(val)}" if val is not None else "")
+        + f"; init={args.init if not args.resume else 'resume ' + args.resume}", flush=True)
+    res = _train_until_done_or_interrupted(args, data_tr, val, cfg)
     if not main_rank:
         return 0
     if not res.history:
@@ -108,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     out = Path(args.out)
     name = args.name or out.name.split(".")[0]
-    check_fuses(res.best_model, args.lr)  # a diverged model is never saved as the result
+    check_fuses(res.best_model, cfg.lr)  # a diverged model is never saved as the result
+    _record(res, args, data, run_file)
     where = save_or_rescue(res, out, name)
     if where != out:
         return 1
@@ -116,74 +122,144 @@ def run(args: argparse.Namespace) -> int:
           f"{res.info['training']['seconds']:.0f} s on {res.info['training']['device']}, "
           f"peak RSS {peak_rss_mb():.0f} MiB"
           + (f"; {res.info['ddp']['world_size']} processes, global batch {res.info['ddp']['global_batch']}"
-             if "ddp" in res.info else "") + ")")
+             if "ddp" in res.info else "") + ")", flush=True)
     return 0
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    """Refuse before any work: an existing --out (without --overwrite), an unwritable place, bad numbers."""
-    from .._files import check_writable
-
-    inputs = [x for x in (args.init, args.resume) if x and Path(x).exists()]
-    check_writable(args.out, overwrite=args.overwrite, inputs=inputs)
-    if args.checkpoint:
-        _check_checkpoint_target(args)
-    for name in ("epochs", "batch", "patch"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.patch < 16:
-        raise ValueError(f"--patch must be at least 16 pixels (the model's filters and SSIM window), got {args.patch}")
-    if not args.lr > 0:
-        raise ValueError(f"--lr must be > 0, got {args.lr}")
+def _option(field: str) -> str:
+    """The option that sets a TrainConfig field."""
+    special = {"num_threads": "--threads", "val_metrics": "--no-val-metrics", "guided": "--plain"}
+    return "--weights" if field in WEIGHT_FIELDS else special.get(field, "--" + field.replace("_", "-"))
 
 
-def _config(args: argparse.Namespace, say):
-    """The run's TrainConfig: the options, the objective of an --init model, or the settings of --resume."""
+def _settings(args: argparse.Namespace):
+    """``(TrainConfig fields, where each came from, [data] settings, run file)``: the --config file's
+    settings, overridden by the options given on the command line (those not None). The run settings
+    (init, out, checkpoint, name) are set on ``args``."""
+    from ..training.run_file import RUN_KEYS, read_run_file
+
+    rf = read_run_file(args.config) if args.config else None
+    fields = dict(rf.config) if rf else {}
+    origin = {k: f"{k} in {args.config}" for k in fields}
+    names = (*CLI_FIELDS, "decay_start", "decay_every", "val_metrics", "guided")
+    given = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    if args.threads is not None:
+        given["num_threads"] = args.threads
+    if args.weights:
+        given.update(zip(WEIGHT_FIELDS, args.weights))
+    if given.get("modalities") is not None:
+        given["modalities"] = tuple(m.strip() for m in given["modalities"].split(","))
+    fields.update(given)
+    origin.update({k: _option(k) for k in given})
+    for key in RUN_KEYS:
+        if getattr(args, key) is None and rf and key in rf.run:
+            setattr(args, key, rf.run[key])
+    args.init = args.init or "admm"
+    data = dict(rf.data) if rf else {}
+    data.update({k: getattr(args, k) for k in DATA_OPTIONS if getattr(args, k) is not None})
+    if args.dir is not None:
+        data["root"] = args.dir
+    if not args.out:
+        raise ValueError("no output file: give --out (or out in the --config file)")
+    if not data.get("root"):
+        raise ValueError("no training data: give DIR (or root in the [data] table of the --config file)")
+    if data.get("tasks") and (args.val or args.val_fraction):
+        raise ValueError("--val / --val-fraction do not go with tasks: their validation pairs come from the split "
+                         "files (--splits) or every 5th pair of each task")
+    if args.resume is True:  # --resume without a path: the --checkpoint, when it exists
+        if not args.checkpoint:
+            raise ValueError("--resume without a checkpoint path needs --checkpoint (or checkpoint in the run file)")
+        args.resume = args.checkpoint if Path(args.checkpoint).exists() else None
+        if args.resume is None:
+            print(f"no checkpoint {args.checkpoint} yet: starting the run", flush=True)
+    return fields, origin, data, rf
+
+
+def _config(args: argparse.Namespace, fields: dict, origin: dict, say):
+    """The run's TrainConfig (validated by TrainConfig, errors naming the option or file key): the settings
+    given, the objective of an --init model for the objective settings not given, or the stored settings of
+    --resume with the settings given changing them."""
+    from pydantic import ValidationError
+
     from ..training.config import TrainConfig
+    from ..training.run_file import settings_error
 
-    sched = {k: v for k, v in (("decay_start", args.decay_start), ("decay_every", args.decay_every)) if v is not None}
-    cfg = TrainConfig.for_epochs(
-        args.epochs, lr=args.lr, batch=args.batch, patch=args.patch, steps_per_epoch=args.steps_per_epoch, **sched,
-        decay=args.decay, device=args.device, seed=args.seed, num_threads=args.threads,
-        val_metrics=not args.no_val_metrics, objective=args.objective, target=args.target,
-        guided=not args.plain, select=args.select, grad_clip=args.grad_clip, min_sr=args.min_sr,
-        optimizer=args.optimizer, strategy=args.strategy, degrade=args.degrade, photometric=args.photometric,
-        restore=args.restore, w_salient=args.w_salient, lift_gain=args.lift_gain,
-        modalities=tuple(m.strip() for m in args.modalities.split(",")) if args.modalities else None,
-        **(dict(zip(("w_intensity", "w_gradient", "w_ssim", "w_lgde"), args.weights)) if args.weights else {}),
-    )
-    if not args.resume and str(args.init) != "admm":
-        # fine-tuning a model: continue with the objective it was trained with (as finetune() and the
-        # Fine-tune widget do); only objective options written on this command line change it
-        from ..training.loop import _stored_objective
+    fields = dict(fields)
+    try:
+        if args.resume:
+            # continue with the stored settings; only settings given (options, run file) change them
+            from ..io.checkpoint import read_checkpoint_info
 
-        explicit = _explicit(getattr(args, "_argv", []))
-        kept = {k: v for k, v in _stored_objective(args.init).items()
-                if k not in explicit and not (k.startswith("w_") and "weights" in explicit)}
-        if kept:
-            cfg = TrainConfig.from_dict({**cfg.to_dict(), **kept})
-            say(f"--init {args.init}: keeping its objective ({', '.join(f'{k}={v}' for k, v in kept.items())}); "
-                "give --objective / --target / --weights to change it")
-    if args.resume:
-        # continue with the stored settings; only options written on this command line change them
-        from ..io.checkpoint import read_checkpoint_info
+            stored = TrainConfig.from_dict((read_checkpoint_info(args.resume).get("training") or {}).get("config")
+                                           or {}).to_dict()
+            cfg = TrainConfig.from_dict({**stored, **fields})
+            changed = {k: v for k, v in cfg.to_dict().items() if v != stored.get(k)}
+            if changed:
+                say(f"resuming with the stored settings, changed: {', '.join(f'{k}={v}' for k, v in changed.items())}")
+            return cfg
+        if args.init and str(args.init) != "admm":
+            # fine-tuning a model: continue with the objective it was trained with (as finetune() and the
+            # Fine-tune widget do); only objective settings given change it
+            from ..training.loop import _stored_objective
 
-        stored = (read_checkpoint_info(args.resume).get("training") or {}).get("config") or {}
-        over = {}
-        for dest in _explicit(getattr(args, "_argv", [])) & set(_RESUME_OVERRIDES):
-            field = _RESUME_OVERRIDES[dest]
-            over[field] = (not args.no_val_metrics) if dest == "no_val_metrics" else getattr(args, dest)
-        cfg = TrainConfig.from_dict({**stored, **over})
-        if over:
-            say(f"resuming with the stored settings, changed: {', '.join(f'{k}={v}' for k, v in over.items())}")
-    return cfg
+            kept = {k: v for k, v in _stored_objective(args.init).items() if k not in fields}
+            if kept:
+                fields.update(kept)
+                say(f"--init {args.init}: keeping its objective ({', '.join(f'{k}={v}' for k, v in kept.items())}); "
+                    "give --objective / --target / --weights to change it")
+        epochs = fields.pop("epochs", TrainConfig.model_fields["epochs"].default)
+        return TrainConfig.for_epochs(epochs, **fields)
+    except ValidationError as e:
+        raise settings_error(e, origin) from None
+
+
+def _pairs(args: argparse.Namespace, data: dict, cfg, say):
+    """``(train, val)`` of the data settings: DIR (with --val / --val-fraction) or the task folders of a root."""
+    from ..training.datasets import PairDataset, task_pairs
+
+    if data.get("tasks"):
+        tr, val = task_pairs(data["root"], data["tasks"], data.get("splits"))
+    else:
+        tr, val = PairDataset(data["root"]), None
+        if args.val:
+            val = PairDataset(args.val)
+        elif args.val_fraction:
+            tr, val = tr.split_fraction(args.val_fraction)
+    for msg in tr.problems:
+        say(f"warning: {msg}")
+    if val is None and (data.get("val_crop") or data.get("val_degraded")):
+        raise ValueError("val_crop / val_degraded need validation pairs: give --val, --val-fraction or tasks")
+    if val is not None and data.get("val_crop"):
+        val = val.center_crop(data["val_crop"])
+    if val is not None and data.get("val_degraded"):
+        val = val.with_degraded(modalities=cfg.modalities)
+    if data.get("only"):
+        tr = tr.containing(data["only"])
+    return tr, val
+
+
+def _record(res, args: argparse.Namespace, data: dict, run_file) -> None:
+    """What the output file says about its data and how it was made (besides the run's own provenance)."""
+    import shlex
+
+    info = res.info.setdefault("data", {})
+    info["settings"] = {k: v for k, v in data.items() if k != "licence"}
+    if data.get("tasks"):
+        info["tasks"] = list(data["tasks"])
+        info["split"] = (f"split files {data['splits']} (train / val; the test pairs never read)" if data.get("splits")
+                         else "per task, pairs sorted by name, every 5th (index % 5 == 4) held back for validation")
+    if data.get("licence"):
+        info["licence"] = data["licence"]
+    res.info["command"] = "napari-derun " + shlex.join(getattr(args, "_argv", None) or ["train"])
+    if run_file is not None:
+        res.info["run_file"] = {"path": str(run_file.path), "text": run_file.text}
 
 
 class _Progress:
-    """The training events as a progress bar (steps) and one line per epoch."""
+    """The training events as a progress bar (steps) and one line per epoch (text, or JSON for log files)."""
 
-    def __init__(self, quiet: bool):
-        self.quiet, self.bar = quiet, None
+    def __init__(self, quiet: bool, log: str = "text"):
+        self.quiet, self.bar, self.log = quiet, None, log
 
     def __call__(self, ev) -> None:
         from tqdm import tqdm
@@ -197,6 +273,9 @@ class _Progress:
                 self.bar.update(1)
             self.bar.set_postfix(epoch=ev.epoch, loss=f"{ev.loss:.4f}", lr=f"{ev.lr:.2e}")
             return
+        if self.log == "json":
+            self._write(epoch_json(ev))
+            return
         msg = f"epoch {ev.epoch}/{ev.epochs}: train loss {ev.train_loss:.5f}"
         if ev.val_loss is not None:
             msg += f", val loss {ev.val_loss:.5f}"
@@ -205,11 +284,28 @@ class _Progress:
         if ev.metrics:
             msg += ", " + ", ".join(f"{k} {v:.3f}" for k, v in ev.metrics.items())
         msg += " (best)" if ev.best else ""
-        (self.bar.write if self.bar is not None else print)(msg)
+        self._write(msg)
+
+    def _write(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def epoch_json(ev) -> str:
+    """One epoch as the JSON line of the training logs (tools/runs/*.log)."""
+    import json
+    import time
+
+    m = ev.metrics or {}
+    return json.dumps({"epoch": ev.epoch, "train_loss": round(ev.train_loss, 5), "val_loss": ev.val_loss,
+                       "rank": ev.rank, "SR": m.get("SR"), "SCD": m.get("SCD"), "lr": ev.lr, "best": ev.best,
+                       "time": time.strftime("%H:%M:%S")})
 
 
 def _train_until_done_or_interrupted(args: argparse.Namespace, data, val, cfg):
@@ -228,7 +324,7 @@ def _train_until_done_or_interrupted(args: argparse.Namespace, data, val, cfg):
         print("\ninterrupted: stopping after this step and saving the best model so far "
               "(Ctrl-C again to abort without saving)", file=sys.stderr)
 
-    progress = _Progress(args.quiet)
+    progress = _Progress(args.quiet, args.log)
     old = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
     try:
         return train(data, val, init=args.init, config=cfg, callback=progress, stop=stop,
@@ -237,6 +333,17 @@ def _train_until_done_or_interrupted(args: argparse.Namespace, data, val, cfg):
         if old is not None:
             signal.signal(signal.SIGINT, old)
         progress.close()
+
+
+def _check_files(args: argparse.Namespace) -> None:
+    """Refuse before any work: an existing --out (without --overwrite), an unwritable place, a --checkpoint
+    that would replace a file that is not a training checkpoint."""
+    from .._files import check_writable
+
+    inputs = [x for x in (args.init, args.resume) if x and Path(x).exists()]
+    check_writable(args.out, overwrite=args.overwrite, inputs=inputs)
+    if args.checkpoint:
+        _check_checkpoint_target(args)
 
 
 def _check_checkpoint_target(args: argparse.Namespace) -> None:
