@@ -3,6 +3,7 @@ runs (central crop, degraded copies) and ``napari-derun train --config FILE``, o
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -238,3 +239,27 @@ def test_resume_a_run_started_from_a_run_file(tmp_path, capsys):
     info = read_checkpoint_info(out)
     assert [h["epoch"] for h in info["history"]] == [1, 2, 3] and info["training"]["epochs_done"] == 3
     assert read_checkpoint_info(ck)["training_state"]["epoch"] == 3
+
+
+@pytest.mark.parametrize("run,task,init,gain", [("gfp_pc_r", "gfp_pc", "gfp_pc", 1.0), ("ivf_g", "ivf", "ivf", 1.5)])
+def test_the_run_files_of_tools_runs(run, task, init, gain):
+    """tools/runs/<run>.toml: the settings tools/train_shipped.py gave these runs (its fixed ones included),
+    with ../shared/data and tools/splits found from the file's folder."""
+    from napari_derun.training.config import TrainConfig
+    from napari_derun.training.run_file import read_run_file
+
+    repo = Path(__file__).resolve().parents[1]
+    rf = read_run_file(repo / "tools" / "runs" / f"{run}.toml")
+    cfg = TrainConfig(**rf.config)
+    assert (cfg.epochs, cfg.steps_per_epoch, cfg.lr, cfg.decay_start, cfg.decay_every, cfg.decay) == \
+        (24, 200, 1e-4, 12, 2, 0.8)
+    assert (cfg.val_every, cfg.val_metrics, cfg.val_initial, cfg.device, cfg.seed, cfg.checkpointing) == \
+        (1, True, True, "cpu", 0, False)
+    assert (cfg.degrade, cfg.restore, cfg.grad_clip, cfg.min_sr, cfg.w_salient, cfg.target, cfg.lift_gain) == \
+        (0.5, 12, 1.0, 0.7, 10.0, "lift", gain)
+    assert (cfg.patch, cfg.batch, cfg.train_pad, cfg.num_threads, cfg.guided) == (64, 4, 4, 1, True)
+    runs = repo / "tools" / "runs"
+    assert rf.run == {"name": run, "init": init, "checkpoint": str(runs / f"{run}.ckpt.safetensors"),
+                      "out": str(runs / f"{run}.safetensors")}
+    assert rf.data["root"] == str(repo.parent / "shared" / "data") and rf.data["splits"] == str(repo / "tools" / "splits")
+    assert (rf.data["tasks"], rf.data["val_crop"], rf.data["val_degraded"]) == ([task], 256, True)
