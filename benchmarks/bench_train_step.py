@@ -4,8 +4,8 @@
 
 Reports process CPU seconds per step (``time.process_time``: robust to other jobs on a shared
 machine, unlike wall time) for: the v0.1 shipped-weights setting (plain model, paper loss, activation
-checkpointing, reflect pad 16) and what tools/train_shipped.py uses now (guided model, fusion loss, no
-checkpointing, pad 4), plus the steps between, and the next shipped setting (guided with the input
+checkpointing, reflect pad 16) and what the shipped runs use now (tools/runs/*.toml: guided model, fusion
+loss, no checkpointing, pad 4), plus the steps between, and the next shipped setting (guided with the input
 restoration network, ``restore=12``), with and without activation checkpointing.
 """
 from __future__ import annotations

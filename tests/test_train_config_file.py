@@ -243,8 +243,8 @@ def test_resume_a_run_started_from_a_run_file(tmp_path, capsys):
 
 @pytest.mark.parametrize("run,task,init,gain", [("gfp_pc_r", "gfp_pc", "gfp_pc", 1.0), ("ivf_g", "ivf", "ivf", 1.5)])
 def test_the_run_files_of_tools_runs(run, task, init, gain):
-    """tools/runs/<run>.toml: the settings tools/train_shipped.py gave these runs (its fixed ones included),
-    with ../shared/data and tools/splits found from the file's folder."""
+    """tools/runs/<run>.toml: the settings these runs were started with (the former training script's fixed
+    ones included), with ../shared/data and tools/splits found from the file's folder."""
     from napari_derun.training.config import TrainConfig
     from napari_derun.training.run_file import read_run_file
 
