@@ -344,7 +344,7 @@ def test_widget_console_and_cli_give_bit_identical_results(tmp_path, capsys, til
     import dask.array as da
     import tifffile
 
-    from napari_derun._widgets._fuse_job import FusionResult, run_fusion
+    from napari_derun._widgets._fuse_job import FuseOptions, FusionResult, run_fusion
     from napari_derun.cli import main
 
     planes = [smooth_pair(96, 80, seed=s) for s in range(3)]
@@ -352,7 +352,7 @@ def test_widget_console_and_cli_give_bit_identical_results(tmp_path, capsys, til
     b = np.stack([(100 + p[1] * 30000).astype(np.uint16) for p in planes])
     console = nd.fuse(a, b, model="admm", device="cpu", axes="ZYX", tile=tile)
     calls = []
-    widget = run_fusion(da.from_array(a, chunks=(1, 96, 80)), b, "admm", "cpu", tile=tile, colour="chroma",
+    widget = run_fusion(da.from_array(a, chunks=(1, 96, 80)), b, FuseOptions("admm", "cpu", tile=tile, colour="chroma"),
                         callback=lambda d, t: calls.append((d, t)))
     for name, x in (("a", a), ("b", b)):
         tifffile.imwrite(tmp_path / f"{name}.tif", x, imagej=True, metadata={"axes": "ZYX"})
@@ -369,9 +369,10 @@ def test_widget_console_and_cli_give_bit_identical_results(tmp_path, capsys, til
         return
     # the colours the widget shows (an RGB salient image over grey structure) and the stage layers of a stack
     ga, gb = _gfp_small()
-    np.testing.assert_array_equal(run_fusion(ga, gb, "admm", "cpu", b_rgb=True).fused,
+    np.testing.assert_array_equal(run_fusion(ga, gb, FuseOptions("admm", "cpu"), b_rgb=True).fused,
                                   nd.fuse(ga, gb, model="admm", device="cpu", colour="overlay"))
-    res = run_fusion(a[:, :40, :36], b[:, :40, :36], "admm", "cpu", with_stages=True, with_eh=True, colour="chroma")
+    res = run_fusion(a[:, :40, :36], b[:, :40, :36],
+                     FuseOptions("admm", "cpu", with_stages=True, with_eh=True, colour="chroma"))
     f, st = nd.fuse(a[:, :40, :36], b[:, :40, :36], model="admm", device="cpu", axes="ZYX", return_stages=True)
     np.testing.assert_array_equal(res.fused, f)
     assert res.stages["X"].shape == (9, 3, 40, 36) and res.stages["E"].shape[:3] == (8, 4, 3)
@@ -379,7 +380,7 @@ def test_widget_console_and_cli_give_bit_identical_results(tmp_path, capsys, til
         np.testing.assert_array_equal(res.stages[k], st[k])
     # more than two leading axes: the same planes, folded into one axis on the way through
     a5, b5 = a[:, :40, :36].reshape(3, 1, 1, 40, 36), b[:, :40, :36].reshape(3, 1, 1, 40, 36)
-    res5 = run_fusion(a5, b5, "admm", "cpu", with_stages=True, colour="chroma")
+    res5 = run_fusion(a5, b5, FuseOptions("admm", "cpu", with_stages=True, colour="chroma"))
     np.testing.assert_array_equal(res5.fused, f.reshape(3, 1, 1, 40, 36))
     np.testing.assert_array_equal(res5.stages["X"], st["X"].reshape(9, 3, 1, 1, 40, 36))
 

@@ -22,6 +22,7 @@ from ..engine.tiling import FuseCancelled
 __all__ = [
     "FAST_METRICS",
     "FusionResult",
+    "FuseOptions",
     "check_pair",
     "estimate_shift",
     "shift_plane",
@@ -228,31 +229,43 @@ def _fuse_through_the_pipeline(a_data, b_data, a_rgb, b_rgb, lead, fuser, want, 
     return fused, st
 
 
+@dataclass(frozen=True)
+class FuseOptions:
+    """The Fuse widget's choices for one run, one field per control (see :func:`run_fusion`)."""
+
+    model: Any = "admm"
+    device: str = "auto"
+    with_stages: bool = False
+    with_eh: bool = False
+    align_shift: tuple[float, float] | None = None
+    percentiles: tuple[float, float] = preprocess.DEFAULT_PERCENTILES
+    tile: int | None = None
+    colour: str = "overlay"
+    b_colormap: Any = None
+    auto: dict | None = None
+
+
 def run_fusion(
     a_data,
     b_data,
-    model: Any = "admm",
-    device: str = "auto",
+    options: FuseOptions | None = None,
     *,
     a_rgb: bool = False,
     b_rgb: bool = False,
-    with_stages: bool = False,
-    with_eh: bool = False,
-    align_shift: tuple[float, float] | None = None,
-    percentiles=preprocess.DEFAULT_PERCENTILES,
+    names: tuple[str, str] = ("a", "b"),
     callback: Callable[[int, int], None] | None = None,
     cancel: threading.Event | None = None,
-    names: tuple[str, str] = ("a", "b"),
-    tile: int | None = None,
-    colour: str = "overlay",
-    b_colormap: Any = None,
-    auto: dict | None = None,
 ) -> "FusionResult":
     """Fuse two layers' data through :func:`napari_derun.fuse` (the one pipeline) and describe the result.
 
     Args:
         a_data, b_data: structural / salient arrays ``(..., Y, X)`` or ``(..., Y, X, 3|4)``
             (numpy, dask or any array-like with the same spatial shape).
+        options: the widget's choices (:class:`FuseOptions`; default: admm on the best device).
+        a_rgb, b_rgb: whether the last axis of a / b is colour.
+        names: the layers' names (messages, provenance).
+
+    Fields of :class:`FuseOptions`:
         model: a name for :func:`napari_derun.api.load_model`, a checkpoint path or a Fuser.
         with_stages: return every stage's X as ``stages["X"]`` ``(N, ..., Y, X)``.
         with_eh: also return ``stages["E"]``/``["H"]`` ``(N, L, ..., Y, X)``.
@@ -276,24 +289,21 @@ def run_fusion(
     from .. import api
     from ..engine import stacks
 
+    o = options or FuseOptions()
     t0 = time.perf_counter()
     shape = check_pair(a_data, b_data, a_rgb, b_rgb, *names)
-    lead, (H, W) = shape[:-2], shape[-2:]
-    fuser = model if isinstance(model, api.Fuser) else api.load_model(model, device)
-    n = fuser.n_stages
+    lead = shape[:-2]
+    fuser = o.model if isinstance(o.model, api.Fuser) else api.load_model(o.model, o.device)
     idxs = list(np.ndindex(*lead)) if lead else [()]
-    P = len(idxs)
-    if align_shift is not None and any(abs(s) > 0 for s in align_shift):
-        b_data = np.stack([shift_plane(_plane(b_data, i), align_shift, b_rgb) for i in idxs]).reshape(
+    if o.align_shift is not None and any(abs(s) > 0 for s in o.align_shift):
+        b_data = np.stack([shift_plane(_plane(b_data, i), o.align_shift, b_rgb) for i in idxs]).reshape(
             tuple(lead) + tuple(np.shape(b_data)[len(lead):]))
     # one intensity range per stack, computed as napari_derun.fuse computes it
-    ra = stacks.stack_ranges(a_data, percentiles)
-    rb = stacks.stack_ranges(b_data, percentiles)
-    mid = _middle_index(lead)
-    want = with_stages or with_eh
-    tile = int(tile or stacks.DEFAULT_TILE)
-    tiled = not want and max(H, W) > tile
-    total = P * n
+    ranges = (stacks.stack_ranges(a_data, o.percentiles), stacks.stack_ranges(b_data, o.percentiles))
+    want = o.with_stages or o.with_eh
+    tile = int(o.tile or stacks.DEFAULT_TILE)
+    tiled = not want and max(shape[-2:]) > tile
+    total = len(idxs) * fuser.n_stages
 
     def cb(done, tot):
         if cancel is not None and cancel.is_set():
@@ -301,45 +311,55 @@ def run_fusion(
         if callback is not None:
             callback(min(done, tot), tot)
 
-    fused, st = _fuse_through_the_pipeline(a_data, b_data, a_rgb, b_rgb, lead, fuser, want, percentiles=percentiles,
-                                           ranges=(ra, rb), tile=tile, callback=cb, cancel=cancel, colour=colour,
-                                           b_colormap=b_colormap)
+    fused, st = _fuse_through_the_pipeline(a_data, b_data, a_rgb, b_rgb, lead, fuser, want, percentiles=o.percentiles,
+                                           ranges=ranges, tile=tile, callback=cb, cancel=cancel, colour=o.colour,
+                                           b_colormap=o.b_colormap)
     if callback is not None:
         callback(total, total)
-    keys = (["X"] if with_stages else []) + (["E", "H"] if with_eh else [])
-    stages = {k: st[k] for k in keys if k in st}
-    prep = preprocess.prepare_pair(_plane(a_data, mid), _plane(b_data, mid), percentiles=percentiles,
-                                   ranges=(ra, rb))
+    keys = (["X"] if o.with_stages else []) + (["E", "H"] if o.with_eh else [])
+    middle = _middle_planes(a_data, b_data, fused, st, lead, o.percentiles, ranges)
+    prov = _provenance(fuser, o, names, ranges, lead, tile if tiled else None)
+    mets = fast_metrics(*middle) if min(shape[-2:]) >= 11 else {}
+    secs = time.perf_counter() - t0
+    prov["seconds"] = round(secs, 3)
+    return FusionResult(fused=fused, rgb=fused.ndim == len(lead) + 3, stages={k: st[k] for k in keys if k in st},
+                        provenance=prov, metrics=mets, middle=middle, seconds=secs, n_stages=fuser.n_stages)
+
+
+def _middle_planes(a_data, b_data, fused, st, lead, percentiles, ranges):
+    """The middle plane's ``(a, b, fused)`` luminance in [0, 1] (the live metrics' inputs)."""
+    mid = _middle_index(lead)
+    prep = preprocess.prepare_pair(_plane(a_data, mid), _plane(b_data, mid), percentiles=percentiles, ranges=ranges)
     if "X" in st:  # the last stage is the fused luminance (before the colours)
         f_l = st["X"][-1][mid] if mid else st["X"][-1]
     else:
         f_mid = fused[mid] if mid else fused
         f_l = preprocess.split_luma(f_mid)[0] if fused.ndim == len(lead) + 3 else f_mid
-    middle = (prep.a, prep.b, np.clip(f_l, 0, 1).astype(np.float32))
+    return prep.a, prep.b, np.clip(f_l, 0, 1).astype(np.float32)
+
+
+def _provenance(fuser, o: FuseOptions, names, ranges, lead, tile) -> dict[str, Any]:
+    """What produced a run (model, weights, device, parameters), for ``layer.metadata``."""
+    from ..engine import stacks
 
     prov = dict(fuser.provenance())
     prov.update(
         {
             "inputs": {"structural": names[0], "salient": names[1]},
             "parameters": {
-                "percentiles": list(percentiles),
-                "range_structural": list(ra),
-                "range_salient": list(rb),
-                "align_shift": list(align_shift) if align_shift is not None else None,
-                "planes": P,
+                "percentiles": list(o.percentiles),
+                "range_structural": list(ranges[0]),
+                "range_salient": list(ranges[1]),
+                "align_shift": list(o.align_shift) if o.align_shift is not None else None,
+                "planes": int(np.prod(lead)) if lead else 1,
                 "leading_shape": list(lead),
-                "tile": int(tile) if tiled else None,
-                "overlap": stacks.DEFAULT_OVERLAP if tiled else None,
-                "colour": colour,
+                "tile": tile,
+                "overlap": stacks.DEFAULT_OVERLAP if tile else None,
+                "colour": o.colour,
             },
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
     )
-    if auto is not None:
-        prov["auto"] = dict(auto)
-    rgb_out = fused.ndim == len(lead) + 3
-    mets = fast_metrics(*middle) if min(H, W) >= 11 else {}
-    secs = time.perf_counter() - t0
-    prov["seconds"] = round(secs, 3)
-    return FusionResult(fused=fused, rgb=rgb_out, stages=stages, provenance=prov, metrics=mets, middle=middle,
-                        seconds=secs, n_stages=n)
+    if o.auto is not None:
+        prov["auto"] = dict(o.auto)
+    return prov

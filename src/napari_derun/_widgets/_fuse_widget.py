@@ -320,6 +320,8 @@ class FuseWidget(JobWidgetMixin, QWidget):
 
         relay = self._relay
         cancel = self._cancel
+        options = job.FuseOptions(model, device, with_stages=self._opts["with_stages"], with_eh=self._opts["with_eh"],
+                                  align_shift=shift, colour=colour, b_colormap=cmap, auto=auto)
 
         def work():
             from .._runtime import gui_threads
@@ -327,11 +329,8 @@ class FuseWidget(JobWidgetMixin, QWidget):
             try:
                 with gui_threads():  # leave a core for napari's GUI
                     return job.run_fusion(
-                        a.data, b.data, model, device, a_rgb=a.rgb, b_rgb=b.rgb,
-                        with_stages=self._opts["with_stages"], with_eh=self._opts["with_eh"], align_shift=shift,
+                        a.data, b.data, options, a_rgb=a.rgb, b_rgb=b.rgb, names=(a.name, b.name),
                         callback=lambda d, t: relay.progress.emit(d, t, f"stage work {d}/{t}"), cancel=cancel,
-                        names=(a.name, b.name),
-                        colour=colour, b_colormap=cmap, auto=auto,
                     )
             except FuseCancelled:
                 return None

@@ -1,6 +1,7 @@
 """Qp: Zhao, Laganière & Liu's phase-congruency fusion metric, with Kovesi's phasecong3."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -84,10 +85,34 @@ def _pc_filters(rows: int, cols: int, nscale: int, norient: int, min_wavelength:
     return filters, em_n, an2, aiaj
 
 
-def phase_congruency(img, *, nscale: int = 4, norient: int = 6, min_wavelength: float = 3.0,
-                     mult: float = 2.1, sigma_onf: float = 0.55, dtheta_on_sigma: float = 1.2,
-                     k: float = 2.0, cutoff: float = 0.5, g: float = 10.0,
-                     data_range: float = 255.0):
+@dataclass(frozen=True)
+class PhaseCongruencySettings:
+    """Kovesi's ``phasecong3`` parameters (his defaults).
+
+    Attributes:
+        nscale: number of wavelet scales.
+        norient: number of orientations.
+        min_wavelength: wavelength of the smallest-scale filter.
+        mult: scaling factor between successive filters.
+        sigma_onf: ratio of the log-Gabor bandwidth to the centre frequency.
+        dtheta_on_sigma: ratio of the angle between orientations to the angular spread of the filters.
+        k: number of noise standard deviations in the noise threshold.
+        cutoff: frequency-spread cut-off of the sigmoid weight.
+        g: gain of the frequency-spread sigmoid.
+    """
+
+    nscale: int = 4
+    norient: int = 6
+    min_wavelength: float = 3.0
+    mult: float = 2.1
+    sigma_onf: float = 0.55
+    dtheta_on_sigma: float = 1.2
+    k: float = 2.0
+    cutoff: float = 0.5
+    g: float = 10.0
+
+
+def phase_congruency(img, settings: PhaseCongruencySettings | None = None, *, data_range: float = 255.0):
     """Phase congruency and its covariance moments (Kovesi ``phasecong3``).
 
     The PC_2 measure with log-Gabor filters built in the frequency domain
@@ -100,20 +125,7 @@ def phase_congruency(img, *, nscale: int = 4, norient: int = 6, min_wavelength: 
 
     Args:
         img: (H, W) array_like.
-        nscale: int, number of wavelet scales (4).
-        norient: int, number of orientations (6).
-        min_wavelength: float, wavelength of the smallest-scale filter (Kovesi's
-            default).
-        mult: float, scaling factor between successive filters (Kovesi's default).
-        sigma_onf: float, ratio of the log-Gabor bandwidth to the centre frequency
-            (Kovesi's default).
-        dtheta_on_sigma: float, ratio of the angle between orientations to the
-            angular spread of the filters (Kovesi's default).
-        k: float, number of noise standard deviations in the noise threshold
-            (Kovesi's default).
-        cutoff: float, frequency-spread cut-off of the sigmoid weight (Kovesi's
-            default).
-        g: float, gain of the frequency-spread sigmoid (Kovesi's default).
+        settings: the filter bank and noise parameters (default: Kovesi's).
         data_range: float, scale of the input (rescaled to 0-255).
 
     Returns:
@@ -123,16 +135,16 @@ def phase_congruency(img, *, nscale: int = 4, norient: int = 6, min_wavelength: 
         m: (H, W) float64, minimum moment (corner strength).
     """
     (x,) = _prepare((img, "img"), data_range=data_range, min_size=2)
-    return _phasecong(x, nscale, norient, min_wavelength, mult, sigma_onf, dtheta_on_sigma, k, cutoff, g)
+    return _phasecong(x, settings or PhaseCongruencySettings())
 
 
-def _phasecong(im, nscale=4, norient=6, min_wavelength=3.0, mult=2.1, sigma_onf=0.55,
-               dtheta_on_sigma=1.2, k=2.0, cutoff=0.5, g=10.0):
+def _phasecong(im, st: PhaseCongruencySettings):
     eps = _PC_EPS
+    nscale, norient, k, cutoff, g = st.nscale, st.norient, st.k, st.cutoff, st.g
     rows, cols = im.shape
     filters, em_n, an2, aiaj = _pc_filters(
-        rows, cols, nscale, norient, float(min_wavelength), float(mult), float(sigma_onf),
-        float(dtheta_on_sigma),
+        rows, cols, nscale, norient, float(st.min_wavelength), float(st.mult), float(st.sigma_onf),
+        float(st.dtheta_on_sigma),
     )
     imfft = _fft.fft2(im)
     total_energy = np.zeros((rows, cols))
@@ -253,9 +265,10 @@ def qp(a, b, f, *, threshold: float = 0.1, data_range: float = 255.0, return_com
         float, or (float, (float, float, float)) with ``return_components``.
     """
     a, b, f = _prepare((a, "a"), (b, "b"), (f, "f"), data_range=data_range, min_size=2)
-    pc1, m1_big, m1 = _phasecong(a)
-    pc2, m2_big, m2 = _phasecong(b)
-    pcf, mf_big, mf = _phasecong(f)
+    st = PhaseCongruencySettings()
+    pc1, m1_big, m1 = _phasecong(a, st)
+    pc2, m2_big, m2 = _phasecong(b, st)
+    pcf, mf_big, mf = _phasecong(f, st)
     sel = pc1 > pc2
     pc_max = np.where(sel, pc1, pc2)
     big_max = np.where(sel, m1_big, m2_big)
