@@ -55,7 +55,7 @@ def _write_fake(path, config, version=1):
     ({"pad": -100}, "pad = -100"),
     ({"hidden": "8"}, "hidden"),
     ({"guided": "yes"}, "guided"),
-    ({"bogus": 1}, "unknown DeRUN config keys"),
+    ({"bogus": 1}, "unknown keys in a DeRUN config"),
 ])
 def test_checkpoint_config_is_bounded_before_building(tmp_path, change, message):
     cfg = {**DeRUN.from_hifm().config.to_dict(), **change}
@@ -331,5 +331,5 @@ def test_hifm_parameters_are_bounded(kw, field):
 
     with pytest.raises(ValueError, match=field):
         HIFMParams(**kw)
-    with pytest.raises(ValueError, match="unknown HIFM"):
+    with pytest.raises(ValueError, match="unknown keys in HIFM parameters"):
         HIFMParams.from_dict({"bogus": 1})
