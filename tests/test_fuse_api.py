@@ -195,3 +195,28 @@ def test_library_fuse_has_no_process_wide_side_effects():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**__import__("os").environ, "NAPARI_DERUN_MALLOPT": ""})
     assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+def test_return_result_describes_the_run():
+    """``return_result=True``: the same pixels as the plain call, with the ranges used (the uint16 stack's
+    percentiles, computed once), the output axes, the tile when planes were tiled, and the provenance;
+    ``names`` name the inputs in messages."""
+    a, b = smooth_pair(80, 72, seed=3)
+    a16 = np.stack([(200 + a * (9000 + 500 * i)).astype(np.uint16) for i in range(2)])
+    b16 = np.stack([(50 + b * 20000).astype(np.uint16)] * 2)
+    plain = nd.fuse(a16, b16, model="admm", device="cpu", axes="ZYX", tile=64)
+    res = nd.fuse(a16, b16, model="admm", device="cpu", axes="ZYX", tile=64, return_result=True)
+    np.testing.assert_array_equal(res.fused, plain)
+    lo, hi = np.percentile(a16, (0.1, 99.9))
+    np.testing.assert_allclose(res.ranges[0], (lo, hi))
+    assert res.axes == "ZYX" and res.tile == 64 and res.stages is None
+    pars = res.provenance["parameters"]
+    assert pars["tile"] == 64 and pars["overlap"] is not None and pars["ranges"][1] == list(res.ranges[1])
+    assert res.provenance["model"] == "admm"
+    whole = nd.fuse(a16[0], b16[0], model="admm", device="cpu", return_result=True, return_stages=True)
+    assert whole.tile is None and whole.provenance["parameters"]["overlap"] is None
+    assert whole.stages["X"].shape == (9, 80, 72) and whole.axes == "YX"
+    bad = a.copy()
+    bad[3, 4] = np.nan
+    with pytest.raises(ValueError, match="image pc.tif contains 1 NaN"):
+        nd.fuse(bad, b, model="admm", device="cpu", names=("pc.tif", "gfp.tif"))

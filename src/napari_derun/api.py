@@ -6,6 +6,8 @@ of :mod:`napari_derun.engine.stacks`.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import sys
 import threading
@@ -106,12 +108,12 @@ def check_tiling(tile, overlap) -> None:
             raise ValueError(f"overlap ({overlap}) must be smaller than the tile ({tile})")
 
 
-def _check_inputs(a, b, axes) -> None:
+def _check_inputs(a, b, axes, names=("a", "b")) -> None:
     """Clear messages for inputs no engine can take (before any model is loaded)."""
     if axes is not None and not isinstance(axes, str) and not (
             isinstance(axes, (tuple, list)) and len(axes) == 2 and all(isinstance(x, str) for x in axes)):
         raise ValueError(f"axes must be a string such as 'ZYX' or a pair of strings, got {axes!r}")
-    for name, x in (("a", a), ("b", b)):
+    for name, x in zip(names, (a, b)):
         if x is None:
             continue
         if isinstance(x, np.ma.MaskedArray) and np.ma.is_masked(x):
@@ -146,7 +148,9 @@ def fuse(
     precision: str | None = None,
     colour: str = "auto",
     b_colormap: Any = None,
-) -> np.ndarray | DaskArray | tuple[np.ndarray | DaskArray, dict[str, np.ndarray]]:
+    return_result: bool = False,
+    names: tuple[str, str] = ("a", "b"),
+) -> Any:
     """Fuse two registered images or stacks with DeRUN or the training-free HIFM solver.
 
     Args:
@@ -185,6 +189,10 @@ def fuse(
             ``overlay`` and ``luminance`` read dask inputs into memory.
         b_colormap: the colour map a grey ``b`` is shown with (``"green"``, a matplotlib name, an
             ``(N, 3)`` table or a callable), for ``colour="overlay"``.
+        return_result: return a :class:`~napari_derun.engine.stacks.Fusion` (the fused array, its axes,
+            the intensity ranges used, the stages when asked for, the tile, and the provenance: model,
+            weights, device, parameters) instead of the array.
+        names: what messages about the inputs call them (layer or file names).
 
     Returns:
         float32 fused image in [0, 1] with the layout of the inputs (``C`` = 3 when an
@@ -196,7 +204,7 @@ def fuse(
     from .engine import stacks
 
     check_tiling(tile, overlap)
-    _check_inputs(a, b, axes)
+    _check_inputs(a, b, axes, names)
     preprocess.check_percentiles(percentiles)
     if ranges is not None:
         ranges = (preprocess.check_range(ranges[0], "ranges[0] (a)"), preprocess.check_range(ranges[1], "ranges[1] (b)"))
@@ -207,7 +215,7 @@ def fuse(
     gui = _napari_console()
     if isinstance(model, str) and model == AUTO:
         if a is None or b is None:
-            preprocess.validate_pair(a, b)  # raises with the standard message
+            preprocess.validate_pair(a, b, names=names)  # raises with the standard message
         model, guess, msg = auto_model(a, b, axes)
         log.info(msg)
         if gui is not None:
@@ -220,25 +228,31 @@ def fuse(
         with gui.progress("napari-derun: fusing") as callback:
             return fuse(a, b, fuser, fuser.device, return_stages, percentiles, color_from, callback, axes=axes,
                         tile=tile, overlap=overlap, batch_size=batch_size, cancel=cancel, ranges=ranges,
-                        client=client, colour=colour, b_colormap=b_colormap)
+                        client=client, colour=colour, b_colormap=b_colormap, return_result=return_result,
+                        names=names)
     if a is None or b is None:
-        preprocess.validate_pair(a, b)  # raises with the standard message
-    kw = dict(tile=tile or 0, overlap=stacks.DEFAULT_OVERLAP if overlap is None else overlap, batch_size=batch_size,
-              callback=callback, cancel=cancel, client=client, return_stages=return_stages)
+        preprocess.validate_pair(a, b, names=names)  # raises with the standard message
+    overlap = stacks.DEFAULT_OVERLAP if overlap is None else overlap
+    kw = dict(tile=tile or 0, overlap=overlap, batch_size=batch_size, callback=callback, cancel=cancel,
+              client=client, return_stages=return_stages, names=names)
     if colour in ("overlay", "luminance"):
-        return _fuse_coloured(np.asarray(a), np.asarray(b), fuser, colour, b_colormap, axes, ranges, percentiles,
-                              **kw)
-    if not stacks._is_dask(a):
-        a = np.asarray(a)
-    if not stacks._is_dask(b):
-        b = np.asarray(b)
-    return stacks.fuse_stack(a, b, fuser, axes=axes, percentiles=percentiles, color_from=color_from, ranges=ranges,
-                             **kw)
+        res = _fuse_coloured(np.asarray(a), np.asarray(b), fuser, colour, b_colormap, axes, percentiles, ranges, kw)
+    else:
+        a = a if stacks._is_dask(a) else np.asarray(a)
+        b = b if stacks._is_dask(b) else np.asarray(b)
+        res = stacks.fuse_stack(a, b, fuser, axes=axes, percentiles=percentiles, color_from=color_from,
+                                ranges=ranges, **kw)
+    if not return_result:
+        return (res.fused, res.stages) if return_stages else res.fused
+    prov = dict(fuser.provenance())
+    prov["parameters"] = {"axes": res.axes, "ranges": [list(r) for r in res.ranges], "percentiles": list(percentiles),
+                          "tile": res.tile, "overlap": overlap if res.tile else None, "colour": colour}
+    return dataclasses.replace(res, provenance=prov)
 
 
-def _fuse_coloured(a: np.ndarray, b: np.ndarray, fuser, colour: str, b_colormap, axes, ranges, percentiles,
-                   **kw) -> np.ndarray:
-    """Fuse the luminances, then colour the result (:func:`napari_derun.data.colour.compose`)."""
+def _fuse_coloured(a: np.ndarray, b: np.ndarray, fuser, colour: str, b_colormap, axes, percentiles, ranges,
+                   kw: dict):
+    """Fuse the luminances, then colour the result (:func:`napari_derun.data.colour.compose`): a ``Fusion``."""
     from .data import colour as col
     from .engine import stacks
 
@@ -246,14 +260,14 @@ def _fuse_coloured(a: np.ndarray, b: np.ndarray, fuser, colour: str, b_colormap,
     for name, ax in (("a", ax_a), ("b", ax_b)):
         if "C" in ax and not ax.endswith("C"):
             raise ValueError(f"colour={colour!r} needs the colour axis of {name} last (axes {ax!r})")
-    ra, rb = ranges if ranges is not None else (stacks.stack_ranges(a, percentiles, name="a"),
-                                                 stacks.stack_ranges(b, percentiles, name="b"))
+    ra, rb = ranges if ranges is not None else (stacks.stack_ranges(a, percentiles, name=kw["names"][0]),
+                                                 stacks.stack_ranges(b, percentiles, name=kw["names"][1]))
     a01, b01 = preprocess.to_float01(a, ra), preprocess.to_float01(b, rb)
     la, _ = col.split(a01, ax_a.endswith("C"))
     lb, _ = col.split(b01, ax_b.endswith("C"))
     res = stacks.fuse_stack(la, lb, fuser, axes=(ax_a.replace("C", ""), ax_b.replace("C", "")),
                             ranges=((0.0, 1.0), (0.0, 1.0)), percentiles=percentiles, color_from="auto", **kw)
-    fused, stages = res if kw.get("return_stages") else (res, None)
-    out = col.compose(np.asarray(fused, np.float32), a01, b01, ax_a.endswith("C"), ax_b.endswith("C"), colour,
+    out = col.compose(np.asarray(res.fused, np.float32), a01, b01, ax_a.endswith("C"), ax_b.endswith("C"), colour,
                       b_colormap)
-    return out if stages is None else (out, stages)
+    out_ax = res.axes + ("C" if out.ndim > len(res.axes) else "")
+    return dataclasses.replace(res, fused=out, axes=out_ax, ranges=(ra, rb))

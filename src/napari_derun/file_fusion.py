@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .data.preprocess import DEFAULT_PERCENTILES
 from .io.images import check_output_format, read_input, to_dtype, write_output
 
 
@@ -62,14 +61,10 @@ def fuse_files(a_path, b_path, out_path, model, opts: dict, callback=None, clien
         fuser, auto = model.pick(a, b, (ax_a, ax_b), [Path(a_path).stem, Path(b_path).stem])
     else:
         fuser = resolve_fuser(model)
-    overlap = opts.get("overlap")
-    ranges = (stacks.stack_ranges(a, name=str(a_path)), stacks.stack_ranges(b, name=str(b_path)))
-    f = api.fuse(a, b, model=fuser, device=fuser.device, axes=(ax_a, ax_b), tile=opts.get("tile", 1024),
-                 overlap=overlap, batch_size=opts.get("batch_size"), callback=callback, ranges=ranges,
-                 client=client)
-    out_ax = ax_a if ("C" in ax_a or "C" not in ax_b) else ax_b
-    if f.ndim < len(out_ax):  # colour inputs with grey content give a grey result
-        out_ax = out_ax.replace("C", "")
+    res = api.fuse(a, b, model=fuser, device=fuser.device, axes=(ax_a, ax_b), tile=opts.get("tile", 1024),
+                   overlap=opts.get("overlap"), batch_size=opts.get("batch_size"), callback=callback, client=client,
+                   return_result=True, names=(str(a_path), str(b_path)))
+    f, out_ax = res.fused, res.axes
     kind = check_output_format(out_path)
     if kind == "preview":
         arr = np.asarray(f)
@@ -79,13 +74,9 @@ def fuse_files(a_path, b_path, out_path, model, opts: dict, callback=None, clien
         data = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
     else:
         data = to_dtype(np.asarray(f), opts.get("dtype", "float32"), a.dtype)
-    prov = fuser.provenance()
-    prov.update({
-        "inputs": {"a": str(a_path), "b": str(b_path)},
-        "parameters": {"tile": opts.get("tile", 1024), "overlap": overlap if overlap is not None else stacks.DEFAULT_OVERLAP,
-                       "axes": out_ax, "dtype": str(data.dtype), "ranges": [list(r) for r in ranges],
-                       "percentiles": list(DEFAULT_PERCENTILES)},
-    })
+    prov = dict(res.provenance)
+    prov["inputs"] = {"a": str(a_path), "b": str(b_path)}
+    prov["parameters"] = {**prov["parameters"], "dtype": str(data.dtype)}
     if auto is not None:
         prov["auto"] = auto
     if kind == "preview":

@@ -8,6 +8,7 @@ this is exactly what :func:`napari_derun.fuse` does, so the results are identica
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
@@ -203,8 +204,9 @@ class FusionResult:
 
 
 def _fuse_through_the_pipeline(a_data, b_data, a_rgb, b_rgb, lead, fuser, want, **kw):
-    """``napari_derun.fuse`` of two layers' data (``(lead…, Y, X[, C])``), as the console runs it: ``(fused,
-    stages)``; more than two leading axes are folded into one (planes are independent given the ranges)."""
+    """``napari_derun.fuse`` of two layers' data (``(lead…, Y, X[, C])``), as the console runs it: its
+    :class:`~napari_derun.engine.stacks.Fusion` with the result in memory; more than two leading axes are
+    folded into one (planes are independent given the ranges)."""
     from .. import api
     from ..engine import stacks
 
@@ -220,13 +222,14 @@ def _fuse_through_the_pipeline(a_data, b_data, a_rgb, b_rgb, lead, fuser, want, 
         b_in = b_in.reshape((P,) + tuple(b_in.shape[len(lead):]))
     lead_ax = "TZ"[2 - (1 if fold else len(lead)):]
     axes = (lead_ax + "YX" + ("C" if a_rgb else ""), lead_ax + "YX" + ("C" if b_rgb else ""))
-    res = api.fuse(a_in, b_in, model=fuser, device=fuser.device, axes=axes, return_stages=want, **kw)
-    fused, st = res if want else (res, {})
-    fused = np.asarray(fused, dtype=np.float32)  # computes a lazy (dask) result
+    res = api.fuse(a_in, b_in, model=fuser, device=fuser.device, axes=axes, return_stages=want, return_result=True,
+                   **kw)
+    fused = np.asarray(res.fused, dtype=np.float32)  # computes a lazy (dask) result
+    st = res.stages or {}
     if fold:
         fused = fused.reshape(tuple(lead) + fused.shape[1:])
         st = {k: v.reshape(v.shape[:-3] + tuple(lead) + v.shape[-2:]) for k, v in st.items()}
-    return fused, st
+    return dataclasses.replace(res, fused=fused, stages=st)
 
 
 @dataclass(frozen=True)
@@ -298,11 +301,7 @@ def run_fusion(
     if o.align_shift is not None and any(abs(s) > 0 for s in o.align_shift):
         b_data = np.stack([shift_plane(_plane(b_data, i), o.align_shift, b_rgb) for i in idxs]).reshape(
             tuple(lead) + tuple(np.shape(b_data)[len(lead):]))
-    # one intensity range per stack, computed as napari_derun.fuse computes it
-    ranges = (stacks.stack_ranges(a_data, o.percentiles), stacks.stack_ranges(b_data, o.percentiles))
     want = o.with_stages or o.with_eh
-    tile = int(o.tile or stacks.DEFAULT_TILE)
-    tiled = not want and max(shape[-2:]) > tile
     total = len(idxs) * fuser.n_stages
 
     def cb(done, tot):
@@ -311,14 +310,15 @@ def run_fusion(
         if callback is not None:
             callback(min(done, tot), tot)
 
-    fused, st = _fuse_through_the_pipeline(a_data, b_data, a_rgb, b_rgb, lead, fuser, want, percentiles=o.percentiles,
-                                           ranges=ranges, tile=tile, callback=cb, cancel=cancel, colour=o.colour,
-                                           b_colormap=o.b_colormap)
+    res = _fuse_through_the_pipeline(a_data, b_data, a_rgb, b_rgb, lead, fuser, want, percentiles=o.percentiles,
+                                     tile=int(o.tile or stacks.DEFAULT_TILE), callback=cb, cancel=cancel,
+                                     colour=o.colour, b_colormap=o.b_colormap, names=tuple(names))
+    fused, st, ranges = res.fused, res.stages or {}, res.ranges
     if callback is not None:
         callback(total, total)
     keys = (["X"] if o.with_stages else []) + (["E", "H"] if o.with_eh else [])
     middle = _middle_planes(a_data, b_data, fused, st, lead, o.percentiles, ranges)
-    prov = _provenance(fuser, o, names, ranges, lead, tile if tiled else None)
+    prov = _provenance(res.provenance, o, names, lead)
     mets = fast_metrics(*middle) if min(shape[-2:]) >= 11 else {}
     secs = time.perf_counter() - t0
     prov["seconds"] = round(secs, 3)
@@ -338,23 +338,23 @@ def _middle_planes(a_data, b_data, fused, st, lead, percentiles, ranges):
     return prep.a, prep.b, np.clip(f_l, 0, 1).astype(np.float32)
 
 
-def _provenance(fuser, o: FuseOptions, names, ranges, lead, tile) -> dict[str, Any]:
-    """What produced a run (model, weights, device, parameters), for ``layer.metadata``."""
-    from ..engine import stacks
-
-    prov = dict(fuser.provenance())
+def _provenance(prov: dict[str, Any], o: FuseOptions, names, lead) -> dict[str, Any]:
+    """The pipeline's provenance (model, weights, device, ranges, tile) with what the widget adds, for
+    ``layer.metadata``."""
+    pars = prov["parameters"]
+    prov = dict(prov)
     prov.update(
         {
             "inputs": {"structural": names[0], "salient": names[1]},
             "parameters": {
                 "percentiles": list(o.percentiles),
-                "range_structural": list(ranges[0]),
-                "range_salient": list(ranges[1]),
+                "range_structural": pars["ranges"][0],
+                "range_salient": pars["ranges"][1],
                 "align_shift": list(o.align_shift) if o.align_shift is not None else None,
                 "planes": int(np.prod(lead)) if lead else 1,
                 "leading_shape": list(lead),
-                "tile": tile,
-                "overlap": stacks.DEFAULT_OVERLAP if tile else None,
+                "tile": pars["tile"],
+                "overlap": pars["overlap"],
                 "colour": o.colour,
             },
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),

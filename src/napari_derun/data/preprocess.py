@@ -33,14 +33,16 @@ def _is_colour(x: np.ndarray) -> bool:
     return x.ndim == 3 and x.shape[-1] in (3, 4)
 
 
-def validate_pair(a, b, allow_colour: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Check a 2-D pair (grey ``(H, W)`` or colour ``(H, W, 3|4)``) and return numpy arrays.
+def validate_pair(a, b, allow_colour: bool = True, names: tuple[str, str] = ("a", "b")
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Check a 2-D pair (grey ``(H, W)`` or colour ``(H, W, 3|4)``) and return numpy arrays; ``names``: what
+    the messages call the two images.
 
     Raises:
         ValueError: with a message naming the problem and what to do.
     """
     out = []
-    for name, x in (("a", a), ("b", b)):
+    for name, x in zip(names, (a, b)):
         if x is None:
             raise ValueError(f"image {name} is missing: pass two registered images")
         x = np.asarray(x)
@@ -64,7 +66,7 @@ def validate_pair(a, b, allow_colour: bool = True) -> tuple[np.ndarray, np.ndarr
     a, b = out
     if a.shape[:2] != b.shape[:2]:
         raise ValueError(
-            f"the images differ in size: a is {a.shape[:2]} and b is {b.shape[:2]}; "
+            f"the images differ in size: {names[0]} is {a.shape[:2]} and {names[1]} is {b.shape[:2]}; "
             "fusion needs two registered images of the same size (resample or crop one of them first)"
         )
     return a, b

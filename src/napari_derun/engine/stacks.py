@@ -29,7 +29,7 @@ numpy only at import time; torch is imported lazily.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -57,6 +57,7 @@ __all__ = [
     "blend_weights",
     "fuse_luma_planes",
     "fuse_stack",
+    "Fusion",
 ]
 
 #: dask inputs with at most this many elements get exact percentiles, larger ones a sampled estimate
@@ -173,6 +174,27 @@ def stack_ranges(x, percentiles=preprocess.DEFAULT_PERCENTILES, seed: int = 0,
 
 
 # ----------------------------------------------------------------------------- stacks
+@dataclass(frozen=True, eq=False)
+class Fusion:
+    """What one run of the fusion pipeline produced.
+
+    Attributes:
+        fused: float32 in [0, 1] with the layout ``axes`` (numpy, or a lazy dask array for dask inputs).
+        axes: the axis letters of ``fused`` (``C`` = 3 when it is colour).
+        ranges: the intensity ranges ``((lo_a, hi_a), (lo_b, hi_b))`` a and b were mapped to [0, 1] with.
+        stages: every stage's intermediates when asked for (``return_stages``), else None.
+        tile: the tile side when planes were fused in tiles, else None.
+        provenance: model, weights, device and parameters (filled in by :func:`napari_derun.fuse`).
+    """
+
+    fused: Any
+    axes: str
+    ranges: tuple[tuple[float, float], tuple[float, float]]
+    stages: dict[str, np.ndarray] | None = None
+    tile: int | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
 def fuse_stack(
     a,
     b,
@@ -188,21 +210,22 @@ def fuse_stack(
     cancel=None,
     client: Any = None,
     return_stages: bool = False,
+    names: tuple[str, str] = ("a", "b"),
 ):
     """Fuse numpy or dask arrays of any supported layout with a loaded ``fuser``: the one fusion pipeline
     behind :func:`napari_derun.fuse`, the Fuse widget and ``napari-derun fuse``.
 
-    See :func:`napari_derun.fuse` for the arguments. Returns float32 in [0, 1]
-    with the layout of the inputs (``C`` = 3 when an input is colour): numpy for
+    See :func:`napari_derun.fuse` for the arguments. Returns a :class:`Fusion`: ``fused`` is float32 in
+    [0, 1] with the layout of the inputs (``C`` = 3 when an input is colour): numpy for
     numpy inputs, a lazy dask array when an input is a dask array. With ``return_stages`` (numpy
-    inputs; whole planes, not tiled): ``(fused, stages)``, every stage as ``(N, lead…, Y, X)``
+    inputs; whole planes, not tiled) ``stages`` holds every stage as ``(N, lead…, Y, X)``
     (``E``, ``H``: ``(N, L, lead…, Y, X)``) with the leading axes in the inputs' order.
     """
     if batch_size is None:
         batch_size = 8 if str(fuser.device).startswith("cuda") else 1
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
-    for name, x in (("a", a), ("b", b)):
+    for name, x in zip(names, (a, b)):
         if x.dtype.kind not in "biuf":
             raise ValueError(f"image {name} has unsupported dtype {x.dtype}; supported: bool, integer and float types")
         if x.size == 0:
@@ -210,7 +233,7 @@ def fuse_stack(
     sa, sb = tuple(a.shape), tuple(b.shape)
     if axes is None and len(sa) <= 3 and len(sb) <= 3 and not (_is_dask(a) or _is_dask(b)):
         if (len(sa) == 2 or sa[-1] in (3, 4)) and (len(sb) == 2 or sb[-1] in (3, 4)):
-            preprocess.validate_pair(a, b)  # a 2-D pair: the detailed 2-D checks and messages
+            preprocess.validate_pair(a, b, names=names)  # a 2-D pair: the detailed 2-D checks and messages
     ax_a, ax_b = _pair_axes(sa, sb, axes)
     if ax_a.replace("C", "") != ax_b.replace("C", ""):
         raise ValueError(f"a has axes {ax_a} and b has axes {ax_b}: both must have the same non-colour axes")
@@ -226,12 +249,13 @@ def fuse_stack(
     colour = "C" in ax_a or "C" in ax_b
     out_ax = ax_a if "C" in ax_a or "C" not in ax_b else ax_b  # layout of the (first) colour input
     if ranges is None:
-        ranges = (stack_ranges(a, percentiles, name="a"), stack_ranges(b, percentiles, name="b"))
+        ranges = (stack_ranges(a, percentiles, name=names[0]), stack_ranges(b, percentiles, name=names[1]))
     plan = _Plan("C" in ax_a, "C" in ax_b, colour, ranges, color_from, tile, overlap, batch_size)
     lazy = _is_dask(a) or _is_dask(b) or client is not None
     if return_stages and lazy:
         raise ValueError("return_stages=True needs numpy inputs (every stage of a lazy stack is kept in memory): "
                          "pass np.asarray(...) of the planes you want to inspect")
+    tiled = int(tile) if tile and not return_stages and max(shp_a[-2:]) > int(tile) else None
     if not lazy:
         A = np.transpose(np.asarray(a), pa)
         B = np.transpose(np.asarray(b), pb)
@@ -244,8 +268,9 @@ def fuse_stack(
             out_ax = out_ax.replace("C", "")
         _, c_out = _canonical_perm(out_ax)
         res = np.transpose(res, [c_out.index(c) for c in out_ax])
-        return (res, stages) if return_stages else res
-    return _fuse_dask(a, b, fuser, (pa, pb), out_ax, plan, client)
+        return Fusion(res, out_ax, ranges, stages, tiled)
+    res = _fuse_dask(a, b, fuser, (pa, pb), out_ax, plan, client)
+    return Fusion(res, out_ax if res.ndim == len(out_ax) else out_ax.replace("C", ""), ranges, None, tiled)
 
 
 @dataclass(frozen=True)
