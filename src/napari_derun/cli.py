@@ -20,7 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
         if info.name.startswith("_"):  # helpers, not commands
             continue
         mod = importlib.import_module(f"{commands.__name__}.{info.name}")
-        mod.register(sub)
+        p = sub.add_parser(info.name, help=mod.HELP, description=mod.DESCRIPTION)
+        mod.options(p)
+        p.set_defaults(func=mod.run)
     for p in sub.choices.values():  # every command: --threads
         if not any("--threads" in a.option_strings for a in p._actions):
             p.add_argument("--threads", type=int, default=None,

@@ -1,1 +1,2 @@
-"""CLI subcommands: each module here defines ``register(subparsers)``; cli.py discovers them."""
+"""CLI subcommands: each module here defines ``HELP``, ``DESCRIPTION``, ``options(parser)``
+and ``run(args)``; cli.py discovers them and makes their parsers."""

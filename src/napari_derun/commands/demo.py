@@ -7,16 +7,15 @@ import time
 from pathlib import Path
 
 
-def register(sub) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="fuse the built-in sample pairs (no data needed) and write PNG/TIFF results",
-        description="Fuse the procedurally generated GFP + phase-contrast and PET + MRI samples.",
-    )
+HELP = "fuse the built-in sample pairs (no data needed) and write PNG/TIFF results"
+DESCRIPTION = ("Fuse the procedurally generated GFP + phase-contrast and PET + MRI samples.")
+
+
+def options(p) -> None:
+    """The command's arguments (cli.py makes the parser with HELP and DESCRIPTION)."""
     p.add_argument("--out", "-o", default="derun_demo", help="output folder (default: derun_demo)")
     p.add_argument("--model", default=None, help="model name or checkpoint (default: best shipped for each sample)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,22 +5,21 @@ import argparse
 from pathlib import Path
 
 
-def register(sub) -> None:
+HELP = "fuse every a/ + b/ pair of a folder with several methods and tabulate the fusion metrics"
+DESCRIPTION = ("Fuse each pair of DIR/a and DIR/b (same file name = pair) with each method, score it "
+               "with 14 metrics by default (the paper's eight SSIM PSNR AG FMI VIF EN UIQI Qp, then SD SF MI Qabf SCD "
+               "SR; --metrics picks fewer), write per_image.csv and summary.md (mean ± std and the mean rank).")
+
+
+def options(p) -> None:
+    """The command's arguments (cli.py makes the parser with HELP and DESCRIPTION)."""
     from ..evaluation.runner import evaluate
     from ._options import add_options
 
-    p = sub.add_parser(
-        "evaluate",
-        help="fuse every a/ + b/ pair of a folder with several methods and tabulate the fusion metrics",
-        description="Fuse each pair of DIR/a and DIR/b (same file name = pair) with each method, score it "
-        "with 14 metrics by default (the paper's eight SSIM PSNR AG FMI VIF EN UIQI Qp, then SD SF MI Qabf SCD "
-        "SR; --metrics picks fewer), write per_image.csv and summary.md (mean ± std and the mean rank).",
-    )
     p.add_argument("dir", help="data folder with a/ (structural) and b/ (salient) sub-folders")
     p.add_argument("--out", "-o", default=None, help="output folder for per_image.csv and summary.md")
     add_options(p, evaluate, ("methods", "model", "device", "limit", "metrics"))
     p.add_argument("-q", "--quiet", "--no-progress", dest="no_progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,17 +5,17 @@ import argparse
 from pathlib import Path
 
 
-def register(sub) -> None:
+HELP = "write a bioimage.io model package of a trained model (runs in bioimage.io tools; loads back here)"
+DESCRIPTION = ("Write a bioimage.io model package (spec model 0.5) of a DeRUN model: two inputs "
+               "(structural, salient), one output (fused), state-dict and TorchScript weights, test tensors, cover, "
+               "documentation, citation and the training provenance. Needs pip install 'napari-derun[bioimageio]'.")
+
+
+def options(p) -> None:
+    """The command's arguments (cli.py makes the parser with HELP and DESCRIPTION)."""
     from ..engine.bmz_export import export_bioimageio
     from ._options import add_options
 
-    p = sub.add_parser(
-        "export",
-        help="write a bioimage.io model package of a trained model (runs in bioimage.io tools; loads back here)",
-        description="Write a bioimage.io model package (spec model 0.5) of a DeRUN model: two inputs "
-        "(structural, salient), one output (fused), state-dict and TorchScript weights, test tensors, cover, "
-        "documentation, citation and the training provenance. Needs pip install 'napari-derun[bioimageio]'.",
-    )
     p.add_argument("model", help="a shipped model name (gfp_pc, medical, ivf) or a .safetensors checkpoint")
     p.add_argument("-o", "--out", required=True, help="package to write: a .zip file (usual) or a folder")
     add_options(p, export_bioimageio, ("name",))
@@ -26,7 +26,6 @@ def register(sub) -> None:
                    help="then run bioimageio.core's model test on the package (needs bioimageio.core)")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="print nothing but errors (with --test: the test's result line)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,16 +22,16 @@ from typing import Any
 from ..io.images import check_output_format, read_input
 
 
-def register(sub) -> None:
+HELP = "fuse an image pair (A B -o OUT.tif) or a folder of pairs (DIR -o OUTDIR)"
+DESCRIPTION = ("Fuse registered image pairs with DeRUN / HIFM. A = structural (phase contrast, MRI, "
+               "visible), B = salient (GFP, PET, SPECT, CT, infrared). With one folder argument, pairs are "
+               "DIR/a/<name>.* and DIR/b/<name>.* and results go to OUTDIR/<name>.tif.")
+
+
+def options(p) -> None:
+    """The command's arguments (cli.py makes the parser with HELP and DESCRIPTION)."""
     from ._options import add_options
 
-    p = sub.add_parser(
-        "fuse",
-        help="fuse an image pair (A B -o OUT.tif) or a folder of pairs (DIR -o OUTDIR)",
-        description="Fuse registered image pairs with DeRUN / HIFM. A = structural (phase contrast, MRI, "
-        "visible), B = salient (GFP, PET, SPECT, CT, infrared). With one folder argument, pairs are "
-        "DIR/a/<name>.* and DIR/b/<name>.* and results go to OUTDIR/<name>.tif.",
-    )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="A B (two images) or DIR (with a/ and b/)")
     p.add_argument("-o", "--output", required=True, help="output .tif (pair) or folder (batch)")
     from ..api import fuse
@@ -53,7 +53,6 @@ def register(sub) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--verbose", "-v", action="store_true",
                    help="say which model --model auto chose for each pair, and why")
-    p.set_defaults(func=run)
 
 
 # ----------------------------------------------------------------------------- command

@@ -4,19 +4,18 @@ from __future__ import annotations
 import argparse
 
 
-def register(sub) -> None:
+HELP = "parameters, multiply-adds and median fusion time of DeRUN, ADMM and the baselines"
+DESCRIPTION = ("Count parameters and multiply-adds (convolutions + FFTs) and time each method on a "
+               "size x size pair.")
+
+
+def options(p) -> None:
+    """The command's arguments (cli.py makes the parser with HELP and DESCRIPTION)."""
     from ..evaluation.runner import evaluate
     from ..evaluation.profiling import profile
     from ._options import add_options
 
-    p = sub.add_parser(
-        "profile",
-        help="parameters, multiply-adds and median fusion time of DeRUN, ADMM and the baselines",
-        description="Count parameters and multiply-adds (convolutions + FFTs) and time each method on a "
-        "size x size pair.",
-    )
     add_options(p, profile, ("size", "methods", "model", "repeats", "device"), docs_from=(evaluate,))
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

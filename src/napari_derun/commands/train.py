@@ -25,17 +25,17 @@ def add_config_options(parser: argparse.ArgumentParser, names) -> None:
     add_model_options(parser, TrainConfig, names, defaults=False)
 
 
-def register(sub) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train / fine-tune DeRUN on a folder of pairs (DIR/a, DIR/b) and write a .safetensors model",
-        description="Train DeRUN on registered pairs: DIR/a (structural) and DIR/b (salient), same file names, "
-        "or the task folders DIR/<task> (--tasks, with split files: --splits). "
-        "Schedule defaults follow the paper (Adam, lr 1e-4, batch 4, 150 epochs, x0.9 every 10 epochs after 50); "
-        "the objective defaults to the fusion objective (--objective paper for Eq. 14). "
-        "--config FILE reads the settings from a TOML run file; the options given here override it. "
-        "On several GPUs or machines: torchrun --nproc_per_node=N -m napari_derun.cli train ... --strategy ddp.",
-    )
+HELP = "train / fine-tune DeRUN on a folder of pairs (DIR/a, DIR/b) and write a .safetensors model"
+DESCRIPTION = ("Train DeRUN on registered pairs: DIR/a (structural) and DIR/b (salient), same file names, "
+               "or the task folders DIR/<task> (--tasks, with split files: --splits). "
+               "Schedule defaults follow the paper (Adam, lr 1e-4, batch 4, 150 epochs, x0.9 every 10 epochs after 50); "
+               "the objective defaults to the fusion objective (--objective paper for Eq. 14). "
+               "--config FILE reads the settings from a TOML run file; the options given here override it. "
+               "On several GPUs or machines: torchrun --nproc_per_node=N -m napari_derun.cli train ... --strategy ddp.")
+
+
+def options(p) -> None:
+    """The command's arguments (cli.py makes the parser with HELP and DESCRIPTION)."""
     p.add_argument("dir", nargs="?", default=None,
                    help="training folder with a/ and b/ sub-folders; with --tasks, the data root holding the task "
                    "folders (default: root of the --config file's [data])")
@@ -84,7 +84,6 @@ def register(sub) -> None:
                    "time}, for log files)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .runner import (DEFAULT_METHODS, DEGRADATION_ALIASES, EVAL_METRICS, _iter_pairs, _progress, _write_csv,
-                     loaded_pairs, method_row, resolve_methods, summarize)
+                     close_run, loaded_pairs, method_row, resolve_methods, summarize)
 from .metrics import METRIC_NAMES
 
 __all__ = ["ROBUSTNESS_FIELDS", "robustness", "plot_robustness"]
@@ -124,10 +124,7 @@ def robustness(
                         bar.update(1)
             n_ok += 1
     finally:
-        bar.close()
-    if verbose:
-        for p in problems:
-            print(f"problem: {p}", file=sys.stderr)
+        close_run(bar, problems, verbose)
     table = summarize(rows, group=("degradation", "level", "method"))
     summary = {"table": table, "problems": problems, "messages": messages, "n_pairs": n_ok,
                "methods": [m.label for m in meths], "degradations": [d for d, _ in degs], "levels": levels}

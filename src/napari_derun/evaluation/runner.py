@@ -259,6 +259,14 @@ def loaded_pairs(pairs, problems: list[str], bar, steps: int, crop=None):
         yield i, name, a, b
 
 
+def close_run(bar, problems: list[str], verbose: bool) -> None:
+    """End a scoring run: close its progress bar, print the skipped pairs when ``verbose``."""
+    bar.close()
+    if verbose:
+        for p in problems:
+            print(f"problem: {p}", file=sys.stderr)
+
+
 def center_crop(x: np.ndarray, size: int | None) -> np.ndarray:
     """The central ``size`` × ``size`` window of ``x`` (``x`` itself if smaller or ``size`` is None)."""
     if not size:
@@ -429,10 +437,7 @@ def evaluate(
                 bar.update(1)
             n_ok += 1
     finally:
-        bar.close()
-    if verbose:
-        for p in problems:
-            print(f"problem: {p}", file=sys.stderr)
+        close_run(bar, problems, verbose)
     table = summarize(rows)
     ranks = method_ranks(rows) if len(meths) > 1 else {}
     md = _summary_markdown(dir_or_pairs, meths, table, problems, messages, n_ok, ranks)

@@ -59,8 +59,7 @@ def read_input(path, axes: str | None = None, max_mb: float | None = None) -> tu
     is checked against ``max_mb`` / the memory before decoding (:mod:`napari_derun.data.limits`)."""
     import numpy as np
 
-    from .planes import check_real_dtype
-    from ..data.limits import check_declared_size
+    from .planes import checked_series
 
     p = Path(path)
     if not p.is_file():
@@ -75,10 +74,7 @@ def read_input(path, axes: str | None = None, max_mb: float | None = None) -> tu
 
     try:
         with tifffile.TiffFile(str(p)) as tif:
-            s = tif.series[0]
-            check_real_dtype(p, s.dtype)
-            check_declared_size(p, s.shape, s.dtype, max_mb, p.stat().st_size)
-            arr = s.asarray()
+            s, arr = checked_series(tif, p, max_mb)
             ax = s.axes
             page = tif.pages[0]
             rgb_file = getattr(page, "photometric", None) == tifffile.PHOTOMETRIC.RGB

@@ -103,10 +103,7 @@ def read_image(path, max_mb: float | None = None) -> np.ndarray:
 
         try:
             with tifffile.TiffFile(str(p)) as tif:
-                series = tif.series[0]
-                check_real_dtype(p, series.dtype)
-                check_declared_size(p, series.shape, series.dtype, max_mb, p.stat().st_size)
-                arr = series.asarray()
+                _, arr = checked_series(tif, p, max_mb)
         except ValueError:
             raise
         except MemoryError:
@@ -151,6 +148,15 @@ def read_image(path, max_mb: float | None = None) -> np.ndarray:
     if arr.dtype == np.int32 and arr.size and arr.min() >= 0 and arr.max() <= 65535:
         arr = arr.astype(np.uint16)  # Pillow mode "I" for 16-bit grey
     return _normalise_layout(np.array(arr), p)
+
+
+def checked_series(tif, p: Path, max_mb):
+    """``(series, array)`` of an open TIFF's first series, read only after its dtype and its declared size
+    passed :func:`check_real_dtype` and :func:`~napari_derun.data.limits.check_declared_size`."""
+    s = tif.series[0]
+    check_real_dtype(p, s.dtype)
+    check_declared_size(p, s.shape, s.dtype, max_mb, p.stat().st_size)
+    return s, s.asarray()
 
 
 def check_real_dtype(path, dtype) -> None:
