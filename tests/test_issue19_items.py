@@ -37,7 +37,7 @@ def test_item5_train_init_keeps_the_models_objective(tmp_path, capsys):
     assert read_checkpoint_info(tmp_path / "n.safetensors")["training"]["config"]["target"] == "max"
 
 
-@pytest.mark.parametrize("folder,task,model", [("ivf3", "gfp_pc", "gfp_pc"), ("pet3", "ivf", "ivf"),
+@pytest.mark.parametrize("folder,task,model", [("ivf3", "gfp_pc", "gfp_pc"), ("gfp3", "ivf", "medical"),
                                                ("gfp_pc", "pet_mri", "medical")])
 def test_item6_evaluate_picks_the_model_from_the_content_not_the_folder_name(tmp_path, folder, task, model):
     from napari_derun.evaluation.runner import resolve_methods

@@ -21,14 +21,19 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["TASKS", "MODEL_OF_TASK", "PairGuess", "guess_task", "guess_roles", "analyse_pair", "choose_model",
+__all__ = ["TASKS", "MODEL_OF_TASK", "MODEL_NOTES", "PairGuess", "guess_task", "guess_roles", "analyse_pair", "choose_model",
            "task_from_names", "image_features"]
 
 #: the tasks the guess can return
 TASKS: tuple[str, ...] = ("gfp_pc", "pet_mri", "spect_mri", "ct_mri", "ivf")
-#: task -> the shipped model trained for it
+#: task -> the shipped model ``model="auto"`` runs for it. For infrared + visible that is ``medical``: on the
+#: validation sources no model was trained on (LLVIP, FMB) it ranks better than the ``ivf`` weights (trained on
+#: MSRS only) and keeps more of the infrared (docs/robustness.md, "Which model for infrared + visible")
 MODEL_OF_TASK: dict[str, str] = {"gfp_pc": "gfp_pc", "pet_mri": "medical", "spect_mri": "medical",
-                                 "ct_mri": "medical", "ivf": "ivf"}
+                                 "ct_mri": "medical", "ivf": "medical"}
+#: why a task's model is not the one named after it (said in the auto message)
+MODEL_NOTES: dict[str, str] = {"ivf": "the medical weights fuse infrared + visible from unseen cameras better than "
+                                      "the ivf weights"}
 #: the side the images are reduced to before the guess (it takes a few milliseconds)
 GUESS_SIZE = 256
 _DARK = 0.06  # a "dark" pixel, on the [0, 1] luminance
@@ -299,7 +304,7 @@ def choose_model(a: Any, b: Any, available: Sequence[str], names: Sequence[str |
         ``(model, guess, message)``: the message says which model and why, for a notification or a log.
     """
     g = analyse_pair(a, b, names, a_rgb=a_rgb, b_rgb=b_rgb)
-    model, why = g.model, g.reason
+    model, why = g.model, g.reason + (f" ({MODEL_NOTES[g.task]})" if g.task in MODEL_NOTES else "")
     if not g.confident and task_from_names(names or ()) is None and remembered in available \
             and remembered not in ("auto", "admm"):
         model, why = remembered, f"the model you used last ({remembered}); the content is unclear: {g.reason}"
