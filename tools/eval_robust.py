@@ -8,7 +8,7 @@ every fusion is scored against the *clean* sources. The numbers and figures of d
 
 Methods: average, max (max-abs rule), laplacian, admm, overlay (napari's additive blend), pixel_max,
 copy_a, copy_b, ``clean`` (the clean-trained model), ``restore+clean`` (scikit-image / classical
-restoration of the degraded input first, napari_derun.evaluation.restoration, then the clean model) and
+restoration of the degraded input first, napari_derun.data.restoration, then the clean model) and
 ``model`` (the model under test, fed the degraded inputs as they are).
 
 Every (task, condition, pair, method) score is kept in ``--cache`` (JSON), so a re-run with a new model
@@ -83,7 +83,7 @@ class Fusers:
 
     def fuse(self, method: str, task: str, a, b, deg: dict):
         from napari_derun.evaluation import baselines as B
-        from napari_derun.evaluation.restoration import restore_then_fuse
+        from napari_derun.data.restoration import restore_then_fuse
 
         if method == "model":
             return self._fuse(self.models[task], a, b)

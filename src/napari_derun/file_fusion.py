@@ -63,7 +63,7 @@ def fuse_files(a_path, b_path, out_path, model, opts: dict, callback=None, clien
         fuser = resolve_fuser(model)
     res = api.fuse(a, b, model=fuser, device=fuser.device, axes=(ax_a, ax_b), tile=opts.get("tile", 1024),
                    overlap=opts.get("overlap"), batch_size=opts.get("batch_size"), callback=callback, client=client,
-                   return_result=True, names=(str(a_path), str(b_path)))
+                   return_result=True, names=(str(a_path), str(b_path)), restore=opts.get("restore"))
     f, out_ax = res.fused, res.axes
     kind = check_output_format(out_path)
     if kind == "preview":

@@ -70,6 +70,8 @@ class FolderFuse(Container):
             show_error(f"Cannot fuse the folder: {e}")
             return
         out = self.output_folder(root)
+        restore = {k: c.value for k, c in (("a", self.owner.restore_a_combo), ("b", self.owner.restore_b_combo))
+                   if c.value != "none"} or None
         self._cancel.clear()
         relay, cancel = self._relay, self._cancel
 
@@ -80,7 +82,7 @@ class FolderFuse(Container):
 
             fuser = AutoModel(device, None) if model == "auto" else api.load_model(model, device)
             opts = {"tile": 1024, "overlap": None, "batch_size": None, "axes": None, "dtype": "float32",
-                    "overwrite": True, "max_mb": None}
+                    "overwrite": True, "max_mb": None, "restore": restore}
             done, failed, models = [], [], {}
             out.mkdir(parents=True, exist_ok=True)
 

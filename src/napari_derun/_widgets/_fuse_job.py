@@ -246,6 +246,7 @@ class FuseOptions:
     colour: str = "overlay"
     b_colormap: Any = None
     auto: dict | None = None
+    restore: dict | None = None
 
 
 def run_fusion(
@@ -285,6 +286,7 @@ def run_fusion(
             :mod:`napari_derun.data.colour`.
         b_colormap: the colour map a grey salient layer is shown with (an ``(N, 3)`` table or a name).
         auto: what ``model="auto"`` decided (model, reason), recorded in the provenance.
+        restore: restore a degraded input before fusing, e.g. ``{"b": "noise"}`` (see :func:`napari_derun.fuse`).
 
     Returns:
         A :class:`FusionResult`.
@@ -312,7 +314,8 @@ def run_fusion(
 
     res = _fuse_through_the_pipeline(a_data, b_data, a_rgb, b_rgb, lead, fuser, want, percentiles=o.percentiles,
                                      tile=int(o.tile or stacks.DEFAULT_TILE), callback=cb, cancel=cancel,
-                                     colour=o.colour, b_colormap=o.b_colormap, names=tuple(names))
+                                     colour=o.colour, b_colormap=o.b_colormap, names=tuple(names),
+                                     restore=o.restore)
     fused, st, ranges = res.fused, res.stages or {}, res.ranges
     if callback is not None:
         callback(total, total)
@@ -356,6 +359,7 @@ def _provenance(prov: dict[str, Any], o: FuseOptions, names, lead) -> dict[str, 
                 "tile": pars["tile"],
                 "overlap": pars["overlap"],
                 "colour": o.colour,
+                "restore": pars.get("restore"),
             },
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

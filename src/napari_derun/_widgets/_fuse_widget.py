@@ -29,6 +29,7 @@ B_LABEL = "Salient (GFP / PET / SPECT / infrared)"
 
 
 from ._tips import FUSE_TIPS as TIPS  # noqa: E402  (one tooltip per control)
+from ..data.restoration import OFFERED as RESTORE_CHOICES  # noqa: E402  (the restorations offered)
 
 
 def output_name(a_name: str, b_name: str) -> str:
@@ -40,8 +41,6 @@ def stage_layer_name(out: str, key: str, n: int, n_filters: int | None = None) -
     if n_filters:
         return f"{out} stages ({key}, filter 1–{n_filters} × stage 1–{n})"
     return f"{out} stages ({key}, stage 1–{n})"
-
-
 
 
 class FuseWidget(JobWidgetMixin, QWidget):
@@ -72,6 +71,9 @@ class FuseWidget(JobWidgetMixin, QWidget):
         self.eh_check = CheckBox(text="E/H maps (per stage and filter)", value=False, tooltip=TIPS["eh"])
         self.align_check = CheckBox(text="Align b to a first (shift salient onto structural)", value=False,
                                     tooltip=TIPS["align"])
+        self.restore_a_combo, self.restore_b_combo = (
+            ComboBox(label=f"Restore {k} first", choices=RESTORE_CHOICES, value="none", tooltip=TIPS["restore"])
+            for k in "ab")
         self.run_button = PushButton(text="Run", tooltip=TIPS["run"])
         self.cancel_button = PushButton(text="Cancel", enabled=False, tooltip=TIPS["cancel"])
         self.status_label = Label(value="Pick two image layers and press Run.")
@@ -81,27 +83,23 @@ class FuseWidget(JobWidgetMixin, QWidget):
             widgets=[
                 self.a_combo, self.b_combo, self.swap_button, self.model_combo, self.auto_label, self.ckpt_file,
                 self.device_combo, self.device_label, self.luminance_check, self.stages_check, self.eh_check,
-                self.align_check,
+                self.align_check, self.restore_a_combo, self.restore_b_combo,
             ]
         )
         self.buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
-        lay = QVBoxLayout(self)
-        lay.addWidget(self.form.native)
-        lay.addWidget(self.buttons.native)
-        lay.addWidget(self.progress)
-        lay.addWidget(self.status_label.native)
-        lay.addWidget(self.metrics_label.native)
-        lay.addWidget(self.all_metrics_button.native)
         from ._folder import FolderFuse
 
         self.folder = FolderFuse(self)
-        lay.addWidget(self.folder.native)
+        lay = QVBoxLayout(self)
+        for w in (self.form.native, self.buttons.native, self.progress, self.status_label.native,
+                  self.metrics_label.native, self.all_metrics_button.native, self.folder.native):
+            lay.addWidget(w)
         lay.addStretch(1)
-        self.status_label.native.setWordWrap(True)
-        self.metrics_label.native.setWordWrap(True)
+        for label in (self.status_label, self.metrics_label):
+            label.native.setWordWrap(True)
 
         self.model_combo.changed.connect(self._on_model_changed)
         self.device_combo.changed.connect(self._update_device_label)
@@ -320,8 +318,11 @@ class FuseWidget(JobWidgetMixin, QWidget):
 
         relay = self._relay
         cancel = self._cancel
+        restore = {k: c.value for k, c in (("a", self.restore_a_combo), ("b", self.restore_b_combo))
+                   if c.value != "none"}
         options = job.FuseOptions(model, device, with_stages=self._opts["with_stages"], with_eh=self._opts["with_eh"],
-                                  align_shift=shift, colour=colour, b_colormap=cmap, auto=auto)
+                                  align_shift=shift, colour=colour, b_colormap=cmap, auto=auto,
+                                  restore=restore or None)
 
         def work():
             from .._runtime import gui_threads

@@ -50,6 +50,12 @@ def options(p) -> None:
                    help="dask.distributed scheduler address (e.g. tcp://127.0.0.1:8786): fuse on its workers. "
                    "With a folder the workers read the inputs and write the outputs themselves: they must see "
                    "the same files at the same absolute paths (a shared file system)")
+    from ..data.restoration import RESTORERS
+
+    for side, example in (("a", "haze"), ("b", "noise")):
+        p.add_argument(f"--restore-{side}", default=None, choices=sorted(RESTORERS), metavar="DEGRADATION",
+                       help=f"restore {side.upper()} before fusing (classical, training-free; e.g. {example}): "
+                       + ", ".join(sorted(RESTORERS)))
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--verbose", "-v", action="store_true",
                    help="say which model --model auto chose for each pair, and why")
@@ -60,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import api
 
     opts = {"tile": args.tile, "overlap": args.overlap, "batch_size": args.batch_size, "axes": args.axes,
+            "restore": {k: v for k, v in (("a", args.restore_a), ("b", args.restore_b)) if v} or None,
             "dtype": args.dtype, "overwrite": args.overwrite, "max_mb": args.max_image_mb}
     api.check_tiling(args.tile, args.overlap)  # before loading anything
     if args.batch_size is not None and args.batch_size < 1:

@@ -13,6 +13,8 @@ but not its level, which each method estimates from the image:
 * fluorescence background: the smooth background of a grey opening subtracted.
 
 numpy, scipy and scikit-image only. Every function takes and returns a float32 ``(H, W)`` image in [0, 1].
+:func:`restore_planes` applies one to every plane (and colour channel) of an nD image: the ``restore=``
+option of :func:`napari_derun.fuse`.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["RESTORERS", "restore", "denoise", "dehaze", "estimate_noise", "restore_then_fuse"]
+__all__ = ["RESTORERS", "restore", "restore_planes", "denoise", "dehaze", "estimate_noise", "restore_then_fuse"]
 
 
 def _clip(x: np.ndarray) -> np.ndarray:
@@ -134,7 +136,13 @@ RESTORERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "poisson_counts": denoise,
     "rician": denoise,
     "ct_low_dose": denoise,
+    "noise": denoise,  # any noise: the name a user would give
 }
+
+
+#: the restorations the Fuse widget offers ("none": the input as it is)
+OFFERED: tuple[str, ...] = ("none", "noise", "haze", "low_light", "blur", "stripe_noise", "low_contrast",
+                            "background", "rain")
 
 
 def restore(img: np.ndarray, degradation: str) -> np.ndarray:
@@ -147,6 +155,21 @@ def restore(img: np.ndarray, degradation: str) -> np.ndarray:
     if x.ndim != 2:
         raise ValueError(f"restore takes a grey (H, W) image, got shape {x.shape}")
     return fn(x)
+
+
+def restore_planes(x: np.ndarray, degradation: str, plane_axes: tuple[int, int]) -> np.ndarray:
+    """:func:`restore` of every ``(Y, X)`` plane of a float image in [0, 1] (``plane_axes`` = the Y and X
+    axes; every other axis, colour included, is walked plane by plane); float32, same shape."""
+    if degradation not in RESTORERS:
+        raise ValueError(f"no restoration for {degradation!r}; choose one of {sorted(RESTORERS)}")
+    x = np.asarray(x, dtype=np.float32)
+    y_ax, x_ax = plane_axes
+    rest = [i for i in range(x.ndim) if i not in (y_ax, x_ax)]
+    moved = np.moveaxis(x, (y_ax, x_ax), (-2, -1))  # rest..., Y, X (a view)
+    out = np.empty_like(moved)
+    for idx in np.ndindex(*moved.shape[:-2]):
+        out[idx] = RESTORERS[degradation](moved[idx])
+    return np.ascontiguousarray(np.moveaxis(out, (-2, -1), (y_ax, x_ax)))
 
 
 def restore_then_fuse(a: np.ndarray, b: np.ndarray, fuse: Callable[[np.ndarray, np.ndarray], np.ndarray],
