@@ -75,6 +75,11 @@ def test_choose_model_says_what_and_why_and_never_admm_unless_missing():
     assert choose_model(a, b, SHIPPED, remembered="gfp_pc")[0] == "medical"
 
 
+#: tasks whose confusion does not matter (one model, the same kind of pair) share a group; infrared + visible
+#: runs the medical weights too, but a medical pair taken for IR/visible (or back) is still a wrong guess
+GROUP = {"gfp_pc": "fluorescence", "pet_mri": "medical", "spect_mri": "medical", "ct_mri": "medical", "ivf": "ivf"}
+
+
 @pytest.mark.slow
 def test_real_pairs_guess_accuracy(shared_data):
     """On the real development pairs the guessed model is right for at least 95 % of every task
@@ -87,7 +92,7 @@ def test_real_pairs_guess_accuracy(shared_data):
         right = swaps = 0
         for _, pa, pb in pairs:
             g = analyse_pair(read_image(pa), read_image(pb))
-            right += g.model == MODEL_OF_TASK[task]
+            right += GROUP[g.task] == GROUP[task]
             swaps += g.swapped
         assert right >= 0.95 * len(pairs), (task, right, len(pairs))
         assert swaps <= 0.02 * len(pairs), (task, swaps)
@@ -100,4 +105,5 @@ def test_real_pairs_a_few_of_each_task(shared_data):
     for task in ("gfp_pc", "ivf", "pet_mri", "spect_mri", "ct_mri"):
         for _, pa, pb in find_pairs(shared_data / task)[0][:3]:
             g = analyse_pair(read_image(pa), read_image(pb), names=[pa.stem, pb.stem])
-            assert g.model == MODEL_OF_TASK[task] and not g.swapped, (task, pa.name, g.reason)
+            assert GROUP[g.task] == GROUP[task] and g.model == MODEL_OF_TASK[task] and not g.swapped, \
+                (task, pa.name, g.reason)

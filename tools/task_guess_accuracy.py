@@ -50,7 +50,8 @@ def main(argv: list[str]) -> int:
             r = analyse_pair(b, a)
             c["n"] += 1
             c["task"] += g.task == task
-            c["model"] += g.model == MODEL_OF_TASK[task]
+            # the right model, and IR/visible told from medical pairs (both run the medical weights)
+            c["model"] += g.model == MODEL_OF_TASK[task] and (g.task == "ivf") == (task == "ivf")
             c["false_swap"] += g.swapped
             c["swap_found"] += r.swapped and r.model == MODEL_OF_TASK[task]
         n = c["n"]
