@@ -207,6 +207,7 @@ def test_train_cli_names_the_bad_setting_and_where_it_came_from(tmp_path, capsys
     assert not (tmp_path / "m.safetensors").exists()
 
 
+@pytest.mark.slow  # ~17 s / ~7 s: keeps the default suite under 2 minutes
 def test_resume_a_run_started_from_a_run_file(tmp_path, capsys):
     """A run file's run (2 epochs x 2 steps, 32² patches), then --resume to 3 epochs: the history continues."""
     from napari_derun.cli import main

@@ -229,6 +229,7 @@ def _finetune_widget(viewer, qtbot, epochs, steps):
     return w
 
 
+@pytest.mark.slow  # ~17 s / ~7 s: keeps the default suite under 2 minutes
 def test_finetune_plots_registers_saves_and_reloads(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     from napari_derun import api
     from napari_derun._widgets import FuseWidget
