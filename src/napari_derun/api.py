@@ -7,7 +7,6 @@ of :mod:`napari_derun.engine.stacks`.
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 import sys
 import threading
