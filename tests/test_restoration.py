@@ -140,3 +140,21 @@ def test_fuse_widget_restores_an_input_when_asked(make_napari_viewer, qtbot):
     assert out.metadata["derun"]["parameters"]["restore"] == {"b": "noise"}
     np.testing.assert_array_equal(np.asarray(out.data), nd.fuse(a.astype(np.float32), b_noisy, model="admm",
                                                                  device="cpu", restore={"b": "noise"}))
+
+
+def test_noise_hint_names_the_noisy_layer_unless_it_is_being_restored():
+    """The Fuse widget's suggestion: only for an input whose noise estimate passes NOISE_HINT (chosen on the
+    validation pairs), and not when a restoration is already chosen for it."""
+    from napari_derun._widgets._fuse_job import NOISE_HINT, noise_hint
+
+    a = _smooth(128, 128, seed=3)
+    b = _smooth(128, 128, seed=4)
+    noisy = np.clip(b + np.random.default_rng(0).normal(0, 2 * NOISE_HINT, b.shape), 0, 1)
+    names = ("pc", "gfp")
+    assert noise_hint(a, b, False, False, names, ("none", "none")) is None
+    msg = noise_hint(a, noisy, False, False, names, ("none", "none"))
+    assert msg is not None and "'gfp'" in msg and "'pc'" not in msg and "Restore" in msg
+    assert noise_hint(a, noisy, False, False, names, ("none", "noise")) is None
+    # a uint16 stack: the middle plane, on its own range
+    stack = np.stack([(noisy * 40000 + 500).astype(np.uint16)] * 3)
+    assert "'gfp'" in noise_hint(np.stack([a] * 3), stack, False, False, names, ("none", "none"))

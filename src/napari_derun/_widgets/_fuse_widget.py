@@ -12,6 +12,7 @@ from qtpy.QtWidgets import QProgressBar, QVBoxLayout, QWidget
 
 from . import _fuse_job as job
 from . import _pair
+from ._pair import output_name, stage_layer_name
 from ._common import JobWidgetMixin, ProgressRelay, copy_axis_labels, copy_units, image_layers, layer_picker
 from ._common import disconnect_quietly as _disconnect
 from ._prefs import default_model, load_prefs, save_pref  # noqa: F401  (default_model: used by scripts and tests)
@@ -30,17 +31,6 @@ B_LABEL = "Salient (GFP / PET / SPECT / infrared)"
 
 from ._tips import FUSE_TIPS as TIPS  # noqa: E402  (one tooltip per control)
 from ..data.restoration import OFFERED as RESTORE_CHOICES  # noqa: E402  (the restorations offered)
-
-
-def output_name(a_name: str, b_name: str) -> str:
-    return f"{b_name}_{a_name}_derun"
-
-
-def stage_layer_name(out: str, key: str, n: int, n_filters: int | None = None) -> str:
-    """Names that say what the leading axes are: ``(X, stage 1–9)``; ``(E, filter 1–4 × stage 1–8)``."""
-    if n_filters:
-        return f"{out} stages ({key}, filter 1–{n_filters} × stage 1–{n})"
-    return f"{out} stages ({key}, stage 1–{n})"
 
 
 class FuseWidget(JobWidgetMixin, QWidget):
@@ -109,7 +99,7 @@ class FuseWidget(JobWidgetMixin, QWidget):
         self.swap_button.clicked.connect(self.swap)
         self._roles_touched = False
         self._setting_roles = False
-        self._warned: set[tuple[str, str]] = set()
+        self._warned: set[tuple[str, ...]] = set()
         for c in (self.a_combo, self.b_combo):
             c.changed.connect(self._on_role_picked)
         # napari also calls reset_choices once the widget is docked (a layer added, removed, moved or
@@ -302,6 +292,11 @@ class FuseWidget(JobWidgetMixin, QWidget):
             auto = {"model": model, "task": guess.task, "reason": msg}
             show_info(f"{msg} Pick another model in the Model list to override.")
         shift = self._alignment(a, b)
+        hint = job.noise_hint(a.data, b.data, a.rgb, b.rgb, (a.name, b.name), (self.restore_a_combo.value,
+                                                                                self.restore_b_combo.value))
+        if hint and (a.name, b.name, "noise") not in self._warned:  # once per pair of layers
+            self._warned.add((a.name, b.name, "noise"))
+            show_info(hint)
         if self.model_combo.value not in (CHECKPOINT, AUTO):
             save_pref("model", self.model_combo.value)  # a hint for 'auto' when the content is unclear
         self._save_settings()

@@ -12,6 +12,18 @@ from ..data.task_guess import PairGuess, analyse_pair
 AUTO = "auto"
 
 
+def output_name(a_name: str, b_name: str) -> str:
+    """The fused layer's name (updated in place on a re-run)."""
+    return f"{b_name}_{a_name}_derun"
+
+
+def stage_layer_name(out: str, key: str, n: int, n_filters: int | None = None) -> str:
+    """Names that say what the leading axes are: ``(X, stage 1–9)``; ``(E, filter 1–4 × stage 1–8)``."""
+    if n_filters:
+        return f"{out} stages ({key}, filter 1–{n_filters} × stage 1–{n})"
+    return f"{out} stages ({key}, stage 1–{n})"
+
+
 def layer_array(layer) -> Any:
     """The array a guess reads: the layer's data (the smallest level of a multiscale layer)."""
     data = layer.data
