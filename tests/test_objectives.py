@@ -8,7 +8,7 @@ import torch
 from napari_derun.evaluation import metrics
 from napari_derun.data import preprocess
 from napari_derun.core.losses import derun_loss
-from napari_derun.core.objectives import FusionWeights, fusion_loss, objective_loss, salient_lift, ssim_torch
+from napari_derun.core.objectives import FusionWeights, fusion_loss, objective_loss, salient_lift, ssim_against, ssim_torch
 from napari_derun.data.sample_data import gfp_pc, pet_mri
 
 
@@ -22,6 +22,18 @@ def test_ssim_torch_equals_the_metric():
     y = np.clip(x + rng.normal(0, 0.1, x.shape), 0, 1)
     got = float(ssim_torch(_t(x).double(), _t(y).double())[0])
     assert got == pytest.approx(metrics.ssim_index(x, y, data_range=1.0), abs=1e-6)
+
+
+def test_ssim_against_several_references_equals_the_metric():
+    # the training loss's one-pass SSIM of x against a and b: each equals the metric code's SSIM
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 1, (2, 33, 45))
+    refs = [np.clip(x + rng.normal(0, s, x.shape), 0, 1) for s in (0.05, 0.3)]
+    got = ssim_against(torch.as_tensor(x)[:, None], *(torch.as_tensor(r)[:, None] for r in refs))
+    assert got.shape == (2, 2)
+    for i, r in enumerate(refs):
+        for k in range(2):
+            assert float(got[i, k]) == pytest.approx(metrics.ssim_index(x[k], r[k], data_range=1.0), abs=1e-6)
 
 
 def test_salient_lift_definition():
