@@ -93,6 +93,11 @@ class TrainConfig(BaseModel):
     restore: int = Field(
         0, ge=0, le=256, description="channels of the input restoration network added to the model (0: none; "
         "a start model without one gets it zero-initialised, so training starts from that model's fusion)")
+    train_only: Literal["all", "restore"] = Field(
+        "all", description="all: every weight, on the objective; restore: only the input restoration network "
+        "(needs restore > 0 and degrade > 0), towards the clean inputs (L1 of the restored a and b to the clean "
+        "a and b), the fusion stages frozen: a learned restore-then-fuse that leaves the fusion of clean pairs as "
+        "the start model's, at a tenth of a full step's cost")
     optimizer: Literal["adam", "sgd"] = Field("adam", description="Adam (the paper's, with betas) or plain SGD")
     strategy: Literal["single", "ddp"] = Field(
         "single", description="single: this process; ddp: every process of a torchrun job, gradients averaged "

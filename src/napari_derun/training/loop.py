@@ -30,6 +30,7 @@ import numpy as np
 
 from . import ddp as _ddp
 from .datasets import PairDataset, _as_dataset, degrade_batch, photometric_batch
+from .restore_only import freeze_all_but_restore, restore_loss
 from .events import EpochEvent, StepEvent, TrainEvent
 from .config import TrainConfig
 from .run_state import RunState, TrainResult, load_optimizer_tensors, optimizer_tensors, run_info
@@ -241,6 +242,8 @@ def _setup(run: RunState, model, train_pairs, val_pairs) -> None:
     run.total_steps = run.steps * cfg.epochs
 
     run.model = model.to(device).float().train()
+    if cfg.train_only == "restore":
+        freeze_all_but_restore(run.model, cfg, ddp)
     run.net = ddp.wrap(run.model)  # what the step calls: DistributedDataParallel when there are several ranks
     run.params = params = [p for p in run.model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
@@ -347,6 +350,9 @@ def _step(run: RunState, epoch: int, s: int, lr: float, rngs, gen) -> tuple[floa
     ia = ta if da is na else torch.from_numpy(da).to(device)
     ib = tb if db is nb else torch.from_numpy(db).to(device)
     run.opt.zero_grad(set_to_none=True)
+    if cfg.train_only == "restore":  # the fusion stages are frozen: the restored inputs against the clean ones
+        loss, parts = restore_loss(run.model, ia, ib, ta, tb)
+        return _finish_step(run, loss, parts, epoch, s, lr)
     with torch.autocast("cuda", enabled=run.use_amp), _padding(run.model, cfg.train_pad):
         try:
             x = run.net(ia, ib, checkpoint=cfg.checkpointing)
@@ -356,6 +362,13 @@ def _step(run: RunState, epoch: int, s: int, lr: float, rngs, gen) -> tuple[floa
     loss, parts = cfg.loss(x.float(), ta, tb, torch.from_numpy(nf).to(device))
     if cfg.adjoint_weight:
         loss = loss + cfg.adjoint_weight * adjoint_loss(run.model, generator=gen)
+    return _finish_step(run, loss, parts, epoch, s, lr)
+
+
+def _finish_step(run: RunState, loss, parts: dict, epoch: int, s: int, lr: float) -> tuple[float, dict]:
+    """Backward, optimiser step and the divergence check of one step."""
+    import torch
+
     _backward_and_step(run, loss)
     lv = float(loss.detach())
     if not math.isfinite(lv) or not all(bool(torch.isfinite(p).all()) for p in run.params):
