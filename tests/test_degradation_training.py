@@ -228,6 +228,41 @@ def test_degradation_training_is_reproducible(one_thread):
     assert any(float(v.abs().max()) > 0 for k, v in s1.items() if k.startswith("restore.out"))  # it trained R
 
 
+def test_train_only_restore_trains_the_restoration_network_towards_the_clean_inputs(one_thread):
+    prs = [smooth_pair(48, 48, seed=s) for s in range(3)]
+    start = DeRUN.from_hifm(HIFMParams(n_iter=2), guided=True, restore=4)
+    before = {k: v.clone() for k, v in start.state_dict().items()}
+    c = _cfg(degrade=1.0, modalities=("phase_contrast", "fluorescence"), restore=4, guided=True,
+             train_only="restore", steps_per_epoch=3, seed=2)
+    res = train(prs, init=start, config=c)
+    after = res.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("restore.") for k in changed)  # the fusion stages stay as they were
+    assert any(k.startswith("restore.out") for k in changed)
+    # the loss of a step is the L1 distance of the restored inputs to the clean ones (independent computation)
+    from napari_derun.training.restore_only import restore_loss
+
+    a, b = (torch.from_numpy(x)[None, None] for x in prs[0])
+    na, nb = a + 0.05 * torch.randn_like(a), b + 0.05 * torch.randn_like(b)
+    with torch.no_grad():
+        loss, parts = restore_loss(res.model, na, nb, a, b)
+        ra, rb = res.model.restore(na, nb)
+    want = float((ra - a).abs().mean() + (rb - b).abs().mean())
+    assert float(loss) == pytest.approx(want, rel=1e-6)
+    assert parts["restore_a"] + parts["restore_b"] == pytest.approx(want, rel=1e-6)
+
+
+def test_train_only_restore_refuses_what_it_cannot_train():
+    prs = [smooth_pair(48, 48, seed=s) for s in range(2)]
+    with pytest.raises(ValueError, match="input restoration network"):
+        train(prs, init=DeRUN.from_hifm(HIFMParams(n_iter=2)),
+              config=_cfg(degrade=1.0, modalities=("visible", "infrared"), train_only="restore"))
+    with pytest.raises(ValueError, match="degraded inputs"):
+        train(prs, init=DeRUN.from_hifm(HIFMParams(n_iter=2)), config=_cfg(restore=4, train_only="restore"))
+    with pytest.raises(ValueError):
+        TrainConfig(train_only="stages")
+
+
 def test_train_config_checks_degradation_fields():
     with pytest.raises(ValueError, match="unknown modalities"):
         TrainConfig(modalities=("visible", "sonar"))

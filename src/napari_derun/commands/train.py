@@ -9,7 +9,7 @@ from pathlib import Path
 #: TrainConfig fields offered as options: type, choices and help come from the config itself
 CLI_FIELDS = ("epochs", "lr", "batch", "patch", "steps_per_epoch", "decay", "objective", "target", "select",
               "min_sr", "device", "seed", "grad_clip", "optimizer", "strategy", "degrade", "modalities", "photometric",
-              "restore", "w_salient", "lift_gain")
+              "restore", "train_only", "w_salient", "lift_gain")
 #: the four weights of --weights
 WEIGHT_FIELDS = ("w_intensity", "w_gradient", "w_ssim", "w_lgde")
 #: [data] settings of a run file that are options too
