@@ -40,11 +40,12 @@ CLEAN_ONLY = ("pixel_max", "copy_a", "copy_b")
 CROP = {"ivf": 192, "gfp_pc": 192}
 
 
-def test_pairs(task: str, data: Path, crop: int):
-    """The test split's pairs as float32 luminance planes, centre-cropped to ``crop``."""
+def split_pairs(task: str, data: Path, crop: int, split: str = "test"):
+    """The pairs of a split (``test``: to report; ``val``: to decide) as float32 luminance planes,
+    centre-cropped to ``crop``."""
     from napari_derun.training.datasets import PairDataset
 
-    names = set(json.loads((SPLITS / f"{task}.json").read_text())["test"])
+    names = set(json.loads((SPLITS / f"{task}.json").read_text())[split])
     ds = PairDataset(data / task, select=lambda i, n: n in names)
 
     def c(x):
@@ -98,16 +99,16 @@ class Fusers:
         return fn(a, b)
 
 
-def run(tasks, fusers, data, crop, levels, cache_path: Path, recompute=(), methods=METHODS, log=print):
+def run(tasks, fusers, data, crop, levels, cache_path: Path, recompute=(), methods=METHODS, log=print, split="test"):
     from napari_derun.data.degrade import apply
     from napari_derun.evaluation.metrics_extra import rank_metrics
 
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     t_save = time.time()
     for task in tasks:
-        pairs = test_pairs(task, data, CROP.get(task, crop))
+        pairs = split_pairs(task, data, CROP.get(task, crop), split)
         conds = conditions(task, levels)
-        log(f"{task}: {len(pairs)} test pairs x {len(conds)} conditions x {len(methods)} methods")
+        log(f"{task}: {len(pairs)} {split} pairs x {len(conds)} conditions x {len(methods)} methods")
         for ic, (cname, side, deg, lv) in enumerate(conds):
             for ip, (name, a, b) in enumerate(pairs):
                 da, db = a, b
@@ -172,10 +173,10 @@ def summarize(cache: dict, task: str, levels, methods=METHODS) -> dict:
     return out
 
 
-def markdown(task: str, summ: dict, methods=METHODS, labels: dict | None = None) -> str:
+def markdown(task: str, summ: dict, methods=METHODS, labels: dict | None = None, split: str = "test") -> str:
     conds = list(summ)
     lines = [f"### {task}", "",
-             f"{summ['clean']['n']} test pairs. Mean rank among the methods (1 = best), scored against the clean "
+             f"{summ['clean']['n']} {split} pairs. Mean rank among the methods (1 = best), scored against the clean "
              "sources: clean inputs over EN SD SF AG SSIM PSNR UIQI VIF Qabf; degraded inputs (column = input, "
              "degradation, level) over the five reference metrics SSIM PSNR UIQI VIF Qabf (EN, SD, SF and AG "
              "look at the fused image alone and rise with noise). Bold: best in the column.", ""]
@@ -242,7 +243,7 @@ def figure(task: str, fusers, data: Path, crop: int, path: Path, index: int = 0,
 
     from napari_derun.data.degrade import apply
 
-    name, a, b = test_pairs(task, data, CROP.get(task, crop))[index]
+    name, a, b = split_pairs(task, data, CROP.get(task, crop))[index]
     cases = FIGURE_CASES[task]
     methods = [m for m in FIGURE_METHODS if not (m == "model" and fusers.models[task] == fusers.clean[task])]
     cols = ["a", "b", *methods]
@@ -277,7 +278,9 @@ def main(argv=None):
     p.add_argument("--clean", nargs="*", default=[], metavar="TASK=SPEC", help="clean-trained model per task")
     p.add_argument("--levels", nargs="+", type=int, default=[2, 4])
     p.add_argument("--crop", type=int, default=256)
-    p.add_argument("--cache", default="eval_robust/cache.json")
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="test: the untouched split, to report; val: the validation pairs, to decide between models")
+    p.add_argument("--cache", default=None, help="default eval_robust/cache.json (test), cache_val.json (val)")
     p.add_argument("--recompute", nargs="*", default=[])
     p.add_argument("--methods", nargs="+", default=METHODS)
     p.add_argument("--subject", default="model", help="the method the checks are about (e.g. clean)")
@@ -297,8 +300,9 @@ def main(argv=None):
                          labels=dict(x.split("=", 1) for x in a.labels)))
     if a.figures_only:
         return
-    cache = run(a.tasks, fusers, Path(a.data), a.crop, a.levels, Path(a.cache), set(a.recompute), a.methods,
-                log=lambda s: print(s, flush=True))
+    cache_path = Path(a.cache or ("eval_robust/cache.json" if a.split == "test" else "eval_robust/cache_val.json"))
+    cache = run(a.tasks, fusers, Path(a.data), a.crop, a.levels, cache_path, set(a.recompute), a.methods,
+                log=lambda s: print(s, flush=True), split=a.split)
     if a.out:
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -306,7 +310,7 @@ def main(argv=None):
         for t in a.tasks:
             summ = summarize(cache, t, a.levels, a.methods)
             (out / f"{t}.json").write_text(json.dumps(summ, indent=1))
-            (out / f"{t}.md").write_text(markdown(t, summ, a.methods, dict(x.split("=", 1) for x in a.labels)))
+            (out / f"{t}.md").write_text(markdown(t, summ, a.methods, dict(x.split("=", 1) for x in a.labels), a.split))
             allchecks += [f"## {t}", ""] + [f"- {c}" for c in checks(t, summ, a.subject)] + [""]
         (out / "checks.md").write_text("\n".join(allchecks))
         print("\n".join(allchecks))
