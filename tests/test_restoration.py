@@ -29,6 +29,19 @@ def test_noise_estimate_and_denoising():
     assert restoration.estimate_noise(clean) < 0.005
 
 
+def test_auto_denoises_only_the_noisy_planes():
+    """``"auto"``: a clean plane passes unchanged, a noisy one is denoised exactly as ``"noise"`` would; per plane."""
+    clean = _smooth(seed=3).astype(np.float32)
+    noisy = np.clip(clean + np.random.default_rng(4).normal(0, 0.06, clean.shape), 0, 1).astype(np.float32)
+    assert restoration.estimate_noise(clean) < restoration.NOISE_THRESHOLD < restoration.estimate_noise(noisy)
+    np.testing.assert_array_equal(restoration.restore(clean, "auto"), clean)
+    np.testing.assert_array_equal(restoration.restore(noisy, "auto"), restoration.denoise(noisy))
+    got = restoration.restore_planes(np.stack([clean, noisy]), "auto", (1, 2))
+    np.testing.assert_array_equal(got[0], clean)
+    assert np.mean((got[1] - clean) ** 2) < 0.25 * np.mean((noisy - clean) ** 2)
+    assert "auto" in restoration.OFFERED
+
+
 def test_stretch_and_background_and_unknown_names():
     x = _smooth(seed=2)
     lo, hi = np.percentile(x, (1, 99))

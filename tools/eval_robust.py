@@ -8,7 +8,9 @@ every fusion is scored against the *clean* sources. The numbers and figures of d
 
 Methods: average, max (max-abs rule), laplacian, admm, overlay (napari's additive blend), pixel_max,
 copy_a, copy_b, ``clean`` (the clean-trained model), ``restore+clean`` (scikit-image / classical
-restoration of the degraded input first, napari_derun.data.restoration, then the clean model) and
+restoration of the degraded input first, napari_derun.data.restoration, then the clean model), ``auto+clean``
+(the product's ``restore="auto"`` on both inputs, told nothing: non-local means where an input looks noisy,
+then the clean model) and
 ``model`` (the model under test, fed the degraded inputs as they are).
 
 Every (task, condition, pair, method) score is kept in ``--cache`` (JSON), so a re-run with a new model
@@ -32,7 +34,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SPLITS = Path(__file__).resolve().parent / "splits"
 TASK_MODEL = {"gfp_pc": "gfp_pc", "pet_mri": "medical", "spect_mri": "medical", "ct_mri": "medical", "ivf": "ivf"}
 BASE = ["average", "max", "laplacian", "admm", "overlay", "pixel_max", "copy_a", "copy_b"]
-METHODS = BASE + ["clean", "restore+clean", "model"]
+METHODS = BASE + ["clean", "restore+clean", "auto+clean", "model"]
 #: scored on clean inputs only (the references of the clean acceptance check), not on degraded ones
 CLEAN_ONLY = ("pixel_max", "copy_a", "copy_b")
 #: centre crop per task (pixels; medical images are 256 × 256 already); the larger ivf and gfp_pc images
@@ -92,6 +94,8 @@ class Fusers:
             return self._fuse(self.clean[task], a, b)
         if method == "restore+clean":
             return restore_then_fuse(a, b, lambda x, y: self._fuse(self.clean[task], x, y), deg)
+        if method == "auto+clean":  # the product's restore="auto" on both inputs: no one says what is degraded
+            return restore_then_fuse(a, b, lambda x, y: self._fuse(self.clean[task], x, y), {"a": "auto", "b": "auto"})
         if method == "admm":
             return self._fuse("admm", a, b)
         fn = {"average": B.average, "max": B.max_abs, "laplacian": B.laplacian_pyramid, "overlay": B.overlay,

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..data import preprocess
+from ..data.restoration import NOISE_THRESHOLD
 from ..engine.tiling import FuseCancelled
 
 __all__ = [
@@ -139,10 +140,8 @@ def shift_is_consistent(a_data, b_data, a_rgb: bool, b_rgb: bool, shift: tuple[f
     return True
 
 
-#: Immerkær noise level (on [0, 1]) above which the widget suggests restoring an input first. On the
-#: validation pairs of every task the clean images stay below 0.037 (the most textured phase contrast); GFP
-#: shot noise at level 2 gives a median of 0.040, Gaussian noise of std 10/255 0.039, Rician noise 0.032–0.037
-NOISE_HINT = 0.04
+#: noise level above which the widget suggests restoring an input first (the level of the "auto" restoration)
+NOISE_HINT = NOISE_THRESHOLD
 
 
 def noise_hint(a_data, b_data, a_rgb: bool, b_rgb: bool, names: tuple[str, str], restore: tuple[str, str]
@@ -162,7 +161,7 @@ def noise_hint(a_data, b_data, a_rgb: bool, b_rgb: bool, names: tuple[str, str],
     if not noisy:
         return None
     return (f"{' and '.join(noisy)} look{'s' if len(noisy) == 1 else ''} noisy (estimated noise std on [0, 1]): "
-            "choose 'noise' in 'Restore a / b first' to denoise before fusing (docs/robustness.md).")
+            "choose 'auto' or 'noise' in 'Restore a / b first' to denoise before fusing (docs/robustness.md).")
 
 
 def looks_misaligned(shift: tuple[float, float], shape: tuple[int, ...], px: float = MISALIGN_PX) -> bool:
