@@ -97,7 +97,7 @@ class TrainConfig(BaseModel):
         "all", description="all: every weight, on the objective; restore: only the input restoration network "
         "(needs restore > 0 and degrade > 0), towards the clean inputs (L1 of the restored a and b to the clean "
         "a and b), the fusion stages frozen: a learned restore-then-fuse that leaves the fusion of clean pairs as "
-        "the start model's, at a tenth of a full step's cost")
+        "the start model's, at about a sixth of a full step's time per pixel")
     optimizer: Literal["adam", "sgd"] = Field("adam", description="Adam (the paper's, with betas) or plain SGD")
     strategy: Literal["single", "ddp"] = Field(
         "single", description="single: this process; ddp: every process of a torchrun job, gradients averaged "

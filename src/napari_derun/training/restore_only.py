@@ -3,7 +3,8 @@
 The fusion stages stay frozen at the start model's weights, so clean pairs fuse as before (the restoration
 network starts at zero: it returns its inputs unchanged), and the loss is the L1 distance of the restored
 ``a`` and ``b`` to the clean ``a`` and ``b`` of the degraded training patches: a learned restore-then-fuse.
-A step runs the restoration network only (five small convolutions), about a tenth of a full step.
+A step runs the restoration network only (five small convolutions): about a sixth of a full step's time
+per pixel (0.25 s for 8 × 96² patches with 24 channels, against 0.34 s for 4 × 64² in a full step; one thread).
 """
 from __future__ import annotations
 
