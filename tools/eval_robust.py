@@ -9,8 +9,8 @@ every fusion is scored against the *clean* sources. The numbers and figures of d
 Methods: average, max (max-abs rule), laplacian, admm, overlay (napari's additive blend), pixel_max,
 copy_a, copy_b, ``clean`` (the clean-trained model), ``restore+clean`` (scikit-image / classical
 restoration of the degraded input first, napari_derun.data.restoration, then the clean model), ``auto+clean``
-(the product's ``restore="auto"`` on both inputs, told nothing: non-local means where an input looks noisy,
-then the clean model) and
+(the product's ``restore="auto"`` on both inputs, told nothing: destriping where an input shows column
+stripes, else non-local means where it looks noisy, then the clean model) and
 ``model`` (the model under test, fed the degraded inputs as they are).
 
 Every (task, condition, pair, method) score is kept in ``--cache`` (JSON), so a re-run with a new model

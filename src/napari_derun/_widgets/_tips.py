@@ -15,6 +15,8 @@ FUSE_TIPS = {
     "swap": "Exchange the structural and the salient layer.",
     "restore": "Restore this input before fusing, when it is degraded: noise (low photon counts, a noisy camera: "
                "non-local means), haze, low light, blur, stripes, low contrast, an out-of-focus background, rain. "
+               "auto: destripe planes with column stripes, denoise planes that look noisy, leave the rest as they "
+               "are. "
                "Classical and training-free; on degraded inputs restoring first beat every model alone in most "
                "cases measured (docs/robustness.md). The choice is recorded in the result's metadata.",
     "luminance": "Give a plain grey result (the fused brightness) instead of the colour result. The colour result "
