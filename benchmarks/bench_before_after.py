@@ -67,6 +67,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--sizes", type=int, nargs="*", default=[512, 1024])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for the inference runs (training: 1)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     import torch
@@ -75,7 +76,7 @@ def main(argv=None) -> dict:
     pathlib.Path(args.work).mkdir(parents=True, exist_ok=True)
     import_old(args.old, args.work)
     res: dict = {"torch": torch.__version__, "train": {}, "inference": {}}
-    for restore in (0, 12):
+    for restore in ((0, 12) if args.steps > 0 else ()):
         gens = {k: train_steps(k, restore, args.steps) for k in ("napari_derun_old", "napari_derun")}
         times: dict[str, list[float]] = {k: [] for k in gens}
         for i in range(args.steps + 2):
@@ -88,6 +89,8 @@ def main(argv=None) -> dict:
         res["train"][key] = {"old_cpu_s": round(med["napari_derun_old"], 4), "new_cpu_s": round(med["napari_derun"], 4),
                              "speedup": round(med["napari_derun_old"] / med["napari_derun"], 2)}
         print("train", key, res["train"][key], flush=True)
+    torch.set_num_threads(args.threads)
+    res["inference_threads"] = args.threads
     for size in args.sizes:
         new = importlib.import_module("napari_derun.engine.registry").load_model("gfp_pc", device="cpu").module
         old_model = importlib.import_module("napari_derun_old.core.model")
