@@ -201,3 +201,19 @@ def test_noise_hint_names_the_noisy_layer_unless_it_is_being_restored():
     # a uint16 stack: the middle plane, on its own range
     stack = np.stack([(noisy * 40000 + 500).astype(np.uint16)] * 3)
     assert "'gfp'" in noise_hint(np.stack([a] * 3), stack, False, False, names, ("none", "none"))
+
+
+def test_noise_hint_names_a_striped_layer():
+    """Column stripes (an infrared camera's fixed pattern) get their own suggestion, naming 'stripe_noise';
+    not when a restoration is chosen for that input, and not for the clean or the merely noisy one."""
+    from napari_derun._widgets._fuse_job import noise_hint
+
+    a = _smooth(128, 128, seed=3)
+    b = _smooth(128, 128, seed=4)
+    striped = np.clip(b + np.random.default_rng(1).normal(0, 0.06, (1, 128)), 0, 1)
+    names = ("vis", "ir")
+    msg = noise_hint(a, striped, False, False, names, ("none", "none"))
+    assert msg is not None and "'ir'" in msg and "'vis'" not in msg and "stripe_noise" in msg
+    assert "noisy" not in msg
+    assert noise_hint(a, striped, False, False, names, ("none", "auto")) is None
+    assert noise_hint(striped.T.copy(), b, False, False, names, ("none", "none")) is None  # row stripes: not a column pattern

@@ -146,22 +146,32 @@ NOISE_HINT = NOISE_THRESHOLD
 
 def noise_hint(a_data, b_data, a_rgb: bool, b_rgb: bool, names: tuple[str, str], restore: tuple[str, str]
                ) -> str | None:
-    """A suggestion to restore an input first when its middle plane looks noisy (and no restoration is chosen
-    for it), else None."""
-    from ..data.restoration import estimate_noise
+    """A suggestion to restore an input first when its middle plane shows column stripes (an infrared camera's
+    fixed pattern: :func:`~napari_derun.data.restoration.stripe_score` above ``STRIPE_THRESHOLD``) or looks
+    noisy (and no restoration is chosen for it), else None."""
+    from ..data.restoration import STRIPE_THRESHOLD, estimate_noise, stripe_score
 
-    noisy = []
+    noisy, striped = [], []
     for data, rgb, name, chosen in zip((a_data, b_data), (a_rgb, b_rgb), names, restore):
         if chosen != "none":
             continue
         p = _plane(data, _middle_index(spatial_shape(data, rgb)[:-2]))
-        sigma = estimate_noise(_luma(p, preprocess.normalization_range(p))[:512, :512])
+        x = _luma(p, preprocess.normalization_range(p))[:512, :512]
+        score = stripe_score(x)
+        if score > STRIPE_THRESHOLD:
+            striped.append(f"'{name}' ({score:.3f})")
+            continue
+        sigma = estimate_noise(x)
         if sigma > NOISE_HINT:
             noisy.append(f"'{name}' ({sigma:.3f})")
-    if not noisy:
-        return None
-    return (f"{' and '.join(noisy)} look{'s' if len(noisy) == 1 else ''} noisy (estimated noise std on [0, 1]): "
-            "choose 'auto' or 'noise' in 'Restore a / b first' to denoise before fusing (docs/robustness.md).")
+    parts = []
+    if striped:
+        parts.append(f"{' and '.join(striped)} show{'s' if len(striped) == 1 else ''} column stripes (stripe "
+                     "score): choose 'auto' or 'stripe_noise' in 'Restore a / b first' to destripe before fusing")
+    if noisy:
+        parts.append(f"{' and '.join(noisy)} look{'s' if len(noisy) == 1 else ''} noisy (estimated noise std on "
+                     "[0, 1]): choose 'auto' or 'noise' in 'Restore a / b first' to denoise before fusing")
+    return "; ".join(parts) + " (docs/robustness.md)." if parts else None
 
 
 def looks_misaligned(shift: tuple[float, float], shape: tuple[int, ...], px: float = MISALIGN_PX) -> bool:
