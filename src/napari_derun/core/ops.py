@@ -150,8 +150,9 @@ def extract_fused(x: torch.Tensor, w_lin: torch.Tensor, w_hid: torch.Tensor, b_h
 
     The hidden map comes from oneDNN's fused convolution with ReLU as a post-operation (no separate
     pass over it); the specific convolution is a plain one with the linear part added in place
-    afterwards, which measured faster than oneDNN's fused sum post-operation (docs/performance.md:
-    8 → 4 channels, 512², 4.2 → 3.4 ms with 2 threads, 10.2 → 7.0 ms with 1) and gives the same values.
+    afterwards, which measured faster than oneDNN's fused sum post-operation (docs/performance.md: a
+    guided forward extractor, 2 → 8 → 4 channels at 512², 4.2 → 3.4 ms with 2 threads, 10.2 → 7.0 ms with 1)
+    and gives the same values.
     Channels-last, on circularly padded copies. No autograd (see :func:`fused_ok`); the same values as
     the differentiable path to rounding.
 
