@@ -3,7 +3,8 @@ validation images of every task (never the test split) and of their degraded cop
 
     OMP_NUM_THREADS=1 python tools/auto_detect_study.py --out /tmp/auto_detect.json
 
-Statistics (napari_derun.data.restoration): ``noise`` (Immerkær), ``stripes`` (:func:`stripe_score`),
+Statistics (napari_derun.data.restoration): ``noise`` (Immerkær), ``noise_score`` (Immerkær away from edges,
+what ``"auto"`` uses), ``stripes`` (:func:`stripe_score`),
 ``haze`` (:func:`haze_score`), ``range`` (1–99 % percentile range). Prints, per statistic and modality, the
 largest value over clean images and the smallest / median over each degradation and level.
 """
@@ -21,10 +22,11 @@ from eval_robust import DATA, split_pairs  # noqa: E402
 
 
 def stats(x):
-    from napari_derun.data.restoration import estimate_noise, haze_score, stripe_score
+    from napari_derun.data.restoration import estimate_noise, haze_score, noise_score, stripe_score
 
     lo, hi = np.percentile(x, (1, 99))
-    return {"noise": estimate_noise(x), "stripes": stripe_score(x), "haze": haze_score(x), "range": float(hi - lo)}
+    return {"noise": estimate_noise(x), "noise_score": noise_score(x), "stripes": stripe_score(x),
+            "haze": haze_score(x), "range": float(hi - lo)}
 
 
 def main(argv=None):
@@ -47,7 +49,7 @@ def main(argv=None):
                     for lv in args.levels:
                         rows.append((mod, deg, lv, f"{task}/{name}", stats(apply(x, deg, lv, seed=1000 + i))))
         print(task, "done", file=sys.stderr, flush=True)
-    for key in ("noise", "stripes", "haze", "range"):
+    for key in ("noise", "noise_score", "stripes", "haze", "range"):
         print(f"\n## {key}")
         clean_max = max(r[4][key] for r in rows if r[1] == "clean")
         worst = max((r for r in rows if r[1] == "clean"), key=lambda r: r[4][key])

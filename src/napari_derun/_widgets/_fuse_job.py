@@ -149,7 +149,7 @@ def noise_hint(a_data, b_data, a_rgb: bool, b_rgb: bool, names: tuple[str, str],
     """A suggestion to restore an input first when its middle plane shows column stripes (an infrared camera's
     fixed pattern: :func:`~napari_derun.data.restoration.stripe_score` above ``STRIPE_THRESHOLD``) or looks
     noisy (and no restoration is chosen for it), else None."""
-    from ..data.restoration import STRIPE_THRESHOLD, estimate_noise, stripe_score
+    from ..data.restoration import STRIPE_THRESHOLD, noise_score, stripe_score
 
     noisy, striped = [], []
     for data, rgb, name, chosen in zip((a_data, b_data), (a_rgb, b_rgb), names, restore):
@@ -161,7 +161,7 @@ def noise_hint(a_data, b_data, a_rgb: bool, b_rgb: bool, names: tuple[str, str],
         if score > STRIPE_THRESHOLD:
             striped.append(f"'{name}' ({score:.3f})")
             continue
-        sigma = estimate_noise(x)
+        sigma = noise_score(x)
         if sigma > NOISE_HINT:
             noisy.append(f"'{name}' ({sigma:.3f})")
     parts = []
