@@ -244,9 +244,10 @@ FIGURE_CASES = {"ivf": [("a", "haze", 4), ("a", "low_light", 4), ("b", "stripe_n
 FIGURE_METHODS = ("restore+clean", "max", "overlay", "clean", "model")
 
 
-def figure(task: str, fusers, data: Path, crop: int, path: Path, index: int = 0, labels: dict | None = None) -> Path:
-    """Side by side, one row per degraded case of :data:`FIGURE_CASES`: degraded a and b, then
-    :data:`FIGURE_METHODS` (test pair ``index``)."""
+def figure(task: str, fusers, data: Path, crop: int, path: Path, index: int = 0, labels: dict | None = None,
+           methods=FIGURE_METHODS, cases=None) -> Path:
+    """Side by side, one row per degraded case (``cases``, default :data:`FIGURE_CASES`, as (side,
+    degradation, level)): degraded a and b, then ``methods`` (test pair ``index``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -255,8 +256,8 @@ def figure(task: str, fusers, data: Path, crop: int, path: Path, index: int = 0,
     from napari_derun.data.degrade import apply
 
     name, a, b = split_pairs(task, data, CROP.get(task, crop))[index]
-    cases = FIGURE_CASES[task]
-    methods = [m for m in FIGURE_METHODS if not (m == "model" and fusers.models[task] == fusers.clean[task])]
+    cases = cases or FIGURE_CASES[task]
+    methods = [m for m in methods if not (m == "model" and fusers.models[task] == fusers.clean[task])]
     cols = ["a", "b", *methods]
     fig = Figure(figsize=(1.9 * len(cols), 2.05 * len(cases) + 0.2), dpi=90)
     axs = fig.subplots(len(cases), len(cols), squeeze=False)
@@ -299,6 +300,10 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="write <task>.md, <task>.json and checks.md here")
     p.add_argument("--figures", default=None, help="write robust_<task>.png side-by-side figures here")
     p.add_argument("--figures-only", action="store_true", help="only draw the figures")
+    p.add_argument("--figure-methods", nargs="+", default=list(FIGURE_METHODS), help="the figures' columns")
+    p.add_argument("--figure-cases", nargs="+", default=None, metavar="SIDE:DEGRADATION:LEVEL",
+                   help="the figures' rows (default FIGURE_CASES of the task)")
+    p.add_argument("--figure-name", default="robust_{task}.png", help="file name of each figure")
     p.add_argument("--from-json", default=None, metavar="DIR",
                    help="fuse nothing: rewrite the tables and checks (--out) from the <task>.json summaries in DIR")
     a = p.parse_args(argv)
@@ -314,8 +319,9 @@ def main(argv=None):
     fusers = Fusers(models, clean)
     if a.figures:
         for t in a.tasks:
-            print(figure(t, fusers, Path(a.data), a.crop, Path(a.figures) / f"robust_{t}.png",
-                         labels=dict(x.split("=", 1) for x in a.labels)))
+            cases = [(c.split(":")[0], c.split(":")[1], int(c.split(":")[2])) for c in a.figure_cases or []]
+            print(figure(t, fusers, Path(a.data), a.crop, Path(a.figures) / a.figure_name.format(task=t),
+                         labels=labels, methods=a.figure_methods, cases=cases or None))
     if a.figures_only:
         return
     cache_path = Path(a.cache or ("eval_robust/cache.json" if a.split == "test" else "eval_robust/cache_val.json"))
