@@ -249,4 +249,5 @@ def test_noise_hint_names_a_striped_layer():
     assert msg is not None and "'ir'" in msg and "'vis'" not in msg and "stripe_noise" in msg
     assert "noisy" not in msg
     assert noise_hint(a, striped, False, False, names, ("none", "auto")) is None
-    assert noise_hint(striped.T.copy(), b, False, False, names, ("none", "none")) is None  # row stripes: not a column pattern
+    # row stripes are not a camera's column pattern
+    assert noise_hint(striped.T.copy(), b, False, False, names, ("none", "none")) is None

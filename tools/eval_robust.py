@@ -220,7 +220,8 @@ def checks(task: str, summ: dict, subject: str = "model") -> list[str]:
         if cname == "clean":
             continue
         ranks, drops = e["rank"], dict(e["drop"])
-        out.append(f"{cname}: best rank {_verdict(ranks, subject, '.2f')}; smallest drop {_verdict(drops, subject, '+.1f', ' %')}")
+        out.append(f"{cname}: best rank {_verdict(ranks, subject, '.2f')}; "
+                   f"smallest drop {_verdict(drops, subject, '+.1f', ' %')}")
     return out
 
 

@@ -14,9 +14,10 @@ but not its level, which each method estimates from the image:
 * ``"auto"``, told nothing: destriping where the image shows column fixed-pattern noise
   (:func:`stripe_score` above :data:`STRIPE_THRESHOLD`), else non-local means where it looks noisy
   (:func:`noise_score`, Immerkær's estimate away from edges, above :data:`NOISE_THRESHOLD`), else the image
-  unchanged: what to choose when it is not known which planes of a batch are degraded. Haze, blur, low light and low contrast are not guessed:
-  their statistics overlap those of clean images of other modalities (a phase-contrast image has the dark
-  channel of a hazy photograph), so they are restored only when named.
+  unchanged: what to choose when it is not known which planes of a batch are degraded. Haze, blur, low
+  light and low contrast are not guessed: their statistics overlap those of clean images of other
+  modalities (a phase-contrast image has the dark channel of a hazy photograph), so they are restored only
+  when named.
 
 numpy, scipy and scikit-image only. Every function takes and returns a float32 ``(H, W)`` image in [0, 1].
 :func:`restore_planes` applies one to every plane (and colour channel) of an nD image: the ``restore=``
@@ -30,8 +31,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 __all__ = ["RESTORERS", "NOISE_THRESHOLD", "STRIPE_THRESHOLD", "restore", "restore_planes", "denoise",
-           "denoise_if_noisy", "auto_restore", "dehaze", "estimate_noise", "noise_score", "stripe_score", "haze_score",
-           "restore_then_fuse"]
+           "denoise_if_noisy", "auto_restore", "dehaze", "estimate_noise", "noise_score", "stripe_score",
+           "haze_score", "restore_then_fuse"]
 
 #: :func:`noise_score` (on [0, 1]) above which an image counts as noisy (``"auto"``, and the Fuse widget's
 #: suggestion). Set on training and validation images only (``tools/auto_detect_study.py`` and whole images):
@@ -42,8 +43,8 @@ __all__ = ["RESTORERS", "NOISE_THRESHOLD", "STRIPE_THRESHOLD", "restore", "resto
 NOISE_THRESHOLD = 0.035
 
 #: :func:`stripe_score` above which an image counts as striped (``"auto"``). On 12 training and the validation
-#: pairs of every task (192² crops, ``tools/auto_detect_study.py``) clean images of every modality, and every
-#: other degradation at levels 1–4, stay at or below 0.025 (a facade of vertical lines); infrared stripe noise
+#: pairs of every task (192² crops, ``tools/auto_detect_study.py``) clean images of every modality (at most
+#: 0.022, a visible facade) and every other degradation at levels 1–4 stay at or below 0.025; infrared stripe noise
 #: scores 0.020–0.037 at level 2 (14 of 20 above), 0.039–0.056 at level 3 and 0.065–0.085 at level 4
 STRIPE_THRESHOLD = 0.03
 
