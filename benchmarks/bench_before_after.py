@@ -68,14 +68,21 @@ def main(argv=None) -> dict:
     ap.add_argument("--sizes", type=int, nargs="*", default=[512, 1024])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the inference runs (training: 1)")
+    ap.add_argument("--mallopt", action="store_true",
+                    help="raise glibc's malloc thresholds first, as the napari-derun command line does (_runtime.py)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     import torch
 
+    if args.mallopt:
+        from napari_derun._runtime import tune_cpu_allocator
+
+        tune_cpu_allocator()
+
     torch.set_num_threads(1)
     pathlib.Path(args.work).mkdir(parents=True, exist_ok=True)
     import_old(args.old, args.work)
-    res: dict = {"torch": torch.__version__, "train": {}, "inference": {}}
+    res: dict = {"torch": torch.__version__, "mallopt": args.mallopt, "train": {}, "inference": {}}
     for restore in ((0, 12) if args.steps > 0 else ()):
         gens = {k: train_steps(k, restore, args.steps) for k in ("napari_derun_old", "napari_derun")}
         times: dict[str, list[float]] = {k: [] for k in gens}

@@ -36,6 +36,34 @@ def test_ssim_against_several_references_equals_the_metric():
             assert float(got[i, k]) == pytest.approx(metrics.ssim_index(x[k], r[k], data_range=1.0), abs=1e-6)
 
 
+@pytest.mark.parametrize("band_max", [2048, 8])
+def test_window_means_equal_the_11x11_gaussian_window(monkeypatch, band_max):
+    # the loss's separable window (banded products, or two convolutions above BAND_MAX_SIDE) against the
+    # 2-D window applied by explicit sums, values and gradients, in float64
+    from napari_derun.core import objectives
+    monkeypatch.setattr(objectives, "BAND_MAX_SIDE", band_max)
+    rng = np.random.default_rng(2)
+    x = torch.as_tensor(rng.uniform(0, 1, (2, 3, 19, 14)), dtype=torch.float64).requires_grad_()
+    r = np.arange(11) - 5.0
+    g = np.exp(-(r**2) / (2 * 1.5**2))
+    w = np.outer(g, g) / g.sum() ** 2
+    xn = x.detach().numpy()
+    ref = np.zeros((2, 3, 9, 4))
+    for i in range(9):
+        for j in range(4):
+            ref[:, :, i, j] = (xn[:, :, i:i + 11, j:j + 11] * w).sum(axis=(-2, -1))
+    got = objectives._window_means(x)
+    np.testing.assert_allclose(got.detach().numpy(), ref, atol=1e-12)
+    # gradient of Σ c·means: every input pixel collects the window weights of the outputs it reaches
+    c = rng.normal(size=ref.shape)
+    (got * torch.as_tensor(c)).sum().backward()
+    gref = np.zeros(xn.shape)
+    for i in range(9):
+        for j in range(4):
+            gref[:, :, i:i + 11, j:j + 11] += c[:, :, i, j, None, None] * w
+    np.testing.assert_allclose(x.grad.numpy(), gref, atol=1e-12)
+
+
 def test_salient_lift_definition():
     a = torch.tensor([[[[0.5, 0.5, 0.9]]]])
     b = torch.tensor([[[[0.1, 0.6, 0.8]]]])

@@ -78,17 +78,41 @@ def _gauss_1d(size: int = 11, sigma: float = 1.5, dtype=torch.float32, device=No
     return g / g.sum()
 
 
+#: sides up to this use the banded-matrix form of the window (:func:`_window_means`); beyond it the matrix
+#: (``side²`` floats) is large and the convolution is used
+BAND_MAX_SIDE = 2048
+
+
+def _band(n: int, g: torch.Tensor) -> torch.Tensor:
+    """``(n, n − k + 1)`` matrix ``M`` with ``(v @ M)[j] = Σ_i g[i] v[j + i]``: the valid 1-D correlation with
+    ``g`` (``k`` taps) as a product."""
+    k = g.numel()
+    m = n - k + 1
+    # column j holds g in rows j … j + k − 1: scatter through a strided view of a flat buffer
+    flat = g.new_zeros(n * m + k)
+    flat.as_strided((m, k), (n + 1, 1)).copy_(g.expand(m, k))
+    return flat[: n * m].view(m, n).t()
+
+
 def _window_means(maps: torch.Tensor) -> torch.Tensor:
     """Gaussian (11 × 11, σ 1.5) means of every channel of ``(B, C, H, W)`` over the valid region.
 
-    The window is separable: a 1 × 11 then an 11 × 1 convolution of all channels at once (as one batch),
-    2 × 11 instead of 121 multiply-adds per pixel, and one convolution call per direction for all maps.
+    The window is separable: a 1 × 11 then an 11 × 1 correlation of all channels at once. Each is one
+    batched product with a banded matrix (:func:`_band`), whose backward is a product too: on the small
+    1-channel maps of the training loss oneDNN's convolution with an 11-tap kernel, and above all its
+    backward, took 10× longer (22 → 1.9 ms forward + backward for 4 × 8 maps of 64², 5.1 → 0.47 s at 512²;
+    docs/performance.md). Sides above :data:`BAND_MAX_SIDE` use the two convolutions.
     """
     B, C, H, W = maps.shape
     g = _gauss_1d(dtype=maps.dtype, device=maps.device)
-    z = F.conv2d(maps.reshape(B * C, 1, H, W), g.view(1, 1, 1, -1))
-    z = F.conv2d(z, g.view(1, 1, -1, 1))
-    return z.view(B, C, H - g.numel() + 1, W - g.numel() + 1)
+    k = g.numel()
+    if max(H, W) > BAND_MAX_SIDE:
+        z = F.conv2d(maps.reshape(B * C, 1, H, W), g.view(1, 1, 1, -1))
+        z = F.conv2d(z, g.view(1, 1, -1, 1))
+        return z.view(B, C, H - k + 1, W - k + 1)
+    z = torch.matmul(maps.reshape(B * C, H, W), _band(W, g))  # rows: (B·C, H, W − k + 1)
+    z = torch.matmul(_band(H, g).t(), z)  # columns: (B·C, H − k + 1, W − k + 1)
+    return z.view(B, C, H - k + 1, W - k + 1)
 
 
 def ssim_against(x: torch.Tensor, *refs: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
