@@ -1,7 +1,7 @@
 """Old code beside new code in one process, interleaved: the training step (CPU seconds) and inference.
 
     git archive b907076 src | tar -x -C /tmp/derun_old          # the code before issue 21
-    python benchmarks/bench_before_after.py --old /tmp/derun_old/src [--steps 8] [--sizes 512 1024]
+    python benchmarks/bench_before_after.py --old /tmp/derun_old/src [--steps 8] [--sizes 512 1024] [--mallopt]
 
 The old tree is imported as ``napari_derun_old`` (a copy with its absolute imports renamed, made under
 ``--work``), so both run in the same process with the same load: the ratio of medians is robust on a busy
@@ -9,6 +9,7 @@ machine where separate runs are not. Training: one step of batch 4 × 64² (forw
 loss, backward, Adam), one thread, process CPU seconds, for the shipped setting (guided, no checkpointing,
 reflect pad 4) and the next one (``restore=12``); both models start from the same weights. Inference:
 the shipped ``gfp_pc`` weights in both, wall seconds, and the max abs difference of the outputs.
+``--mallopt`` first raises glibc's malloc thresholds, as ``napari-derun train`` does (``_runtime.py``).
 """
 from __future__ import annotations
 
